@@ -1,0 +1,1 @@
+"""The one-command demo and the small data it runs on (no network needed)."""

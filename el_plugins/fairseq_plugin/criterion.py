@@ -1,0 +1,155 @@
+"""fairseq criterion ``label_smoothed_encouraging_loss``: label-smoothed cross-entropy plus the
+encouraging-loss bonus (Zhao et al., AAAI 2022, https://arxiv.org/abs/2110.06537).
+
+    fairseq-train ... --criterion label_smoothed_encouraging_loss --label-smoothing 0.1 --log-end 0.75
+
+Per target token, with q the smoothed target and b the (conservative) bonus:
+``loss = sum_k q_k (-log p_k + rho b(p_k))``; ``--bonus-weight 0`` is exactly fairseq's
+``label_smoothed_cross_entropy``. The math lives in :mod:`el_plugins.functional`.
+"""
+import math
+from dataclasses import dataclass, field
+
+import torch
+from fairseq import utils
+from fairseq.criterions import FairseqCriterion, register_criterion
+from fairseq.dataclass import ChoiceEnum, FairseqDataclass
+from fairseq.logging import metrics
+from omegaconf import II
+
+from el_plugins import functional as EF
+
+CRITERION_NAME = "label_smoothed_encouraging_loss"
+
+
+def installed_fairseq_smoothing_convention() -> str:
+    """'fairseq' (eps / (V - 1) off the target, fairseq >= 0.12) or 'paper' (eps / V, fairseq 0.10),
+    read off the installed fairseq's own label_smoothed_nll_loss on a 3-class example."""
+    from fairseq.criterions.label_smoothed_cross_entropy import label_smoothed_nll_loss
+
+    lprobs = torch.log(torch.tensor([[0.5, 0.25, 0.25]], dtype=torch.float64))
+    loss, _ = label_smoothed_nll_loss(lprobs, torch.tensor([0]), 0.3, ignore_index=None, reduce=True)
+    paper = EF.encouraging_loss(lprobs, torch.tensor([0]), label_smoothing=0.3, bonus_weight=0.0,
+                                reduction="sum", smoothing_convention="paper", input_is_log_probs=True)
+    return "paper" if torch.isclose(loss, paper) else "fairseq"
+
+
+SMOOTHING_CONVENTION_CHOICES = ChoiceEnum(list(EF.SMOOTHING_CONVENTIONS))
+
+
+@dataclass
+class LabelSmoothedEncouragingLossConfig(FairseqDataclass):
+    label_smoothing: float = field(
+        default=0.0, metadata={"help": "epsilon for label smoothing, in [0, 1); 0 means no label smoothing"}
+    )
+    log_end: float = field(
+        default=0.75,
+        metadata={"help": "where the bonus log(1-p) turns into its tangent, in (0, 1]: 1 is the normal "
+                          "bonus, < 1 the conservative one (the paper used 0.5 for translation)"},
+    )
+    bonus_weight: float = field(
+        default=1.0, metadata={"help": "weight rho of the bonus, >= 0; 0 gives label_smoothed_cross_entropy"}
+    )
+    smoothing_convention: SMOOTHING_CONVENTION_CHOICES = field(
+        default=installed_fairseq_smoothing_convention(),
+        metadata={"help": "how smoothing spreads epsilon: 'fairseq' = eps/(V-1) off the target (fairseq >= 0.12, "
+                          "the default when that is the installed fairseq), 'paper' = eps/V on every class "
+                          "(fairseq 0.10, timm, the paper's reference code)"},
+    )
+    report_accuracy: bool = field(default=False, metadata={"help": "report accuracy metric"})
+    ignore_prefix_size: int = field(default=0, metadata={"help": "Ignore first N tokens"})
+    sentence_avg: bool = II("optimization.sentence_avg")
+
+
+@register_criterion(CRITERION_NAME, dataclass=LabelSmoothedEncouragingLossConfig)
+class LabelSmoothedEncouragingLossCriterion(FairseqCriterion):
+    def __init__(self, task, sentence_avg, label_smoothing, log_end=0.75, bonus_weight=1.0,
+                 smoothing_convention="fairseq", ignore_prefix_size=0, report_accuracy=False):
+        super().__init__(task)
+        self.sentence_avg = sentence_avg
+        self.eps = EF.check_label_smoothing(label_smoothing, "--label-smoothing")
+        self.log_end = EF.check_log_end(log_end, "--log-end")
+        self.bonus_weight = EF.check_bonus_weight(bonus_weight, "--bonus-weight")
+        self.smoothing_convention = EF.check_choice(
+            str(smoothing_convention), EF.SMOOTHING_CONVENTIONS, "--smoothing-convention")
+        if ignore_prefix_size < 0:
+            raise ValueError(f"--ignore-prefix-size must be >= 0, got {ignore_prefix_size}")
+        self.ignore_prefix_size = ignore_prefix_size
+        self.report_accuracy = report_accuracy
+
+    def forward(self, model, sample, reduce=True):
+        """Returns (loss, sample_size, logging_output), as fairseq's label_smoothed_cross_entropy."""
+        net_output = model(**sample["net_input"])
+        lprobs, target = self.get_lprobs_and_target(model, net_output, sample)
+        out = self.compute_terms(lprobs, target, reduce=reduce)
+        sample_size = sample["target"].size(0) if self.sentence_avg else sample["ntokens"]
+        logging_output = {
+            "loss": out.loss.data,
+            "nll_loss": out.nll_loss.data,
+            "el_bonus": out.bonus.data,
+            "p_target": out.target_prob.data,
+            "n_past_log_end": out.past_log_end.data,
+            "ntokens": sample["ntokens"],
+            "nsentences": sample["target"].size(0),
+            "sample_size": sample_size,
+        }
+        if self.report_accuracy:
+            n_correct, total = self.compute_accuracy(lprobs, target)
+            logging_output["n_correct"] = utils.item(n_correct.data)
+            logging_output["total"] = utils.item(total.data)
+        return out.loss, sample_size, logging_output
+
+    def get_lprobs_and_target(self, model, net_output, sample):
+        lprobs = model.get_normalized_probs(net_output, log_probs=True)
+        target = model.get_targets(sample, net_output)
+        if self.ignore_prefix_size > 0:
+            lprobs = lprobs[:, self.ignore_prefix_size:, :].contiguous()
+            target = target[:, self.ignore_prefix_size:].contiguous()
+        return lprobs.view(-1, lprobs.size(-1)), target.view(-1)
+
+    def compute_terms(self, lprobs, target, reduce=True) -> EF.EncouragingLossOutput:
+        return EF.encouraging_loss_with_stats(
+            lprobs, target, log_end=self.log_end, label_smoothing=self.eps, bonus_weight=self.bonus_weight,
+            ignore_index=self.padding_idx, reduction="sum" if reduce else "none",
+            smoothing_convention=self.smoothing_convention, input_is_log_probs=True,
+        )
+
+    def compute_loss(self, model, net_output, sample, reduce=True):
+        """(loss, nll_loss), the interface of fairseq's label_smoothed_cross_entropy."""
+        lprobs, target = self.get_lprobs_and_target(model, net_output, sample)
+        out = self.compute_terms(lprobs, target, reduce=reduce)
+        return out.loss, out.nll_loss
+
+    def compute_accuracy(self, lprobs, target):
+        mask = target.ne(self.padding_idx)
+        n_correct = torch.sum(lprobs.argmax(1).masked_select(mask).eq(target.masked_select(mask)))
+        return n_correct, torch.sum(mask)
+
+    @classmethod
+    def reduce_metrics(cls, logging_outputs) -> None:
+        """Aggregate logging outputs (summed across workers). loss, nll_loss and bonus in bits."""
+        def total(key):
+            return utils.item(sum(log.get(key, 0) for log in logging_outputs))
+
+        sample_size, ntokens = total("sample_size"), total("ntokens")
+        if sample_size > 0:
+            metrics.log_scalar("loss", total("loss") / sample_size / math.log(2), sample_size, round=3)
+            metrics.log_scalar("bonus", total("el_bonus") / sample_size / math.log(2), sample_size, round=3)
+        if ntokens > 0:
+            metrics.log_scalar("nll_loss", total("nll_loss") / ntokens / math.log(2), ntokens, round=3)
+            metrics.log_derived("ppl", lambda meters: utils.get_perplexity(meters["nll_loss"].avg))
+            metrics.log_scalar("p_target", total("p_target") / ntokens, ntokens, round=3)
+            metrics.log_scalar("past_log_end", total("n_past_log_end") / ntokens, ntokens, round=3)
+        n_total = total("total")
+        if n_total > 0:
+            metrics.log_scalar("total", n_total)
+            metrics.log_scalar("n_correct", total("n_correct"))
+            metrics.log_derived(
+                "accuracy",
+                lambda meters: round(meters["n_correct"].sum * 100.0 / meters["total"].sum, 3)
+                if meters["total"].sum > 0 else float("nan"),
+            )
+
+    @staticmethod
+    def logging_outputs_can_be_summed() -> bool:
+        return True

@@ -1,0 +1,269 @@
+"""The encouraging loss (EL): the one implementation of its math, torch only.
+
+Zhao et al., "Well-classified Examples are Underestimated in Classification with Deep Neural
+Networks", AAAI 2022, https://arxiv.org/abs/2110.06537
+
+Per row with logits z, p = softmax(z) and target weights q (smoothed one-hot or a soft target):
+
+    L = sum_k q_k * ( -log p_k + rho * b(p_k) )
+
+    b(p) = log(max(1 - p, 1e-5))                   p <= log_end   (the normal bonus when log_end = 1)
+    b(p) = (p - log_end) / (log_end - 1) + log(1 - log_end)   p > log_end   (the conservative tail)
+
+b is concave and decreasing, so -b rewards confident correct predictions that cross-entropy stops
+rewarding. rho = 0 is plain (label-smoothed) cross-entropy. Everything is computed in float32 or
+wider, whatever the dtype of the logits. Every integration of el-plugins (the fairseq criterion,
+the timm loss, the analysis tools) calls these functions.
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Optional
+
+import torch
+import torch.nn.functional as F
+
+BONUS_CLAMP = 1e-5
+"""The normal bonus is log(max(1 - p, BONUS_CLAMP)), bounded below by log(1e-5) = -11.513."""
+
+SMOOTHING_CONVENTIONS = ("paper", "fairseq")
+"""How label smoothing spreads eps over the classes:
+``paper``: q_k = (1 - eps)[k = y] + eps / V (the paper's code, fairseq 0.10, timm);
+``fairseq``: q_y = 1 - eps, q_k = eps / (V - 1) for k != y (fairseq >= 0.12)."""
+
+REDUCTIONS = ("none", "sum", "mean")
+
+
+# --------------------------------------------------------------------------- validation
+def check_log_end(log_end: float, name: str = "log_end") -> float:
+    if not (isinstance(log_end, (int, float)) and 0.0 < float(log_end) <= 1.0):
+        raise ValueError(
+            f"{name} must be in (0, 1] (1 = the normal bonus, < 1 = the conservative bonus, "
+            f"the paper uses 0.75 or 0.5), got {log_end!r}"
+        )
+    return float(log_end)
+
+
+def check_label_smoothing(eps: float, name: str = "label_smoothing") -> float:
+    if not (isinstance(eps, (int, float)) and 0.0 <= float(eps) < 1.0):
+        raise ValueError(f"{name} must be in [0, 1), got {eps!r}")
+    return float(eps)
+
+
+def check_bonus_weight(rho: float, name: str = "bonus_weight") -> float:
+    if not (isinstance(rho, (int, float)) and math.isfinite(rho) and float(rho) >= 0.0):
+        raise ValueError(f"{name} must be a finite number >= 0 (0 = plain cross-entropy), got {rho!r}")
+    return float(rho)
+
+
+def check_choice(value: str, allowed, name: str) -> str:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+    return value
+
+
+def check_targets(target: torch.Tensor, num_classes: int, ignore_index: Optional[int]) -> None:
+    """Class-index targets must lie in [0, num_classes) (or equal ignore_index).
+
+    Raises a ValueError here rather than letting a gather fail with a device-side assert.
+    """
+    if target.dtype.is_floating_point or target.dtype == torch.bool:
+        raise ValueError(f"class-index targets must be an integer tensor, got {target.dtype}")
+    bad = (target < 0) | (target >= num_classes)
+    if ignore_index is not None:
+        bad &= target != ignore_index
+    if bool(bad.any()):
+        first = target[bad].flatten()[0].item()
+        raise ValueError(
+            f"target {first} is outside the {num_classes} classes: targets must be in "
+            f"[0, {num_classes - 1}]" + (f" or equal ignore_index={ignore_index}" if ignore_index is not None else "")
+        )
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float32 for fp16/bf16/fp32 inputs, float64 for float64."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+# --------------------------------------------------------------------------- the bonus
+def bonus_from_log_prob(log_p: torch.Tensor, log_end: float = 1.0) -> torch.Tensor:
+    """b(p) evaluated from log p (stable near p = 1: 1 - p is formed as -expm1(log p))."""
+    one_minus_p = -torch.expm1(log_p)
+    bonus = torch.log(torch.clamp(one_minus_p, min=BONUS_CLAMP))
+    if log_end < 1.0:
+        p = torch.exp(log_p)
+        tail = (p - log_end) / (log_end - 1.0) + math.log(1.0 - log_end)
+        bonus = torch.where(p > log_end, tail, bonus)
+    return bonus
+
+
+def bonus(p: torch.Tensor, log_end: float = 1.0) -> torch.Tensor:
+    """The bonus b(p) for probabilities p in [0, 1] (see the module docstring)."""
+    log_end = check_log_end(log_end)
+    p = p.to(compute_dtype(p.dtype))
+    return bonus_from_log_prob(torch.log(p), log_end)
+
+
+# --------------------------------------------------------------------------- class-index targets
+class EncouragingLossOutput(NamedTuple):
+    """Reduced like the loss (or per row with reduction='none'); ignored rows count zero.
+
+    loss:        sum_k q_k (-log p_k + rho b(p_k))
+    nll_loss:    -log p_y (no smoothing, no bonus)
+    bonus:       rho * sum_k q_k b(p_k), the part of ``loss`` that EL adds
+    target_prob: p_y (no gradient)
+    past_log_end: 1 where p_y > log_end, else 0 (no gradient)
+    """
+
+    loss: torch.Tensor
+    nll_loss: torch.Tensor
+    bonus: torch.Tensor
+    target_prob: torch.Tensor
+    past_log_end: torch.Tensor
+
+
+def smoothing_weights(eps: float, num_classes: int, convention: str):
+    """(weight on the target's own term, weight q_o on every class) so that q = w_y*onehot + q_o."""
+    if convention == "paper":
+        q_other = eps / num_classes
+        return 1.0 - eps, q_other
+    q_other = eps / (num_classes - 1) if num_classes > 1 else 0.0
+    return 1.0 - eps - q_other, q_other
+
+
+def _reduce(x: torch.Tensor, reduction: str, count: torch.Tensor) -> torch.Tensor:
+    if reduction == "sum":
+        return x.sum()
+    if reduction == "mean":
+        return x.sum() / count.clamp(min=1)
+    return x
+
+
+def encouraging_loss_with_stats(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    log_end: float = 0.75,
+    label_smoothing: float = 0.0,
+    bonus_weight: float = 1.0,
+    ignore_index: Optional[int] = None,
+    reduction: str = "mean",
+    smoothing_convention: str = "paper",
+    input_is_log_probs: bool = False,
+) -> EncouragingLossOutput:
+    """Label-smoothed EL for class-index targets, with the terms that show EL at work.
+
+    input: (N, V) logits (or log-probabilities with ``input_is_log_probs``), any float dtype.
+    target: (N,) class indices; rows equal to ``ignore_index`` contribute nothing.
+    With q_y, q_o from :func:`smoothing_weights` (q = w_y * onehot(y) + q_o):
+
+        L = w_y (-log p_y + rho b(p_y)) + q_o sum_k (-log p_k + rho b(p_k))
+
+    'mean' divides by the number of rows that are not ignored (0 rows give 0, not NaN).
+    """
+    log_end = check_log_end(log_end)
+    eps = check_label_smoothing(label_smoothing)
+    rho = check_bonus_weight(bonus_weight)
+    check_choice(reduction, REDUCTIONS, "reduction")
+    check_choice(smoothing_convention, SMOOTHING_CONVENTIONS, "smoothing_convention")
+    if input.dim() != 2 or target.shape != input.shape[:1]:
+        raise ValueError(
+            f"expected input (N, V) and target (N,), got input {tuple(input.shape)} and target {tuple(target.shape)}"
+        )
+    num_classes = input.size(1)
+    check_targets(target, num_classes, ignore_index)
+
+    if input_is_log_probs:
+        lprobs = input.to(compute_dtype(input.dtype))
+    else:
+        lprobs = F.log_softmax(input.to(compute_dtype(input.dtype)), dim=-1)
+    keep = torch.ones_like(target, dtype=torch.bool) if ignore_index is None else target.ne(ignore_index)
+    safe_target = target.masked_fill(~keep, 0).unsqueeze(-1)
+    w_target, q_other = smoothing_weights(eps, num_classes, smoothing_convention)
+
+    lp_target = lprobs.gather(-1, safe_target).squeeze(-1)
+    nll = (-lp_target).masked_fill(~keep, 0.0)
+    count = keep.sum()
+    nll_r = _reduce(nll, reduction, count)
+    loss = w_target * nll_r
+    if q_other:
+        smooth = (-lprobs.sum(-1)).masked_fill(~keep, 0.0)
+        loss = loss + q_other * _reduce(smooth, reduction, count)
+    el_bonus = torch.zeros_like(nll_r)
+    if rho:
+        b_target = bonus_from_log_prob(lp_target, log_end).masked_fill(~keep, 0.0)
+        el_bonus = w_target * _reduce(b_target, reduction, count)
+        if q_other:
+            b_all = bonus_from_log_prob(lprobs, log_end).sum(-1).masked_fill(~keep, 0.0)
+            el_bonus = el_bonus + q_other * _reduce(b_all, reduction, count)
+        el_bonus = rho * el_bonus
+        loss = loss + el_bonus
+
+    with torch.no_grad():
+        p_target = torch.exp(lp_target).masked_fill(~keep, 0.0)
+        past = ((p_target > log_end) & keep).to(p_target.dtype)
+    return EncouragingLossOutput(
+        loss, nll_r, el_bonus, _reduce(p_target, reduction, count), _reduce(past, reduction, count)
+    )
+
+
+def encouraging_loss(input: torch.Tensor, target: torch.Tensor, **kwargs) -> torch.Tensor:
+    """Label-smoothed EL for class-index targets; see :func:`encouraging_loss_with_stats`."""
+    return encouraging_loss_with_stats(input, target, **kwargs).loss
+
+
+# --------------------------------------------------------------------------- soft and multi-label targets
+def soft_target_encouraging_loss(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    log_end: float = 0.75,
+    bonus_weight: float = 1.0,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """EL for dense target distributions t (Mixup/CutMix): L = sum_k t_k (-log p_k + rho b(p_k))."""
+    log_end = check_log_end(log_end)
+    rho = check_bonus_weight(bonus_weight)
+    check_choice(reduction, REDUCTIONS, "reduction")
+    if input.shape != target.shape:
+        raise ValueError(f"soft targets must have the shape of the logits {tuple(input.shape)}, got {tuple(target.shape)}")
+    lprobs = F.log_softmax(input.to(compute_dtype(input.dtype)), dim=-1)
+    per_class = -lprobs
+    if rho:
+        per_class = per_class + rho * bonus_from_log_prob(lprobs, log_end)
+    loss = (target.to(lprobs.dtype) * per_class).sum(-1)
+    return _reduce(loss, reduction, torch.tensor(loss.numel(), device=loss.device))
+
+
+def binary_encouraging_loss(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    log_end: float = 0.75,
+    bonus_weight: float = 1.0,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """Multi-label (sigmoid) EL, per class with s = sigmoid(z), t in [0, 1]:
+
+        L_c = t (-log s + rho b(s)) + (1 - t) (-log(1 - s) + rho b(1 - s))
+
+    'mean' averages over rows and classes (as BCE); 'sum' sums both; 'none' keeps (N, C).
+    """
+    log_end = check_log_end(log_end)
+    rho = check_bonus_weight(bonus_weight)
+    check_choice(reduction, REDUCTIONS, "reduction")
+    if input.shape != target.shape:
+        raise ValueError(f"multi-label targets must have the shape of the logits {tuple(input.shape)}, got {tuple(target.shape)}")
+    z = input.to(compute_dtype(input.dtype))
+    t = target.to(z.dtype)
+    log_s, log_not_s = F.logsigmoid(z), F.logsigmoid(-z)
+    pos, neg = -log_s, -log_not_s
+    if rho:
+        pos = pos + rho * bonus_from_log_prob(log_s, log_end)
+        neg = neg + rho * bonus_from_log_prob(log_not_s, log_end)
+    loss = t * pos + (1.0 - t) * neg
+    if reduction == "sum":
+        return loss.sum()
+    if reduction == "mean":
+        return loss.mean() if loss.numel() else loss.sum()
+    return loss

@@ -1,0 +1,62 @@
+"""el-plugins: the encouraging loss for fairseq and timm.
+
+Besides the package, the wheel carries ``el_plugins.pth`` at the root of site-packages: at
+interpreter start-up it installs the small import hook of ``el_plugins/_activation.py``, which
+registers the fairseq criterion and the timm loss when (and only when) those frameworks are
+imported. The ``el_plugins.activate`` entry points say what to load for which module.
+"""
+import os
+
+from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PTH = "el_plugins.pth"
+
+
+class BuildPyWithPth(build_py):
+    """Copy el_plugins.pth next to the package, so it lands in site-packages itself."""
+
+    def run(self):
+        super().run()
+        self.copy_file(os.path.join(HERE, PTH), os.path.join(self.build_lib, PTH), preserve_mode=0)
+
+    def get_outputs(self, include_bytecode=1):
+        return super().get_outputs(include_bytecode) + [os.path.join(self.build_lib, PTH)]
+
+
+def read_version():
+    with open(os.path.join(HERE, "el_plugins", "__init__.py")) as f:
+        for line in f:
+            if line.startswith("__version__"):
+                return line.split("=")[1].strip().strip("\"'")
+    raise RuntimeError("no __version__ in el_plugins/__init__.py")
+
+
+setup(
+    name="el-plugins",
+    version=read_version(),
+    description="The encouraging loss (Zhao et al., AAAI 2022) as a fairseq criterion and a timm loss",
+    long_description=open(os.path.join(HERE, "README.md")).read(),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.9",
+    packages=find_packages(include=["el_plugins", "el_plugins.*"]),
+    cmdclass={"build_py": BuildPyWithPth},
+    install_requires=["torch>=2.1", "numpy"],
+    extras_require={
+        # fairseq 0.12.2 does not import on Python >= 3.11; fairseq-fixed is a packaged later
+        # snapshot that does (install it with --no-build-isolation after torch, cython, numpy).
+        "fairseq": ["fairseq>=0.12; python_version<'3.11'", "fairseq-fixed>=0.12.3; python_version>='3.11'"],
+        "timm": ["timm>=1.0.23", "torchvision"],
+        "scripts": ["sacrebleu>=2.0", "sentencepiece", "tqdm", "matplotlib", "scikit-learn", "pyyaml"],
+        "test": ["pytest", "scikit-learn", "pillow"],
+    },
+    entry_points={
+        "el_plugins.activate": [
+            "fairseq.criterions = el_plugins.fairseq_plugin.criterion",
+            "timm.loss = el_plugins.timm_plugin.loss_factory",
+        ],
+        "console_scripts": [],
+    },
+)
