@@ -57,6 +57,8 @@ setup(
             "fairseq.criterions = el_plugins.fairseq_plugin.criterion",
             "timm.loss = el_plugins.timm_plugin.loss_factory",
         ],
-        "console_scripts": [],
+        "console_scripts": [
+            "el-demo = el_plugins.demo.__main__:main",
+        ],
     },
 )

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Set up (or bring up to date) the virtual environment .venv in the repository root:
+# torch first, then fairseq (compiled, no build isolation), timm and the script/test tools, then
+# el-plugins itself. Idempotent: each step is skipped when what it installs is already there,
+# and el-plugins is reinstalled only when its sources changed. Usage: bash scripts/setup.sh
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+PYTHON=${PYTHON:-python3}
+VENV=${EL_VENV:-.venv}
+TORCH_PINS="torch==2.14.1 torchvision==0.29.1"   # a CUDA build that also runs on CPU
+FAIRSEQ_PIN="fairseq-fixed==0.12.3.1"             # fairseq 0.12.2 does not import on Python 3.11
+TOOLS="timm==1.0.31 sacrebleu sentencepiece tqdm matplotlib scikit-learn pillow pyyaml pytest"
+
+say() { printf '[setup] %s\n' "$*"; }
+[ -x "$VENV/bin/python" ] || { say "creating $VENV"; "$PYTHON" -m venv "$VENV"; }
+py="$VENV/bin/python"
+# (this workplace's pip config names local package folders that may be absent: drop that noise)
+pip() { "$py" -m pip --disable-pip-version-check -q "$@" 2>&1 | sed '/^WARNING: Location/d'; }
+stamp() { sha256sum "$@" | sha256sum | cut -c1-16; }
+
+deps_stamp="$VENV/.el-deps-$(stamp scripts/setup.sh)"
+if [ ! -e "$deps_stamp" ]; then
+  say "installing $TORCH_PINS"
+  pip install $TORCH_PINS
+  say "installing $FAIRSEQ_PIN (compiles C++ extensions, a few minutes)"
+  pip install cython numpy setuptools wheel
+  pip install --no-build-isolation "$FAIRSEQ_PIN"
+  say "installing $TOOLS"
+  pip install $TOOLS
+  "$py" -c "import torch, torchvision, fairseq, timm, sacrebleu, sentencepiece" \
+    || { echo "[setup] the environment does not import; see the messages above" >&2; exit 1; }
+  rm -f "$VENV"/.el-deps-*; touch "$deps_stamp"
+fi
+
+pkg_stamp="$VENV/.el-pkg-$(stamp setup.py el_plugins.pth $(find el_plugins -name '*.py' | sort))"
+if [ ! -e "$pkg_stamp" ]; then
+  say "installing el-plugins from $(pwd)"
+  pip install --no-deps --force-reinstall .
+  rm -rf build el_plugins.egg-info
+  rm -f "$VENV"/.el-pkg-*; touch "$pkg_stamp"
+fi
+say "ready: $VENV ($("$py" -c 'from importlib.metadata import version as v; print(", ".join(f"{p} {v(p)}" for p in ("torch", "fairseq-fixed", "timm", "el-plugins")))'))"

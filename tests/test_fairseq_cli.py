@@ -1,0 +1,109 @@
+"""End to end with the real fairseq command-line programs: no --user-dir, resume, generate, validate,
+hydra, the --user-dir fallback, and bad options stopping fairseq-train before it trains."""
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from conftest import TINY_TRANSFORMER, run_cli
+
+pytest.importorskip("fairseq")
+
+EL_FLAGS = ["--criterion", "label_smoothed_encouraging_loss", "--label-smoothing", "0.1", "--log-end", "0.75"]
+TRAIN = [*TINY_TRANSFORMER, "--optimizer", "adam", "--lr", "0.002", "--max-tokens", "800", "--cpu", "--seed", "1",
+         "--log-interval", "5", "--no-progress-bar", "--num-workers", "0"]
+
+
+def last_valid(log):
+    lines = [line for line in log.splitlines() if "| valid on 'valid' subset |" in line]
+    assert lines, log[-3000:]
+    return dict(re.findall(r"\| (\w+) ([-\d.]+)", lines[-1]))
+
+
+def test_train_resume_generate_validate_without_user_dir(toy_data_bin, tmp_path):
+    save = tmp_path / "ckpt"
+    first = run_cli("fairseq-train", toy_data_bin, *TRAIN, *EL_FLAGS, "--max-update", "30", "--save-dir", save).stdout
+    assert "criterion: LabelSmoothedEncouragingLossCriterion" in first
+    valid = last_valid(first)
+    assert valid["num_updates"] == "30"
+    assert float(valid["bonus"]) < 0 and 0 < float(valid["p_target"]) < 1
+    assert (save / "checkpoint_last.pt").exists()
+
+    resumed = run_cli("fairseq-train", toy_data_bin, *TRAIN, *EL_FLAGS, "--max-update", "45", "--save-dir", save).stdout
+    assert re.search(r"Loaded checkpoint .*checkpoint_last\.pt \(epoch \d+ @ 30 updates\)", resumed), resumed[-3000:]
+    assert last_valid(resumed)["num_updates"] == "45"
+
+    gen = run_cli("fairseq-generate", toy_data_bin, "--path", save / "checkpoint_last.pt", "--beam", "2",
+                  "--max-tokens", "800", "--cpu", "--num-workers", "0").stdout
+    assert re.search(r"Generate test with beam=2: BLEU4 = [\d.]+", gen), gen[-3000:]
+    assert len(re.findall(r"^H-\d+", gen, flags=re.M)) == 40
+
+    val = run_cli("fairseq-validate", toy_data_bin, "--task", "translation", "--path", save / "checkpoint_last.pt", *EL_FLAGS,
+                  "--max-tokens", "800", "--cpu", "--num-workers", "0").stdout
+    assert re.search(r"valid on 'valid' subset \| loss [\d.]+ \| bonus -[\d.]+", val), val[-3000:]
+
+
+def test_hydra_train(toy_data_bin, tmp_path):
+    (tmp_path / "el.yaml").write_text(f"""
+common: {{cpu: true, log_interval: 5, no_progress_bar: true}}
+task: {{_name: translation, data: {toy_data_bin}, source_lang: src, target_lang: en}}
+model:
+  _name: transformer
+  encoder: {{layers: 1, embed_dim: 32, ffn_embed_dim: 64, attention_heads: 2}}
+  decoder: {{layers: 1, embed_dim: 32, ffn_embed_dim: 64, attention_heads: 2}}
+criterion: {{_name: label_smoothed_encouraging_loss, label_smoothing: 0.1, log_end: 0.5}}
+optimizer: {{_name: adam}}
+lr_scheduler: {{_name: fixed}}
+optimization: {{max_update: 6, lr: [0.001]}}
+dataset: {{max_tokens: 800, num_workers: 0}}
+checkpoint: {{save_dir: {tmp_path / 'ckpt'}}}
+""")
+    out = run_cli("fairseq-hydra-train", "--config-dir", tmp_path, "--config-name", "el", cwd=tmp_path).stdout
+    assert "'criterion': {'_name': 'label_smoothed_encouraging_loss', 'label_smoothing': 0.1, 'log_end': 0.5" in out
+    assert "criterion: LabelSmoothedEncouragingLossCriterion" in out
+    assert "num_updates 6" in out
+
+
+def test_user_dir_fallback_when_automatic_activation_is_off(toy_data_bin, tmp_path):
+    off = {"EL_PLUGINS_DISABLE": "1"}
+    refused = run_cli("fairseq-train", toy_data_bin, *TRAIN, *EL_FLAGS, "--max-update", "2",
+                      "--save-dir", tmp_path / "a", env=off, check=False)
+    assert refused.returncode != 0 and "invalid choice: 'label_smoothed_encouraging_loss'" in refused.stdout
+
+    user_dir = subprocess.run([sys.executable, "-m", "el_plugins.fairseq_plugin"], stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True, check=True).stdout.strip()
+    assert os.path.isfile(os.path.join(user_dir, "criterion.py"))
+    for env in (off, None):  # by hand, and on top of the automatic activation (no double registration)
+        out = run_cli("fairseq-train", toy_data_bin, *TRAIN, *EL_FLAGS, "--max-update", "2", "--user-dir", user_dir,
+                      "--save-dir", tmp_path / f"b{bool(env)}", "--no-save", env=env).stdout
+        assert "criterion: LabelSmoothedEncouragingLossCriterion" in out
+
+
+@pytest.mark.parametrize("flag,value,message", [
+    ("--log-end", "1.5", r"--log-end must be in \(0, 1\]"),
+    ("--log-end", "0", r"--log-end must be in \(0, 1\]"),
+    ("--label-smoothing", "1.0", r"--label-smoothing must be in \[0, 1\)"),
+    ("--bonus-weight", "-1", r"--bonus-weight must be a finite number >= 0"),
+])
+def test_out_of_range_option_stops_training_before_it_starts(toy_data_bin, tmp_path, flag, value, message):
+    args = [*TRAIN, "--criterion", "label_smoothed_encouraging_loss", flag, value, "--max-update", "5",
+            "--save-dir", tmp_path]
+    proc = run_cli("fairseq-train", toy_data_bin, *args, check=False)
+    assert proc.returncode != 0
+    assert re.search(message, proc.stdout), proc.stdout[-2000:]
+    assert "train_inner" not in proc.stdout and not list(tmp_path.glob("*.pt"))
+
+
+def test_bad_smoothing_convention_is_refused_by_the_parser(toy_data_bin, tmp_path):
+    proc = run_cli("fairseq-train", toy_data_bin, *TRAIN, "--criterion", "label_smoothed_encouraging_loss",
+                   "--smoothing-convention", "timm", "--save-dir", tmp_path, check=False)
+    assert proc.returncode != 0 and "invalid choice: 'timm'" in proc.stdout
+
+
+def test_start_up_imports_nothing_for_programs_that_never_import_fairseq_or_timm():
+    code = ("import sys; heavy = [m for m in ('torch', 'fairseq', 'timm', 'el_plugins.functional') if m in sys.modules];"
+            "print(heavy, 'el_plugins._activation' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, check=True).stdout
+    assert out.strip() == "[] True"

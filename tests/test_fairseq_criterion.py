@@ -1,0 +1,133 @@
+"""The fairseq criterion against fairseq's own label_smoothed_cross_entropy, on a real model and batch."""
+import math
+
+import pytest
+import torch
+
+from conftest import TINY_TRANSFORMER
+
+fairseq = pytest.importorskip("fairseq")
+from fairseq import options, tasks  # noqa: E402
+from fairseq.criterions import CRITERION_REGISTRY  # noqa: E402
+from fairseq.criterions.label_smoothed_cross_entropy import LabelSmoothedCrossEntropyCriterion  # noqa: E402
+from fairseq.dataclass.utils import convert_namespace_to_omegaconf  # noqa: E402
+from fairseq.logging import metrics  # noqa: E402
+
+from el_plugins.fairseq_plugin.criterion import (  # noqa: E402
+    CRITERION_NAME, LabelSmoothedEncouragingLossConfig, LabelSmoothedEncouragingLossCriterion)
+
+
+def test_registered_by_plain_import_of_fairseq():
+    assert CRITERION_REGISTRY[CRITERION_NAME] is LabelSmoothedEncouragingLossCriterion
+
+
+def test_default_smoothing_convention_is_installed_fairseqs():
+    # fairseq >= 0.12 spreads eps over the V - 1 non-target classes
+    assert str(LabelSmoothedEncouragingLossConfig().smoothing_convention) == "fairseq"
+
+
+def build(data_bin, *criterion_args, seed=3):
+    parser = options.get_training_parser()
+    args = options.parse_args_and_arch(parser, [str(data_bin), *TINY_TRANSFORMER, "--cpu", *criterion_args])
+    cfg = convert_namespace_to_omegaconf(args)
+    task = tasks.setup_task(cfg.task)
+    task.load_dataset("valid")
+    torch.manual_seed(seed)
+    model = task.build_model(cfg.model)
+    model.eval()  # no dropout: both criteria see the same forward pass
+    criterion = task.build_criterion(cfg.criterion)
+    itr = task.get_batch_iterator(dataset=task.dataset("valid"), max_tokens=400).next_epoch_itr(shuffle=False)
+    return task, model, criterion, list(itr)
+
+
+def loss_and_grads(criterion, model, sample):
+    model.zero_grad()
+    loss, sample_size, log = criterion(model, sample)
+    loss.backward()
+    return loss.detach(), log, [p.grad.clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("eps", ["0.1", "0.0"])
+def test_bonus_weight_zero_equals_fairseq_label_smoothed_cross_entropy(toy_data_bin, eps):
+    task, model, el, batches = build(toy_data_bin, "--criterion", CRITERION_NAME, "--label-smoothing", eps,
+                                     "--bonus-weight", "0", "--report-accuracy")
+    ls = LabelSmoothedCrossEntropyCriterion(task, sentence_avg=False, label_smoothing=float(eps), report_accuracy=True)
+    for sample in batches[:2]:
+        el_loss, el_log, el_grads = loss_and_grads(el, model, sample)
+        ls_loss, ls_log, ls_grads = loss_and_grads(ls, model, sample)
+        assert torch.equal(el_loss, ls_loss), (el_loss, ls_loss)
+        assert torch.equal(el_log["nll_loss"], ls_log["nll_loss"])
+        assert el_log["n_correct"] == ls_log["n_correct"] and el_log["total"] == ls_log["total"]
+        for a, b in zip(el_grads, ls_grads):
+            assert torch.equal(a, b)
+
+
+def test_bonus_changes_loss_and_gradient(toy_data_bin):
+    task, model, el, batches = build(toy_data_bin, "--criterion", CRITERION_NAME, "--label-smoothing", "0.1",
+                                     "--log-end", "0.5")
+    ls = LabelSmoothedCrossEntropyCriterion(task, sentence_avg=False, label_smoothing=0.1)
+    el_loss, el_log, el_grads = loss_and_grads(el, model, batches[0])
+    ls_loss, _, ls_grads = loss_and_grads(ls, model, batches[0])
+    assert el_log["el_bonus"] < 0  # b(p) <= 0 for a fresh model
+    torch.testing.assert_close(el_loss, ls_loss + el_log["el_bonus"])
+    assert not all(torch.equal(a, b) for a, b in zip(el_grads, ls_grads))
+
+
+@pytest.mark.parametrize("convention,log_end,expected", [("paper", 0.75, 1.218452204029),
+                                                          ("paper", 0.5, 1.809252236702),
+                                                          ("fairseq", 0.75, 1.496696504549)])
+def test_criterion_reproduces_spec_example(toy_data_bin, convention, log_end, expected):
+    _, _, el, _ = build(toy_data_bin, "--criterion", CRITERION_NAME, "--label-smoothing", "0.1",
+                        "--log-end", str(log_end), "--smoothing-convention", convention)
+    assert el.padding_idx == 1  # the spec's padding index is fairseq's
+    torch.manual_seed(0)
+    z = torch.randn(6, 11, dtype=torch.float64) * 3
+    out = el.compute_terms(torch.log_softmax(z, -1), torch.tensor([9, 1, 2, 10, 6, 4]))
+    assert out.loss.item() == pytest.approx(expected, abs=1e-11)
+    assert out.nll_loss.item() == pytest.approx(3.409925482129, abs=1e-11)
+
+
+def test_logging_outputs_sum_across_workers(toy_data_bin):
+    """fairseq sums logging outputs of all workers before reduce_metrics: the sum must give the same
+    metrics as reducing the per-worker list, and match the per-token definitions."""
+    _, model, el, batches = build(toy_data_bin, "--criterion", CRITERION_NAME, "--label-smoothing", "0.1",
+                                  "--report-accuracy")
+    assert el.logging_outputs_can_be_summed()
+    logs = []
+    with torch.no_grad():
+        for sample in batches[:2]:
+            logs.append(el(model, sample)[2])
+    summed = {k: sum(log[k] for log in logs) for k in logs[0]}
+
+    def reduced(outputs):
+        with metrics.aggregate() as agg:
+            LabelSmoothedEncouragingLossCriterion.reduce_metrics(outputs)
+        return agg.get_smoothed_values()
+
+    a, b = reduced(logs), reduced([summed])
+    for key in ("loss", "nll_loss", "bonus", "p_target", "past_log_end", "accuracy", "ppl"):
+        assert a[key] == pytest.approx(b[key]), key
+    ntok = summed["ntokens"]
+    assert b["loss"] == pytest.approx(round(float(summed["loss"]) / summed["sample_size"] / math.log(2), 3))
+    assert b["bonus"] == pytest.approx(round(float(summed["el_bonus"]) / summed["sample_size"] / math.log(2), 3))
+    assert b["p_target"] == pytest.approx(round(float(summed["p_target"]) / ntok, 3))
+    assert 0 < b["p_target"] < 1
+
+
+def test_all_padding_batch_gives_zero_loss(toy_data_bin):
+    _, model, el, batches = build(toy_data_bin, "--criterion", CRITERION_NAME, "--label-smoothing", "0.1")
+    sample = dict(batches[0])
+    sample["target"] = torch.full_like(sample["target"], el.padding_idx)
+    loss, _, log = el(model, sample)
+    assert loss.item() == 0.0 and not torch.isnan(loss)
+    assert log["p_target"] == 0.0
+
+
+def test_target_outside_vocabulary_is_a_clear_error(toy_data_bin):
+    _, model, el, batches = build(toy_data_bin, "--criterion", CRITERION_NAME)
+    sample = dict(batches[0])
+    sample["target"] = sample["target"].clone()
+    vocab = len(el.task.target_dictionary)
+    sample["target"][0, 0] = vocab + 5
+    with pytest.raises(ValueError, match=rf"target {vocab + 5} is outside the {vocab} classes"):
+        el(model, sample)
