@@ -59,6 +59,7 @@ setup(
         ],
         "console_scripts": [
             "el-demo = el_plugins.demo.__main__:main",
+            "el-timm-train = el_plugins.timm_plugin.launcher:main",
         ],
     },
 )

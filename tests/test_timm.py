@@ -1,0 +1,336 @@
+"""'el' in timm's loss factory, the timm-style modules, timm's ClassificationTask, and el-timm-train
+driving train.py-shaped scripts (with and without their own --loss) on the bundled digits."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import run_cli
+
+timm = pytest.importorskip("timm")
+import timm.loss  # noqa: E402
+from timm.task import ClassificationTask  # noqa: E402
+
+from el_plugins import functional as EF  # noqa: E402
+from el_plugins.demo.digits import write_digits_image_folder  # noqa: E402
+from el_plugins.loss import BinaryEncouragingLoss, EncouragingLoss  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def digits_folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("digits")
+    write_digits_image_folder(str(root), size=32)
+    return root
+
+
+# --------------------------------------------------------------------------- the factory
+def test_el_is_a_timm_loss_type():
+    assert "el" in timm.loss.LOSS_TYPES and "el" in timm.loss.MULTI_LABEL_LOSS_TYPES
+    assert timm.loss._loss_factory.LOSS_TYPES is timm.loss.LOSS_TYPES
+
+
+@pytest.mark.parametrize("kwargs,cls,smoothing", [
+    (dict(), EncouragingLoss, 0.0),
+    (dict(smoothing=0.1), EncouragingLoss, 0.1),
+    (dict(smoothing=0.1, soft_targets=True), EncouragingLoss, 0.0),  # Mixup/CutMix smooth upstream
+    (dict(multi_label=True, smoothing=0.1), BinaryEncouragingLoss, 0.1),
+    (dict(multi_label=True, smoothing=0.1, soft_targets=True), BinaryEncouragingLoss, 0.0),
+])
+def test_factory_returns_el(kwargs, cls, smoothing):
+    loss = timm.loss.create_classification_loss(loss_type="el", **kwargs)
+    assert type(loss) is cls and loss.smoothing == smoothing and loss.log_end == 0.75
+
+
+def test_factory_el_settings_and_other_types_untouched():
+    loss = timm.loss.create_classification_loss("el", el_log_end=0.5, el_bonus_weight=2.0)
+    assert (loss.log_end, loss.bonus_weight) == (0.5, 2.0)
+    assert type(timm.loss.create_classification_loss(loss_type="ce", smoothing=0.1)).__name__ == "LabelSmoothingCrossEntropy"
+    assert type(timm.loss.create_classification_loss(multi_label=True)).__name__ == "BinaryCrossEntropy"
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(class_weight=[1.0] * 10), "Class and positive weights are only supported by bce and multi-label asl"),
+    (dict(bce_sum=True), "BCE target threshold and sum options only apply to the bce loss"),
+    (dict(class_counts=[1, 2], num_samples=3), "Class counts are only used by the db loss"),
+    (dict(jsd_splits=3), "does not combine with JSD augmentation splits"),
+    (dict(el_log_end=1.5), r"log_end must be in \(0, 1\]"),
+    (dict(smoothing=1.0), r"smoothing must be in \[0, 1\)"),
+])
+def test_factory_refuses_what_el_cannot_honour(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        timm.loss.create_classification_loss(loss_type="el", **kwargs)
+
+
+def test_factory_errors_for_other_types_still_timms():
+    with pytest.raises(ValueError, match=r"Unknown loss type 'nope', expected one of \(.*'el'\)"):
+        timm.loss.create_classification_loss(loss_type="nope")
+    with pytest.raises(ValueError, match="el_log_end and el_bonus_weight only apply to loss_type='el'"):
+        timm.loss.create_classification_loss(loss_type="ce", el_log_end=0.5)
+
+
+def test_classification_task_gets_el_from_criterion_kwargs():
+    model = timm.create_model("test_resnet", num_classes=10)
+    task = ClassificationTask(model, criterion_kwargs=dict(loss_type="el", smoothing=0.1), device=torch.device("cpu"))
+    assert isinstance(task.criterion, EncouragingLoss) and task.criterion.smoothing == 0.1
+
+
+@pytest.mark.parametrize("order", ["task-first", "plugin-first"])
+def test_import_order_does_not_matter(order):
+    imports = ["from timm.task import ClassificationTask", "import el_plugins.timm_plugin"]
+    if order == "plugin-first":
+        imports.reverse()
+    code = "\n".join(imports + [
+        "import timm, torch",
+        "m = timm.create_model('test_resnet', num_classes=3)",
+        "t = ClassificationTask(m, criterion_kwargs=dict(loss_type='el'), device=torch.device('cpu'))",
+        "print(type(t.criterion).__name__)",
+    ])
+    env = dict(os.environ, EL_PLUGINS_DISABLE="1", PYTHONWARNINGS="ignore")  # activation by hand only
+    out = subprocess.run([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "EncouragingLoss"
+
+
+# --------------------------------------------------------------------------- the modules' math
+def test_module_matches_spec_timm_example_and_functional():
+    torch.manual_seed(0)
+    z = torch.randn(6, 11, dtype=torch.float64) * 3
+    t = torch.tensor([9, 1, 2, 10, 6, 4])
+    assert EncouragingLoss(log_end=0.75, smoothing=0.1)(z, t).item() == pytest.approx(0.701847684127, abs=1e-11)
+    soft = torch.softmax(torch.randn(6, 11, dtype=torch.float64), -1)
+    torch.testing.assert_close(EncouragingLoss(log_end=0.5)(z, soft),
+                               EF.soft_target_encouraging_loss(z, soft, log_end=0.5))
+
+
+def test_binary_module_smoothing_follows_timm_bce():
+    z = torch.randn(4, 5, dtype=torch.float64)
+    t = torch.tensor([0, 4, 2, 2])
+    dense = torch.full((4, 5), 0.1 / 5, dtype=torch.float64).scatter_(1, t[:, None], 1 - 0.1 + 0.1 / 5)
+    torch.testing.assert_close(BinaryEncouragingLoss(smoothing=0.1)(z, t),
+                               EF.binary_encouraging_loss(z, dense.float()).to(torch.float64), rtol=1e-6, atol=1e-7)
+    multi = torch.randint(0, 2, (4, 5)).double()
+    torch.testing.assert_close(BinaryEncouragingLoss(smoothing=0.2, bonus_weight=0.0)(z, multi),
+                               F.binary_cross_entropy_with_logits(z, multi * 0.8 + 0.1))
+
+
+def test_gradcheck_modules():
+    torch.manual_seed(4)
+    z = (torch.randn(5, 4, dtype=torch.float64) * 2).requires_grad_()
+    t = torch.tensor([0, 3, 1, 1, 2])
+    assert torch.autograd.gradcheck(lambda x: EncouragingLoss(smoothing=0.1)(x, t), (z,))
+    assert torch.autograd.gradcheck(lambda x: BinaryEncouragingLoss(smoothing=0.1)(x, t), (z,))
+
+
+# --------------------------------------------------------------------------- training with timm's machinery
+@pytest.mark.parametrize("mixup", [False, True])
+def test_classification_task_trains_with_el_on_digits(digits_folder, mixup):
+    from timm.data import Mixup, create_dataset, create_loader
+
+    torch.manual_seed(0)
+    dataset = create_dataset("", root=str(digits_folder), split="train", is_training=True)
+    loader = create_loader(dataset, input_size=(3, 32, 32), batch_size=64, is_training=True, use_prefetcher=False,
+                           num_workers=0, no_aug=True)
+    mix = Mixup(mixup_alpha=0.4, label_smoothing=0.1, num_classes=10) if mixup else None
+    model = timm.create_model("test_resnet", num_classes=10)
+    task = ClassificationTask(model, criterion_kwargs=dict(loss_type="el", smoothing=0.1, soft_targets=mixup),
+                              device=torch.device("cpu"))
+    opt = torch.optim.AdamW(task.get_trainable_module().parameters(), lr=3e-3)
+    losses = []
+    for step, (x, y) in enumerate(loader):
+        if mix is not None:
+            x, y = mix(x, y)
+            assert y.shape == (x.shape[0], 10)
+        loss = task(x, y)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        if step == 19:
+            break
+    assert all(map(lambda v: v == v and abs(v) < 1e3, losses))
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5, losses
+
+
+# --------------------------------------------------------------------------- train.py-shaped scripts + launcher
+TRAIN_PY = textwrap.dedent('''
+    """A train.py shaped like timm's: module-level config_parser/parser, _parse_args with -c yaml,
+    args.yaml in the output folder, the training criterion given to timm's ClassificationTask,
+    validation with plain cross-entropy."""
+    import argparse, json, logging, os
+    import torch, torch.nn as nn, yaml
+    from timm import utils
+    from timm.data import Mixup, create_dataset, create_loader
+    from timm.loss import LOSS_TYPES, LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+    from timm.models import create_model
+    from timm.task import ClassificationTask
+
+    _logger = logging.getLogger('train')
+    config_parser = parser = argparse.ArgumentParser(description='Training Config', add_help=False)
+    parser.add_argument('-c', '--config', default='', type=str)
+    parser = argparse.ArgumentParser(description='PyTorch ImageNet Training')
+    parser.add_argument('data', nargs='?')
+    parser.add_argument('--model', default='test_resnet')
+    parser.add_argument('--smoothing', type=float, default=0.1)
+    parser.add_argument('--mixup', type=float, default=0.0)
+    parser.add_argument('--cutmix', type=float, default=0.0)
+    parser.add_argument('--cutmix-minmax', type=float, nargs='+', default=None)
+    parser.add_argument('--jsd-loss', action='store_true', default=False)
+    parser.add_argument('--bce-loss', action='store_true', default=False)
+    parser.add_argument('--steps', type=int, default=6)
+    parser.add_argument('--output', default='out')
+    if NEW_STYLE:
+        parser.add_argument('--loss', default=None, choices=LOSS_TYPES)
+
+    def _parse_args():
+        args_config, remaining = config_parser.parse_known_args()
+        if args_config.config:
+            with open(args_config.config) as f:
+                parser.set_defaults(**yaml.safe_load(f))
+        args = parser.parse_args(remaining)
+        return args, yaml.safe_dump(args.__dict__, default_flow_style=False)
+
+    def main():
+        utils.setup_default_logging()
+        args, args_text = _parse_args()
+        torch.manual_seed(0)
+        mixup_active = args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None
+        model = create_model(args.model, num_classes=10)
+        if NEW_STYLE:
+            task = ClassificationTask(model=model, device=torch.device('cpu'), criterion_kwargs=dict(
+                loss_type=args.loss, smoothing=args.smoothing, soft_targets=mixup_active))
+        else:
+            if mixup_active:
+                train_loss_fn = SoftTargetCrossEntropy()
+            elif args.smoothing:
+                train_loss_fn = LabelSmoothingCrossEntropy(smoothing=args.smoothing)
+            else:
+                train_loss_fn = nn.CrossEntropyLoss()
+            task = ClassificationTask(model=model, criterion=train_loss_fn, device=torch.device('cpu'))
+        validate_loss_fn = nn.CrossEntropyLoss()
+        os.makedirs(args.output, exist_ok=True)
+        with open(os.path.join(args.output, 'args.yaml'), 'w') as f:
+            f.write(args_text)
+        mix = Mixup(mixup_alpha=args.mixup, label_smoothing=args.smoothing, num_classes=10) if mixup_active else None
+        loader = create_loader(create_dataset('', root=args.data, split='train', is_training=True),
+                               input_size=(3, 32, 32), batch_size=32, is_training=True, use_prefetcher=False,
+                               num_workers=0, no_aug=True)
+        opt = torch.optim.AdamW(task.get_trainable_module().parameters(), lr=2e-3)
+        losses = []
+        for step, (x, y) in enumerate(loader):
+            if mix is not None:
+                x, y = mix(x, y)
+            loss = task(x, y)['loss']
+            opt.zero_grad(); loss.backward(); opt.step()
+            losses.append(loss.item())
+            if step + 1 == args.steps:
+                break
+        x, y = next(iter(loader))
+        with torch.no_grad():
+            val_loss = validate_loss_fn(model(x), y).item()
+        with open(os.path.join(args.output, 'result.json'), 'w') as f:
+            json.dump(dict(criterion=repr(task.criterion), validate=type(validate_loss_fn).__name__,
+                           losses=losses, val_loss=val_loss), f)
+
+    if __name__ == '__main__':
+        main()
+''')
+
+
+def write_train_py(tmp_path, new_style):
+    path = tmp_path / f"train_{'new' if new_style else 'old'}.py"
+    path.write_text(f"NEW_STYLE = {new_style}\n" + TRAIN_PY)
+    return path
+
+
+def read_run(out):
+    return json.loads((out / "result.json").read_text()), (out / "args.yaml").read_text()
+
+
+def test_new_style_train_py_takes_loss_el_without_launcher(tmp_path, digits_folder):
+    train_py, out = write_train_py(tmp_path, True), tmp_path / "out"
+    proc = subprocess.run([sys.executable, train_py, digits_folder, "--loss", "el", "--output", out],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    result, args_yaml = read_run(out)
+    assert result["criterion"] == "EncouragingLoss(log_end=0.75, smoothing=0.1, bonus_weight=1.0, reduction='mean')"
+    assert result["validate"] == "CrossEntropyLoss"
+    assert "el-plugins: loss_type='el' -> EncouragingLoss(log_end=0.75" in proc.stdout
+
+
+@pytest.mark.parametrize("new_style", [True, False])
+@pytest.mark.parametrize("mixup", ["0", "0.4"])
+def test_launcher_runs_train_py_with_el(tmp_path, digits_folder, new_style, mixup):
+    train_py, out = write_train_py(tmp_path, new_style), tmp_path / "out"
+    proc = run_cli("el-timm-train", train_py, digits_folder, "--output", out, "--mixup", mixup,
+                   "--loss", "el", "--log-end", "0.5")
+    result, args_yaml = read_run(out)
+    smoothing = "0.0" if mixup != "0" else "0.1"
+    assert result["criterion"] == f"EncouragingLoss(log_end=0.5, smoothing={smoothing}, bonus_weight=1.0, reduction='mean')"
+    assert result["validate"] == "CrossEntropyLoss"
+    assert all(v == v for v in result["losses"])
+    assert "loss: el" in args_yaml and "log_end: 0.5" in args_yaml
+    targets = "soft (Mixup/CutMix)" if mixup != "0" else "class index"
+    assert (f"el-plugins: training loss = encouraging loss (log_end=0.5, bonus_weight=1.0, label smoothing={smoothing}, "
+            f"targets={targets}); validation loss = cross-entropy") in proc.stdout
+
+
+def test_launcher_without_loss_el_leaves_train_py_alone(tmp_path, digits_folder):
+    train_py, out = write_train_py(tmp_path, False), tmp_path / "out"
+    run_cli("el-timm-train", train_py, digits_folder, "--output", out, "--steps", "1")
+    result, _ = read_run(out)
+    assert result["criterion"] == "LabelSmoothingCrossEntropy()"
+
+
+@pytest.mark.parametrize("new_style", [True, False])
+def test_launcher_reads_el_options_from_config_yaml(tmp_path, digits_folder, new_style):
+    train_py, out = write_train_py(tmp_path, new_style), tmp_path / "out"
+    (tmp_path / "cfg.yaml").write_text("loss: el\nlog_end: 0.6\nsmoothing: 0.2\nsteps: 2\n")
+    run_cli("el-timm-train", train_py, digits_folder, "-c", tmp_path / "cfg.yaml", "--output", out)
+    result, args_yaml = read_run(out)
+    assert result["criterion"].startswith("EncouragingLoss(log_end=0.6, smoothing=0.2,")
+    assert "log_end: 0.6" in args_yaml and "loss: el" in args_yaml
+
+
+@pytest.mark.parametrize("args,config,message", [
+    (["--loss", "el", "--log-end", "1.5"], None, r"argument --log-end: --log-end must be in \(0, 1\]"),
+    (["--loss", "el", "--log-end", "abc"], None, r"argument --log-end: --log-end must be in \(0, 1\]"),
+    (["--loss", "el", "--el-bonus-weight", "-2"], None, r"--el-bonus-weight must be a finite number >= 0"),
+    (["--loss", "el", "--jsd-loss"], None, "--loss el cannot be combined with --jsd-loss"),
+    (["--loss", "el", "--bce-loss"], None, "--loss el cannot be combined with --bce-loss"),
+    ([], "loss: el\nlog_end: 0\n", r"--log-end \(log_end\) must be in \(0, 1\]"),
+])
+@pytest.mark.parametrize("new_style", [True, False])
+def test_launcher_stops_on_bad_el_options_before_training(tmp_path, digits_folder, new_style, args, config, message):
+    train_py, out = write_train_py(tmp_path, new_style), tmp_path / "out"
+    extra = []
+    if config:
+        (tmp_path / "cfg.yaml").write_text(config)
+        extra = ["-c", tmp_path / "cfg.yaml"]
+    proc = run_cli("el-timm-train", train_py, digits_folder, "--output", out, *extra, *args, check=False)
+    assert proc.returncode == 2, proc.stdout[-2000:]
+    import re
+    assert re.search(message, proc.stdout), proc.stdout[-2000:]
+    assert not out.exists()
+
+
+def test_launcher_usage_errors(tmp_path):
+    proc = run_cli("el-timm-train", tmp_path / "missing.py", "--loss", "el", check=False)
+    assert proc.returncode == 2 and "the first argument must be the path to timm's train.py" in proc.stdout
+    (tmp_path / "notrain.py").write_text("x = 1\n")
+    proc = run_cli("el-timm-train", tmp_path / "notrain.py", check=False)
+    assert proc.returncode != 0 and "does not look like timm's train.py" in proc.stdout
+
+
+def test_launcher_as_module_for_torchrun(tmp_path, digits_folder):
+    """torchrun ... -m el_plugins.timm_plugin.launcher train.py ...: the same entry through runpy."""
+    train_py, out = write_train_py(tmp_path, False), tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "el_plugins.timm_plugin.launcher", train_py, digits_folder,
+                           "--output", out, "--loss", "el", "--steps", "1"],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    assert read_run(out)[0]["criterion"].startswith("EncouragingLoss(log_end=0.75")
