@@ -49,7 +49,7 @@ setup(
         # snapshot that does (install it with --no-build-isolation after torch, cython, numpy).
         "fairseq": ["fairseq>=0.12; python_version<'3.11'", "fairseq-fixed>=0.12.3; python_version>='3.11'"],
         "timm": ["timm>=1.0.23", "torchvision"],
-        "scripts": ["sacrebleu>=2.0", "sentencepiece", "tqdm", "matplotlib", "scikit-learn", "pyyaml"],
+        "scripts": ["sacrebleu>=2.0", "sacremoses", "sentencepiece", "tqdm", "matplotlib", "scikit-learn", "pyyaml"],
         "test": ["pytest", "scikit-learn", "pillow"],
     },
     entry_points={
@@ -60,6 +60,11 @@ setup(
         "console_scripts": [
             "el-demo = el_plugins.demo.__main__:main",
             "el-timm-train = el_plugins.timm_plugin.launcher:main",
+            "el-prepare-iwslt = el_plugins.translation.prepare:main",
+            "el-average-checkpoints = el_plugins.translation.average_checkpoints:main",
+            "el-bleu = el_plugins.translation.bleu:main",
+            "el-translation-train = el_plugins.translation.recipe:main",
+            "el-analyze = el_plugins.analysis.cli:main",
         ],
     },
 )

@@ -1,0 +1,172 @@
+"""report.json, the plots and the side-by-side table of el-analyze; written all-or-nothing."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Dict, List, Optional, Tuple
+
+from el_plugins.analysis.streaming import StreamingAnalysis
+
+CONVENTIONS = {
+    "margin": "z_y - max_{k != y} z_k (logits z, target y); > 0 iff correctly classified",
+    "data_energy": "conditional energy on the data, -z_y",
+    "min_energy": "minimum conditional energy over classes, -max_k z_k (the paper's OOD score)",
+    "free_energy": "-logsumexp_k z_k",
+    "max_prob": "max_k softmax(z)_k (= confidence)",
+    "well_classified_fraction": "fraction of rows with p_y > log_end",
+    "ece": "expected calibration error over equal-width confidence bins (lo, hi]; fractions, not %",
+    "ood": "in-distribution = positive class; for min_energy and free_energy lower means in-distribution, "
+           "for max_prob higher; auroc and fpr95 are fractions (fpr95 = FPR at the highest threshold with TPR >= 95%)",
+}
+PLOT_FILES = ("margins.png", "energy.png", "target_prob.png", "reliability.png", "ood_energy.png", "roc.png")
+
+
+class AnalysisError(Exception):
+    """A bad input that el-analyze reports as one clear line (exit status 2)."""
+
+
+# --------------------------------------------------------------------------- report.json
+def build_report(meta: dict, runs: Dict[str, Tuple[str, StreamingAnalysis]]) -> dict:
+    return {
+        "tool": "el-analyze",
+        **meta,
+        "conventions": CONVENTIONS,
+        "runs": {name: {"checkpoint": ckpt, **analysis.summary()} for name, (ckpt, analysis) in runs.items()},
+    }
+
+
+# --------------------------------------------------------------------------- table
+def _pct(x):
+    return "-" if x is None else f"{100 * x:.2f}"
+
+
+def _num(x):
+    return "-" if x is None else f"{x:.3f}"
+
+
+def table_rows(report: dict) -> List[Tuple[str, List[str]]]:
+    runs = list(report["runs"].values())
+    unit = report.get("row_unit", "rows")
+    log_end = runs[0]["log_end"] if runs else 0.75
+
+    def stat(field, key):
+        return [_num((r.get(field) or {}).get(key)) for r in runs]
+
+    rows = [
+        (unit, [str(r["rows"]) for r in runs]),
+        ("accuracy %", [_pct(r["accuracy"]) for r in runs]),
+        (f"well-classified % (p_y > {log_end:g})", [_pct(r["well_classified_fraction"]) for r in runs]),
+        ("NLL (nats)", [_num(r["nll"]) for r in runs]),
+        (f"ECE % ({runs[0]['n_bins'] if runs else 15} bins)", [_pct(r["ece"]) for r in runs]),
+        ("margin mean", stat("margin", "mean")),
+        ("margin median", stat("margin", "median")),
+        ("margin 5% / 95%", [f"{_num((r['margin'] or {}).get('q05'))} / {_num((r['margin'] or {}).get('q95'))}"
+                             for r in runs]),
+        ("p_y median", stat("target_prob", "median")),
+        ("energy on data -z_y mean", stat("data_energy", "mean")),
+        ("min energy -max z mean", stat("min_energy", "mean")),
+        ("free energy mean", stat("free_energy", "mean")),
+    ]
+    if any(r.get("ood") for r in runs):
+        tpr_pct = round(100 * next(r["ood"]["tpr"] for r in runs if r.get("ood")))
+        rows.append((f"OOD {unit}", [str(r["ood"]["rows"]) if r.get("ood") else "-" for r in runs]))
+        rows.append(("OOD min energy mean", [_num(r["ood"]["min_energy"]["mean"]) if r.get("ood") else "-" for r in runs]))
+        for score, label in (("min_energy", "min energy"), ("free_energy", "free energy"), ("max_prob", "max prob")):
+            rows.append((f"OOD AUROC % ({label})",
+                         [_pct(r["ood"]["detection"][score]["auroc"]) if r.get("ood") else "-" for r in runs]))
+            rows.append((f"OOD FPR{tpr_pct} % ({label})",
+                         [_pct(r["ood"]["detection"][score].get(f"fpr{tpr_pct}")) if r.get("ood") else "-"
+                          for r in runs]))
+    return rows
+
+
+def format_table(report: dict) -> str:
+    """Plain-text table, one column per run."""
+    names = list(report["runs"])
+    rows = table_rows(report)
+    first = max(len(label) for label, _ in rows)
+    widths = [max(len(n), *(len(vals[i]) for _, vals in rows)) for i, n in enumerate(names)]
+    lines = [" " * first + "".join(f"  {n:>{w}}" for n, w in zip(names, widths))]
+    lines += [f"{label:<{first}}" + "".join(f"  {v:>{w}}" for v, w in zip(vals, widths)) for label, vals in rows]
+    return "\n".join(lines)
+
+
+def format_markdown(report: dict) -> str:
+    names = list(report["runs"])
+    lines = ["| | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    lines += [f"| {label} | " + " | ".join(vals) + " |" for label, vals in table_rows(report)]
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- plots
+def render_plots(runs: Dict[str, Tuple[str, StreamingAnalysis]], what: str, ood_label: str = "OOD") -> Dict[str, bytes]:
+    """{file name: PNG bytes}; ``what`` names the data in the titles (e.g. 'digits/val')."""
+    from el_plugins.analysis import plots
+
+    arrays = {name: analysis.arrays() for name, (_, analysis) in runs.items()}
+    summaries = {name: analysis.summary() for name, (_, analysis) in runs.items()}
+    ind = {name: a["id"] for name, a in arrays.items()}
+    log_end = next(iter(runs.values()))[1].log_end
+    files = {
+        "margins.png": plots.histogram_png(
+            {n: a["margin"] for n, a in ind.items()}, f"Margins on {what}",
+            "margin  $z_y - \\max_{k \\neq y} z_k$", vline=0.0, vline_label="margin 0"),
+        "energy.png": plots.histogram_png(
+            {n: a["data_energy"] for n, a in ind.items()}, f"Energy on the data, {what}",
+            "conditional energy on the data  $-z_y$"),
+        "target_prob.png": plots.histogram_png(
+            {n: a["target_prob"] for n, a in ind.items()}, f"Probability of the target, {what}",
+            "$p_y$", bins=50, bounds=(0.0, 1.0), vline=log_end, vline_label=f"log_end {log_end:g}"),
+        "reliability.png": plots.reliability_png(
+            {n: s["reliability"] for n, s in summaries.items()}, {n: s["ece"] for n, s in summaries.items()},
+            f"Reliability diagram, {what}"),
+    }
+    if any(a["ood"]["min_energy"].size for a in arrays.values()):
+        files["ood_energy.png"] = plots.histogram_png(
+            {n: a["min_energy"] for n, a in ind.items()}, f"Min. conditional energy: {what} vs {ood_label}",
+            "$-\\max_k z_k$  (lower = more in-distribution)",
+            ood={n: a["ood"]["min_energy"] for n, a in arrays.items()}, ood_label=ood_label)
+        files["roc.png"] = plots.roc_png(
+            ind, {n: a["ood"] for n, a in arrays.items()},
+            {n: {k: (v or {}).get("auroc") for k, v in ((s.get("ood") or {}).get("detection") or {}).items()}
+             for n, s in summaries.items()},
+            f"OOD detection: in-distribution {what} (positive) vs {ood_label}", tpr=next(iter(runs.values()))[1].tpr)
+    return files
+
+
+# --------------------------------------------------------------------------- writing
+def write_outputs(out_dir: str, files: Dict[str, bytes], remove_stale: Optional[List[str]] = None) -> None:
+    """Write every file through a temporary file and os.replace; report.json last."""
+    os.makedirs(out_dir, exist_ok=True)
+    umask = os.umask(0)
+    os.umask(umask)
+    order = sorted(files, key=lambda f: f == "report.json")
+    temps = {}
+    try:
+        for name in order:
+            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=out_dir)
+            temps[name] = tmp
+            with os.fdopen(fd, "wb") as f:
+                f.write(files[name])
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the files the usual mode
+        for name in order:
+            os.replace(temps.pop(name), os.path.join(out_dir, name))
+    finally:
+        for tmp in temps.values():
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+    for name in remove_stale or ():
+        if name not in files and os.path.isfile(os.path.join(out_dir, name)):
+            os.unlink(os.path.join(out_dir, name))
+
+
+def report_files(report: dict, plots: Dict[str, bytes]) -> Dict[str, bytes]:
+    report = dict(report, plots=sorted(plots))
+    return {
+        **plots,
+        "table.md": format_markdown(report).encode(),
+        "report.json": (json.dumps(report, indent=2, allow_nan=False) + "\n").encode(),
+    }

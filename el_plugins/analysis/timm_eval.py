@@ -1,0 +1,272 @@
+"""el-analyze timm: timm checkpoints over an ImageFolder (imports timm/torchvision only when called)."""
+from __future__ import annotations
+
+import argparse
+import ast
+import contextlib
+import os
+import pickle
+import sys
+from typing import Dict, List, Optional, Tuple
+
+import torch
+
+from el_plugins.analysis.report import AnalysisError
+from el_plugins.analysis.streaming import StreamingAnalysis
+
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+STATE_DICT_KEYS = ("state_dict", "model", "module", "net")
+EMA_KEYS = ("state_dict_ema", "model_ema")
+
+
+# --------------------------------------------------------------------------- data
+def _is_image(name: str) -> bool:
+    return name.lower().endswith(IMG_EXTENSIONS) and not name.startswith(".")
+
+
+def list_images(root: str) -> List[str]:
+    """Every image file under ``root`` (recursive, sorted)."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        found += [os.path.join(dirpath, f) for f in sorted(filenames) if _is_image(f)]
+    return found
+
+
+def check_image_folder(root: str, flag: str, need_classes: bool) -> None:
+    """Fail early, with the flag's name, on a missing folder, a folder without images, or (for
+    labelled data) images that are not in one sub-folder per class."""
+    if not os.path.isdir(root):
+        raise AnalysisError(f"{flag} {root}: no such folder")
+    if not list_images(root):
+        raise AnalysisError(
+            f"{flag} {root}: no images found (looked for {', '.join(IMG_EXTENSIONS)} files"
+            + (", in one sub-folder per class" if need_classes else "") + ")"
+        )
+    if need_classes:
+        classes = [d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)) and not d.startswith(".")]
+        if not any(list_images(os.path.join(root, d)) for d in classes):
+            raise AnalysisError(
+                f"{flag} {root}: images must be in one sub-folder per class (the ImageFolder layout "
+                f"root/<class>/<image>), found images but no class folders with images"
+            )
+
+
+class ImageList(torch.utils.data.Dataset):
+    """All images under a folder, label 0 (OOD data needs no classes)."""
+
+    def __init__(self, root: str, transform):
+        self.paths, self.transform = list_images(root), transform
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        from PIL import Image
+
+        with open(self.paths[i], "rb") as f:
+            img = Image.open(f).convert("RGB")
+        return self.transform(img), 0
+
+
+# --------------------------------------------------------------------------- checkpoints
+def load_checkpoint_state_dict(path: str, use_ema: bool = False, trust: bool = False) -> Tuple[Dict[str, torch.Tensor], str]:
+    """The model weights of a timm train.py checkpoint (a dict with 'state_dict' / 'state_dict_ema'),
+    of a plain state dict, or of a few common wrappers ('model', 'module'). Returns (state dict,
+    where it came from). DataParallel's 'module.' and torch.compile's '_orig_mod.' prefixes are removed.
+
+    Loads with weights_only=True (argparse.Namespace, which timm stores as 'args', allowed);
+    ``trust=True`` loads with weights_only=False for checkpoints holding other objects.
+    """
+    safe = getattr(torch.serialization, "safe_globals", None)
+    ctx = safe([argparse.Namespace]) if (safe and not trust) else contextlib.nullcontext()
+    try:
+        with ctx:
+            obj = torch.load(path, map_location="cpu", weights_only=not trust)
+    except pickle.UnpicklingError as exc:
+        text = str(exc)
+        detail = " ".join(text.split("WeightsUnpickler error:", 1)[-1].split("Check the documentation", 1)[0].split())
+        if "Unsupported global" not in detail:
+            raise AnalysisError(f"--checkpoint {path}: not a readable PyTorch checkpoint ({detail or text})") from None
+        raise AnalysisError(
+            f"--checkpoint {path}: torch.load(weights_only=True) refused it ({detail}); if you trust the file, "
+            f"pass --trust-checkpoint") from None
+    except Exception as exc:  # not a torch file, truncated, ...
+        raise AnalysisError(f"--checkpoint {path}: not a readable PyTorch checkpoint ({type(exc).__name__}: {exc})") from None
+
+    if isinstance(obj, torch.nn.Module):
+        obj, source = obj.state_dict(), "module"
+    elif isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        source = "state dict"
+    elif isinstance(obj, dict):
+        keys = (EMA_KEYS + STATE_DICT_KEYS) if use_ema else (STATE_DICT_KEYS + EMA_KEYS)
+        source = next((k for k in keys if isinstance(obj.get(k), dict)), None)
+        if source is None:
+            raise AnalysisError(
+                f"--checkpoint {path}: no model weights found (a plain state dict, or a dict with one of "
+                f"{', '.join(map(repr, STATE_DICT_KEYS + EMA_KEYS))}; its keys are {', '.join(map(repr, list(obj)[:8]))})")
+        if use_ema and source not in EMA_KEYS:
+            print(f"el-analyze: {path} has no EMA weights, using {source!r}", file=sys.stderr)
+        obj = obj[source]
+    else:
+        raise AnalysisError(f"--checkpoint {path}: expected a state dict or a checkpoint dict, got {type(obj).__name__}")
+
+    state = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    for prefix in ("module.", "_orig_mod."):
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    return state, source
+
+
+def check_state_dict(model: torch.nn.Module, state: Dict[str, torch.Tensor], path: str, model_name: str,
+                     num_classes: int) -> None:
+    """A clear error naming the missing and unexpected keys and the shape mismatches."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+              for k, v in expected.items() if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    if not (missing or unexpected or shapes):
+        return
+
+    def listing(title, items):
+        more = f" (and {len(items) - 6} more)" if len(items) > 6 else ""
+        return f"\n  {title} ({len(items)}): " + ", ".join(items[:6]) + more
+
+    msg = f"--checkpoint {path} does not match --model {model_name} with {num_classes} classes:"
+    if missing:
+        msg += listing("missing keys", missing)
+    if unexpected:
+        msg += listing("unexpected keys", unexpected)
+    if shapes:
+        msg += listing("shape mismatches", shapes)
+    head = (getattr(model, "pretrained_cfg", None) or {}).get("classifier")
+    head_w = state.get(f"{head}.weight") if isinstance(head, str) else None
+    if head_w is not None and head_w.dim() >= 1 and head_w.shape[0] != num_classes:
+        msg += f"\n  the checkpoint's classifier has {head_w.shape[0]} outputs: pass --num-classes {head_w.shape[0]}?"
+    raise AnalysisError(msg)
+
+
+# --------------------------------------------------------------------------- model and transform
+def parse_model_kwargs(items: Optional[List[str]]) -> dict:
+    out = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise AnalysisError(f"--model-kwargs expects key=value, got {item!r}")
+        try:
+            out[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key] = value
+    return out
+
+
+def build_transform(model, args):
+    from timm.data import create_transform, resolve_model_data_config
+
+    cfg = resolve_model_data_config(model)
+    if args.img_size is not None:
+        cfg["input_size"] = (3, args.img_size, args.img_size)
+    for key in ("crop_pct", "mean", "std", "interpolation"):
+        if getattr(args, key) is not None:
+            cfg[key] = tuple(getattr(args, key)) if key in ("mean", "std") else getattr(args, key)
+    transform = create_transform(input_size=cfg["input_size"], interpolation=cfg["interpolation"], mean=cfg["mean"],
+                                 std=cfg["std"], crop_pct=cfg["crop_pct"], crop_mode=cfg.get("crop_mode", "center"),
+                                 is_training=False)
+    return transform, cfg
+
+
+def _device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise AnalysisError(f"--device {name}: {exc}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise AnalysisError(f"--device {name}: CUDA is not available here (use --device cpu)")
+    return device
+
+
+@torch.inference_mode()
+def evaluate(model, loader, analysis: StreamingAnalysis, device, *, ood: bool, desc: str, progress: bool,
+             max_batches: Optional[int] = None) -> None:
+    from tqdm import tqdm
+
+    total = len(loader) if max_batches is None else min(len(loader), max_batches)
+    for i, (images, targets) in enumerate(tqdm(loader, desc=desc, total=total, file=sys.stderr, disable=None if progress else True,
+                                               unit="batch", leave=False)):
+        if max_batches is not None and i >= max_batches:
+            break
+        logits = model(images.to(device, non_blocking=True))
+        if ood:
+            analysis.update_ood(logits)
+        else:
+            analysis.update(logits, targets.to(logits.device))
+
+
+def run(args, names: List[str]):
+    """Evaluate every checkpoint; returns ({name: (checkpoint, StreamingAnalysis)}, meta)."""
+    check_image_folder(args.data, "--data", need_classes=True)
+    if args.ood_data:
+        check_image_folder(args.ood_data, "--ood-data", need_classes=False)
+    device = _device(args.device)
+    model_kwargs = parse_model_kwargs(args.model_kwargs)
+    states = [load_checkpoint_state_dict(p, args.use_ema, args.trust_checkpoint) for p in args.checkpoint]
+
+    import timm
+    from torchvision.datasets import ImageFolder
+    from torchvision.datasets.folder import find_classes
+
+    try:
+        classes = find_classes(args.data)[0]
+    except (FileNotFoundError, OSError) as exc:
+        raise AnalysisError(f"--data {args.data}: {exc}") from None
+    num_classes = args.num_classes if args.num_classes is not None else len(classes)
+    if len(classes) > num_classes:
+        raise AnalysisError(f"--data {args.data} has {len(classes)} class folders but the model has {num_classes} "
+                            f"classes (--num-classes)")
+    if len(classes) != num_classes:
+        print(f"el-analyze: --data has {len(classes)} class folders, the model {num_classes} classes; folder i "
+              f"(sorted by name) is taken as class i", file=sys.stderr)
+    if not timm.is_model(args.model):
+        raise AnalysisError(f"--model {args.model}: not a timm model (see timm.list_models())")
+
+    try:
+        model = timm.create_model(args.model, pretrained=False, num_classes=num_classes, **model_kwargs)
+    except TypeError as exc:
+        raise AnalysisError(f"--model {args.model} --model-kwargs: {exc}") from None
+    for (state, _), path in zip(states, args.checkpoint):  # every checkpoint is checked before any is run
+        check_state_dict(model, state, path, args.model, num_classes)
+    transform, data_cfg = build_transform(model, args)
+    try:
+        data = ImageFolder(args.data, transform=transform)
+    except (FileNotFoundError, OSError) as exc:
+        raise AnalysisError(f"--data {args.data}: {exc}") from None
+    ood = ImageList(args.ood_data, transform) if args.ood_data else None
+    loader_kw = dict(batch_size=args.batch_size, shuffle=False, num_workers=args.workers,
+                     pin_memory=device.type == "cuda")
+    model.to(device).eval()
+
+    runs = {}
+    for (state, _), path, name in zip(states, args.checkpoint, names):
+        model.load_state_dict(state)
+        analysis = StreamingAnalysis(log_end=args.log_end, n_bins=args.bins)
+        evaluate(model, torch.utils.data.DataLoader(data, **loader_kw), analysis, device, ood=False,
+                 desc=f"{name} {os.path.basename(os.path.normpath(args.data))}", progress=args.progress,
+                 max_batches=args.max_batches)
+        if ood is not None:
+            evaluate(model, torch.utils.data.DataLoader(ood, **loader_kw), analysis, device, ood=True,
+                     desc=f"{name} OOD", progress=args.progress, max_batches=args.max_batches)
+        runs[name] = (os.path.abspath(path), analysis)
+
+    meta = {
+        "mode": "timm",
+        "model": args.model,
+        "model_kwargs": model_kwargs,
+        "num_classes": num_classes,
+        "data": os.path.abspath(args.data),
+        "ood_data": os.path.abspath(args.ood_data) if args.ood_data else None,
+        "row_unit": "images",
+        "weights": {name: source for (_, source), name in zip(states, names)},
+        "transform": {k: (list(v) if isinstance(v, tuple) else v) for k, v in data_cfg.items()},
+    }
+    return runs, meta

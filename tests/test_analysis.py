@@ -1,0 +1,409 @@
+"""el_plugins.analysis: the metrics against hand-computed values, streaming vs one-shot, and el-analyze
+end to end on tiny timm models (CE vs EL) trained here on scikit-learn's digits, and on a tiny fairseq model."""
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from el_plugins import analysis as A
+from el_plugins.analysis.cli import main as cli_main
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def el_analyze(*args, timeout=300):
+    """Run el-analyze as its own process (works before and after el-plugins is (re)installed)."""
+    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([REPO] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    return subprocess.run([sys.executable, "-m", "el_plugins.analysis.cli", *map(str, args)], env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=timeout)
+
+
+# --------------------------------------------------------------------------- metrics by hand
+Z = torch.tensor([[2.0, 1.0, 0.0], [0.0, 3.0, 1.0], [1.0, 1.0, 0.0]])
+T = torch.tensor([0, 2, 1])
+
+
+def lse(row):
+    return math.log(sum(math.exp(v) for v in row))
+
+
+def test_per_row_values_by_hand():
+    assert A.margins(Z, T).tolist() == [1.0, -2.0, 0.0]  # 2-1, 1-3, tie 1-1
+    assert A.data_energy(Z, T).tolist() == [-2.0, -1.0, -1.0]
+    assert A.min_energy(Z).tolist() == [-2.0, -3.0, -1.0]
+    rows = Z.tolist()
+    assert A.free_energy(Z).tolist() == pytest.approx([-lse(r) for r in rows], abs=1e-6)
+    assert A.max_prob(Z).tolist() == pytest.approx([math.exp(max(r) - lse(r)) for r in rows], abs=1e-6)
+    p_y = [math.exp(r[y] - lse(r)) for r, y in zip(rows, T.tolist())]
+    assert A.target_probs(Z, T).tolist() == pytest.approx(p_y, abs=1e-6)
+    assert A.accuracy(Z, T) == pytest.approx(1 / 3)  # row 2 is a tie: argmax picks class 0, target 1
+    assert A.well_classified_fraction(Z, T, log_end=0.6) == pytest.approx(1 / 3)  # p = 0.665, 0.114, 0.422
+    v = A.row_values(Z, T)
+    assert v["correct"].tolist() == [1.0, 0.0, 0.0]
+    assert v["nll"].tolist() == pytest.approx([-math.log(p) for p in p_y], abs=1e-6)
+    assert v["confidence"].tolist() == pytest.approx(A.max_prob(Z).tolist())
+
+
+def test_ignore_index_drops_rows_and_leading_dims_are_flattened():
+    z3 = torch.stack([Z, Z.flip(0)])  # (2, 3, 3), like fairseq's (B, T, V)
+    t3 = torch.tensor([[0, -100, 1], [-100, 2, 0]])
+    m = A.margins(z3, t3, ignore_index=-100)
+    assert m.tolist() == [1.0, 0.0, -2.0, 1.0]
+    with pytest.raises(ValueError, match="outside the 3 classes"):
+        A.margins(Z, torch.tensor([0, 3, 1]))
+    with pytest.raises(ValueError, match="shape"):
+        A.margins(Z, torch.tensor([0, 1]))
+
+
+def test_half_precision_logits_are_computed_in_float32():
+    m = A.margins(Z.half(), T)
+    assert m.dtype == torch.float32 and m.tolist() == [1.0, -2.0, 0.0]
+
+
+def test_ece_and_reliability_table_by_hand():
+    conf = [0.2, 0.4, 0.5, 0.9, 1.0]  # 0.5 sits on an edge: bins are (lo, hi], so it is in the first bin
+    corr = [0, 1, 1, 0, 1]
+    ece, table = A.expected_calibration_error(conf, corr, n_bins=2)
+    assert [r["count"] for r in table] == [3, 2]
+    assert table[0]["accuracy"] == pytest.approx(2 / 3) and table[0]["confidence"] == pytest.approx(1.1 / 3)
+    assert table[1]["accuracy"] == pytest.approx(0.5) and table[1]["confidence"] == pytest.approx(0.95)
+    assert ece == pytest.approx(3 / 5 * abs(2 / 3 - 1.1 / 3) + 2 / 5 * abs(0.5 - 0.95))
+
+    ece3, table3 = A.expected_calibration_error([0.0, 0.5, 0.7], [1, 0, 1], n_bins=3)
+    assert [r["count"] for r in table3] == [1, 1, 1]  # 0 joins the first bin
+    assert table3[0]["lower"] == 0.0 and table3[2]["upper"] == 1.0
+    assert ece3 == pytest.approx((1.0 + 0.5 + 0.3) / 3)
+
+    _, sparse = A.expected_calibration_error([0.9], [1], n_bins=3)
+    assert sparse[0] == {"lower": 0.0, "upper": pytest.approx(1 / 3), "count": 0, "accuracy": None, "confidence": None}
+
+
+def test_auroc_by_hand_with_both_sign_conventions():
+    assert A.auroc([0.9, 0.8, 0.4], [0.5, 0.3], id_is="higher") == pytest.approx(5 / 6)
+    assert A.auroc([0.5], [0.5]) == 0.5  # a tie counts one half
+    # energies: in-distribution is LOWER; -5 and -4 vs -4.5 and -1 -> 3 of 4 pairs ordered right
+    assert A.auroc([-5.0, -4.0], [-4.5, -1.0], id_is="lower") == pytest.approx(3 / 4)
+    assert A.auroc([-5.0, -4.0], [-4.5, -1.0], id_is="higher") == pytest.approx(1 / 4)
+    with pytest.raises(ValueError, match="id_is"):
+        A.auroc([1.0], [0.0], id_is="up")
+
+
+def test_auroc_matches_scikit_learn_with_ties():
+    metrics = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(0)
+    a, b = rng.integers(0, 20, 300).astype(float), rng.integers(-5, 15, 200).astype(float)
+    expected = metrics.roc_auc_score(np.r_[np.ones(300), np.zeros(200)], np.r_[a, b])
+    assert A.auroc(a, b) == pytest.approx(expected, abs=1e-12)
+    fpr, tpr = A.roc_curve(a, b)
+    assert np.trapezoid(tpr, fpr) == pytest.approx(expected, abs=1e-12)
+
+
+def test_fpr_at_95_tpr_by_hand():
+    ind = np.arange(1, 21, dtype=float)  # threshold: the ceil(0.95 * 20) = 19th highest = 2
+    ood = [0.0, 1.5, 2.0, 3.0, 10.0]  # 2.0, 3.0, 10.0 are accepted
+    assert A.fpr_at_tpr(ind, ood, 0.95, id_is="higher") == pytest.approx(3 / 5)
+    assert A.fpr_at_tpr(-ind, [-v for v in ood], 0.95, id_is="lower") == pytest.approx(3 / 5)
+    assert A.fpr_at_tpr([1.0, 2.0], [0.0], 0.95) == 0.0  # ceil(1.9) = 2: threshold 1.0
+    assert A.fpr_at_tpr([3.0, 2.0, 1.0], [1.0, 1.0, 0.5], 0.5) == 0.0  # ceil(1.5) = 2: threshold 2.0
+
+
+def test_roc_curve_by_hand():
+    fpr, tpr = A.roc_curve([3.0, 1.0], [2.0])
+    assert fpr.tolist() == [0.0, 0.0, 1.0, 1.0] and tpr.tolist() == [0.0, 0.5, 0.5, 1.0]
+
+
+def test_describe():
+    d = A.describe([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert d["mean"] == 3.0 and d["median"] == 3.0 and d["min"] == 1.0 and d["max"] == 5.0
+    assert d["q25"] == 2.0 and d["q95"] == pytest.approx(4.8)
+    assert A.describe([]) is None
+
+
+# --------------------------------------------------------------------------- streaming
+def test_streaming_equals_one_shot():
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(7, 9, 12, generator=g) * 3
+    t = torch.randint(0, 12, (7, 9), generator=g)
+    t[0, :4] = -1  # padding
+    ood = torch.randn(20, 12, generator=g)
+
+    one = A.StreamingAnalysis(log_end=0.5, n_bins=4)
+    one.update(z, t, ignore_index=-1)
+    one.update_ood(ood)
+    many = A.StreamingAnalysis(log_end=0.5, n_bins=4)
+    for lo, hi in ((0, 2), (2, 3), (3, 7)):
+        many.update(z[lo:hi], t[lo:hi], ignore_index=-1)
+    many.update_ood(ood[:5])
+    many.update_ood(ood[5:])
+    s1, s2 = one.summary(), many.summary()
+    assert s1 == s2
+    json.dumps(s1, allow_nan=False)
+
+    keep = t.ne(-1)
+    zf, tf = z[keep], t[keep]
+    assert s1["rows"] == 59 and s1["ood"]["rows"] == 20
+    assert s1["accuracy"] == pytest.approx(A.accuracy(zf, tf))
+    assert s1["margin"]["mean"] == pytest.approx(A.margins(zf, tf).mean().item(), abs=1e-5)
+    assert s1["well_classified_fraction"] == pytest.approx(A.well_classified_fraction(zf, tf, 0.5))
+    p = torch.softmax(zf, 1)
+    ece, _ = A.expected_calibration_error(p.max(1).values, p.argmax(1).eq(tf), 4)
+    assert s1["ece"] == pytest.approx(ece, abs=1e-6)
+    det = s1["ood"]["detection"]
+    assert det["min_energy"]["in_distribution_is"] == "lower" and det["max_prob"]["in_distribution_is"] == "higher"
+    assert det["min_energy"]["auroc"] == pytest.approx(
+        A.auroc(-zf.max(1).values, -ood.max(1).values, id_is="lower"), abs=1e-6)
+    assert det["free_energy"]["fpr95"] == pytest.approx(
+        A.fpr_at_tpr(-torch.logsumexp(zf, 1), -torch.logsumexp(ood, 1), 0.95, id_is="lower"), abs=1e-6)
+
+
+def test_streaming_without_rows_or_ood():
+    s = A.StreamingAnalysis().summary()
+    assert s["rows"] == 0 and s["accuracy"] is None and s["ece"] is None and s["margin"] is None and s["ood"] is None
+    json.dumps(s, allow_nan=False)
+    with pytest.raises(ValueError, match="log_end"):
+        A.StreamingAnalysis(log_end=1.5)
+
+
+# --------------------------------------------------------------------------- el-analyze timm, end to end
+MODEL, SIZE, N_TRAIN = "test_convnext", 32, 1200
+
+
+def _digits_uint8():
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    imgs = [np.asarray(Image.fromarray((im * 255 / 16).astype(np.uint8)).resize((SIZE, SIZE), Image.BILINEAR))
+            for im in d.images]
+    return np.stack(imgs), d.target
+
+
+def _write_png(path, array):
+    from PIL import Image
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+def _train(x, y, loss_name, steps=60):
+    import timm
+
+    from el_plugins.functional import encouraging_loss
+
+    torch.manual_seed(0)
+    model = timm.create_model(MODEL, num_classes=10)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        idx = torch.randint(0, len(y), (64,), generator=g)
+        out = model(x[idx])
+        if loss_name == "ce":
+            loss = torch.nn.functional.cross_entropy(out, y[idx])
+        else:
+            loss = encouraging_loss(out, y[idx], log_end=0.75)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def digits_runs(tmp_path_factory):
+    """Two tiny timm models (CE, EL) on digits, their checkpoints, and ImageFolders to analyze."""
+    pytest.importorskip("timm")
+    pytest.importorskip("sklearn")
+    root = tmp_path_factory.mktemp("digits")
+    images, labels = _digits_uint8()
+    val = root / "val"
+    for i in range(N_TRAIN, len(labels)):
+        _write_png(str(val / f"digit{labels[i]}" / f"{i:04d}.png"), images[i])
+    rng = np.random.default_rng(0)
+    ood = root / "shuffled"  # OOD: digits with their pixels shuffled (flat folder, no classes)
+    for i in range(150):
+        flat = images[N_TRAIN + i].reshape(-1).copy()
+        rng.shuffle(flat)
+        _write_png(str(ood / f"{i:04d}.png"), flat.reshape(SIZE, SIZE))
+
+    x = torch.tensor(images[:N_TRAIN], dtype=torch.float32).div(255).sub(0.5).div(0.5)  # test_convnext: mean=std=0.5
+    x = x.unsqueeze(1).expand(-1, 3, -1, -1).contiguous()
+    y = torch.tensor(labels[:N_TRAIN])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny convolutions: one thread is faster, and much faster on a busy machine
+    try:
+        ce, el = _train(x, y, "ce"), _train(x, y, "el")
+    finally:
+        torch.set_num_threads(threads)
+    ckpt = root / "ckpt"
+    ckpt.mkdir()
+    # CE as timm train.py saves it (with its argparse.Namespace), EL as a plain state dict
+    torch.save({"epoch": 1, "arch": MODEL, "state_dict": ce.state_dict(), "args": argparse.Namespace(model=MODEL)},
+               ckpt / "ce.pth.tar")
+    torch.save(el.state_dict(), ckpt / "el.pth")
+    return {"root": root, "val": val, "ood": ood, "ce": ckpt / "ce.pth.tar", "el": ckpt / "el.pth", "el_model": el,
+            "n_val": len(labels) - N_TRAIN}
+
+
+TIMM_ARGS = ["--model", MODEL, "--img-size", SIZE, "--crop-pct", "1.0", "--workers", "0", "--batch-size", "200"]
+
+
+def test_el_analyze_timm_ce_vs_el(digits_runs, tmp_path):
+    d = digits_runs
+    out = tmp_path / "report"
+    proc = el_analyze("timm", *TIMM_ARGS, "--checkpoint", d["ce"], "--checkpoint", d["el"], "--names", "CE", "EL",
+                      "--data", d["val"], "--ood-data", d["ood"], "--out", out)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    header = proc.stdout.splitlines()[0].split()
+    assert header == ["CE", "EL"]
+    assert "OOD AUROC % (min energy)" in proc.stdout and "margin mean" in proc.stdout
+
+    report = json.loads((out / "report.json").read_text())
+    assert list(report["runs"]) == ["CE", "EL"]
+    assert report["mode"] == "timm" and report["weights"] == {"CE": "state_dict", "EL": "state dict"}
+    for run in report["runs"].values():
+        assert run["rows"] == d["n_val"] and run["accuracy"] > 0.7
+        assert 0 <= run["ece"] <= 1 and len(run["reliability"]) == 15
+        assert set(run["margin"]) >= {"mean", "median", "q05", "q95"}
+        assert run["ood"]["rows"] == 150
+        for score in ("min_energy", "free_energy", "max_prob"):
+            det = run["ood"]["detection"][score]
+            assert 0 <= det["auroc"] <= 1 and 0 <= det["fpr95"] <= 1
+    ce, el = report["runs"]["CE"], report["runs"]["EL"]
+    # what the paper shows (Fig. 5, 6): EL enlarges margins and lowers the energy on the data
+    assert el["margin"]["median"] > ce["margin"]["median"]
+    assert el["data_energy"]["mean"] < ce["data_energy"]["mean"]
+
+    # the command's numbers are the model's: recompute EL's logits on the same PNGs in-process
+    from torchvision.datasets import ImageFolder
+    from torchvision import transforms
+
+    tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize([0.5] * 3, [0.5] * 3)])
+    data = ImageFolder(str(d["val"]), transform=tf)
+    x = torch.stack([data[i][0] for i in range(len(data))])
+    y = torch.tensor(data.targets)
+    with torch.no_grad():
+        logits = d["el_model"](x)
+    assert el["accuracy"] == pytest.approx(A.accuracy(logits, y), abs=1e-9)
+    assert el["margin"]["mean"] == pytest.approx(A.margins(logits, y).mean().item(), abs=1e-3)
+
+    for name in ("margins.png", "energy.png", "target_prob.png", "reliability.png", "ood_energy.png", "roc.png"):
+        assert (out / name).read_bytes()[:8] == PNG_MAGIC, name
+    assert sorted(report["plots"]) == sorted(p.name for p in out.glob("*.png"))
+    assert (out / "table.md").read_text().startswith("| | CE | EL |")
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
+
+
+def _expect_error(capsys, argv, *patterns):
+    with pytest.raises(SystemExit) as exc:
+        cli_main([str(a) for a in argv])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    for pattern in patterns:
+        assert pattern in err, err
+    return err
+
+
+def test_el_analyze_timm_clear_errors(digits_runs, tmp_path, capsys):
+    import timm
+
+    d = digits_runs
+    out = tmp_path / "report"
+    base = ["timm", *TIMM_ARGS, "--out", out]
+
+    wrong_head = tmp_path / "five_classes.pth"
+    torch.save({"state_dict": timm.create_model(MODEL, num_classes=5).state_dict()}, wrong_head)
+    _expect_error(capsys, [*base, "--checkpoint", d["ce"], wrong_head, "--data", d["val"]],
+                  f"--checkpoint {wrong_head} does not match --model {MODEL} with 10 classes",
+                  "shape mismatches (2): head.fc.weight: checkpoint (5, ", "pass --num-classes 5?")
+
+    other_arch = tmp_path / "vit.pth"
+    torch.save(timm.create_model("test_vit", num_classes=10).state_dict(), other_arch)
+    _expect_error(capsys, [*base, "--checkpoint", other_arch, "--data", d["val"]],
+                  "missing keys (", "unexpected keys (", "cls_token")
+
+    empty = tmp_path / "empty"
+    (empty / "some_class").mkdir(parents=True)
+    _expect_error(capsys, [*base, "--checkpoint", d["el"], "--data", empty], f"--data {empty}: no images found")
+    _expect_error(capsys, [*base, "--checkpoint", d["el"], "--data", d["val"], "--ood-data", empty],
+                  f"--ood-data {empty}: no images found")
+    _expect_error(capsys, [*base, "--checkpoint", d["el"], "--data", d["ood"]], "one sub-folder per class")
+
+    not_torch = tmp_path / "notes.pth"
+    not_torch.write_text("not a checkpoint")
+    _expect_error(capsys, [*base, "--checkpoint", not_torch, "--data", d["val"]], "not a readable PyTorch checkpoint")
+    _expect_error(capsys, [*base, "--checkpoint", d["ce"], d["el"], "--names", "CE", "--data", d["val"]],
+                  "--names gives 1 name(s) for 2 checkpoint(s)")
+    _expect_error(capsys, [*base, "--checkpoint", tmp_path / "missing.pth", "--data", d["val"]], "no such file")
+    _expect_error(capsys, [*base, "--checkpoint", d["el"], "--data", d["val"], "--log-end", "1.5"],
+                  "--log-end: must be in (0, 1]")
+    assert not out.exists()  # nothing half-written
+
+
+# --------------------------------------------------------------------------- el-analyze fairseq
+def test_el_analyze_fairseq(toy_data_bin, tmp_path):
+    pytest.importorskip("fairseq")
+    from conftest import TINY_TRANSFORMER, run_cli
+
+    train = [*TINY_TRANSFORMER, "--optimizer", "adam", "--lr", "0.002", "--max-tokens", "800", "--cpu", "--seed", "1",
+             "--no-progress-bar", "--num-workers", "0", "--max-update", "15", "--no-epoch-checkpoints",
+             "--label-smoothing", "0.1", "--disable-validation"]
+    run_cli("fairseq-train", toy_data_bin, *train, "--criterion", "label_smoothed_encouraging_loss", "--log-end", "0.5",
+            "--save-dir", tmp_path / "el")
+    out = tmp_path / "report"
+    proc = el_analyze("fairseq", "--checkpoint", tmp_path / "el" / "checkpoint_last.pt", "--names", "EL",
+                      "--data", toy_data_bin, "--split", "valid", "--out", out, "--log-end", "0.5")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    report = json.loads((out / "report.json").read_text())
+    run = report["runs"]["EL"]
+    assert report["mode"] == "fairseq" and report["split"] == "valid" and report["row_unit"] == "tokens"
+
+    from fairseq.data import data_utils
+
+    tgt = data_utils.load_indexed_dataset(str(toy_data_bin / "valid.src-en.en"), None)
+    assert run["rows"] == int(sum(tgt.sizes))  # every target token (with </s>), no padding
+    assert 0 < run["accuracy"] < 1 and run["ood"] is None and run["log_end"] == 0.5
+    assert (out / "margins.png").read_bytes()[:8] == PNG_MAGIC and not (out / "roc.png").exists()
+
+    bad = el_analyze("fairseq", "--checkpoint", tmp_path / "el" / "checkpoint_last.pt", "--data", toy_data_bin,
+                     "--split", "nosuchsplit", "--out", tmp_path / "bad")
+    assert bad.returncode == 2 and "--split nosuchsplit: not found" in bad.stderr, bad.stderr[-3000:]
+    assert not (tmp_path / "bad").exists()
+
+
+# --------------------------------------------------------------------------- checkpoint formats (timm)
+class NotAllowed:
+    pass
+
+
+def test_checkpoint_formats(tmp_path):
+    from el_plugins.analysis.report import AnalysisError
+    from el_plugins.analysis.timm_eval import load_checkpoint_state_dict
+
+    w, e = {"fc.weight": torch.zeros(2, 3)}, {"fc.weight": torch.ones(2, 3)}
+    cases = {
+        "plain.pth": (w, False, "state dict", 0.0),
+        "timm.pth.tar": ({"epoch": 3, "state_dict": w, "state_dict_ema": e, "args": argparse.Namespace(lr=0.1)},
+                         False, "state_dict", 0.0),
+        "timm_ema.pth.tar": ({"state_dict": w, "state_dict_ema": e}, True, "state_dict_ema", 1.0),
+        "ddp.pth": ({"model": {"module.fc.weight": torch.zeros(2, 3)}}, False, "model", 0.0),
+    }
+    for name, (obj, use_ema, source, value) in cases.items():
+        torch.save(obj, tmp_path / name)
+        state, got = load_checkpoint_state_dict(str(tmp_path / name), use_ema=use_ema)
+        assert got == source and list(state) == ["fc.weight"] and state["fc.weight"].eq(value).all(), name
+
+    torch.save({"state_dict": w, "extra": NotAllowed()}, tmp_path / "pickled.pth")
+    with pytest.raises(AnalysisError, match="refused it .*NotAllowed.*pass --trust-checkpoint"):
+        load_checkpoint_state_dict(str(tmp_path / "pickled.pth"))
+    state, _ = load_checkpoint_state_dict(str(tmp_path / "pickled.pth"), trust=True)
+    assert list(state) == ["fc.weight"]
+    torch.save({"epoch": 1, "optimizer": {}}, tmp_path / "no_weights.pth")
+    with pytest.raises(AnalysisError, match="no model weights found"):
+        load_checkpoint_state_dict(str(tmp_path / "no_weights.pth"))
