@@ -10,7 +10,7 @@ PYTHON=${PYTHON:-python3}
 VENV=${EL_VENV:-.venv}
 TORCH_PINS="torch==2.14.1 torchvision==0.29.1"   # a CUDA build that also runs on CPU
 FAIRSEQ_PIN="fairseq-fixed==0.12.3.1"             # fairseq 0.12.2 does not import on Python 3.11
-TOOLS="timm==1.0.31 sacrebleu sentencepiece tqdm matplotlib scikit-learn pillow pyyaml pytest"
+TOOLS="timm==1.0.31 sacrebleu sacremoses sentencepiece tqdm matplotlib scikit-learn pillow pyyaml pytest"
 
 say() { printf '[setup] %s\n' "$*"; }
 [ -x "$VENV/bin/python" ] || { say "creating $VENV"; "$PYTHON" -m venv "$VENV"; }

@@ -1,56 +1,181 @@
-"""el-demo: label-smoothed CE vs EL on the toy corpus with the real fairseq programs (CPU is fine)."""
+"""el-demo: label-smoothed CE vs the encouraging loss, end to end, on data that needs no network.
+
+Translation: a deterministic toy parallel corpus (el_plugins/demo/toy_corpus.py; not real language
+data) through the IWSLT pipeline's own commands: sentencepiece, fairseq-preprocess, fairseq-train
+(LS-CE and EL, same updates), el-average-checkpoints, fairseq-generate beam 5, tokenized BLEU and
+sacreBLEU, token-level valid nll / target probability / margins.
+Vision: timm's test_resnet on scikit-learn's bundled 8x8 digits, CE vs timm's ``--loss el``:
+test accuracy and the mean logit margin z_y - max_{k != y} z_k (the paper: EL gives larger margins).
+
+Writes OUT/results.json and OUT/plots/*.png; prints the side-by-side table. About 5-8 minutes on 2 CPU cores.
+"""
 import argparse
+import json
 import os
-import re
-import subprocess
 import sys
 import time
 
-from el_plugins.demo.toy_corpus import write_corpus
-
-MODEL = ["--arch", "transformer_iwslt_de_en", "--encoder-layers", "2", "--decoder-layers", "2",
-         "--encoder-embed-dim", "128", "--decoder-embed-dim", "128", "--encoder-ffn-embed-dim", "256",
-         "--decoder-ffn-embed-dim", "256", "--encoder-attention-heads", "4", "--decoder-attention-heads", "4"]
+PARTS = ("translation", "vision")
 
 
-def tool(name):
-    return os.path.join(os.path.dirname(sys.executable), name)
+def parse_args(argv):
+    ap = argparse.ArgumentParser(prog="el-demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where to train (default: cpu)")
+    ap.add_argument("--parts", default="translation,vision", help="comma-separated: translation, vision")
+    ap.add_argument("--data", help="your own parallel text instead of the toy corpus: a folder with "
+                                   "{train,valid,test}.SRC and .TGT, one sentence per line")
+    ap.add_argument("--src-lang", default="src", help="source suffix of --data files (default: src)")
+    ap.add_argument("--tgt-lang", default="en", help="target suffix of --data files (default: en)")
+    ap.add_argument("--updates", type=int, default=400, help="translation training updates per run (default: 400)")
+    ap.add_argument("--vocab-size", type=int, default=600, help="sentencepiece vocabulary (default: 600)")
+    ap.add_argument("--vision-epochs", type=int, default=10, help="digits training epochs per run (default: 10)")
+    ap.add_argument("--quick", action="store_true", help="a shortened run (small corpus, few updates/epochs), for CI")
+    args = ap.parse_args(argv)
+    args.parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    bad = [p for p in args.parts if p not in PARTS]
+    if bad or not args.parts:
+        ap.error(f"--parts takes a comma-separated subset of {', '.join(PARTS)}, got {bad or args.parts}")
+    for name in ("updates", "vocab_size", "vision_epochs"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.data and not os.path.isdir(args.data):
+        ap.error(f"--data: no such folder {args.data!r}")
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            ap.error("--device cuda: no CUDA device is available here (use --device cpu)")
+    if args.quick:
+        args.updates, args.vision_epochs = min(args.updates, 60), min(args.vision_epochs, 2)
+    return args
 
 
-def run(cmd, log_path):
-    with open(log_path, "w") as log:
-        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, text=True)
-    if proc.returncode != 0:
-        sys.exit(f"{' '.join(cmd[:2])} ... failed (exit {proc.returncode}); see {log_path}")
-    return open(log_path).read()
+def load_parallel_folder(folder, src, tgt):
+    splits = {}
+    for split in ("train", "valid", "test"):
+        sides = []
+        for lang in (src, tgt):
+            path = os.path.join(folder, f"{split}.{lang}")
+            if not os.path.isfile(path):
+                raise SystemExit(f"el-demo: --data {folder} has no {split}.{lang} (expected {{train,valid,test}}.{{{src},{tgt}}})")
+            with open(path, encoding="utf-8") as f:
+                sides.append([line.rstrip("\n") for line in f])
+        if len(sides[0]) != len(sides[1]):
+            raise SystemExit(f"el-demo: {split}.{src} has {len(sides[0])} lines but {split}.{tgt} has {len(sides[1])}")
+        splits[split] = tuple(sides)
+    return splits
+
+
+def learning_curves_png(results):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    parts = [p for p in PARTS if p in results]
+    fig = Figure(figsize=(6.5 * len(parts), 4.5))
+    FigureCanvasAgg(fig)
+    for i, part in enumerate(parts):
+        ax = fig.add_subplot(1, len(parts), i + 1)
+        for name, curve in results[part]["curves"].items():
+            if part == "translation":
+                ax.plot([c["updates"] for c in curve], [c["valid_nll_bits"] for c in curve], marker="o", ms=3, label=name)
+                ax.set(xlabel="updates", ylabel="valid nll (bits/token)", title="Translation: validation nll")
+            else:
+                ax.plot([c["epoch"] for c in curve], [100 * c["val_accuracy"] for c in curve], marker="o", ms=3, label=name)
+                ax.set(xlabel="epoch", ylabel="test accuracy (%)", title="Digits: test accuracy")
+        ax.grid(alpha=0.3)
+        ax.legend(frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def write_outputs(out, results, margins):
+    from el_plugins.analysis.plots import histogram_png
+
+    plots = os.path.join(out, "plots")
+    os.makedirs(plots, exist_ok=True)
+    files = {}
+    fig = learning_curves_png(results)
+    files["learning_curves.png"] = fig
+    titles = {"vision": ("Digits: logit margins on the test images, CE vs EL", "margin z_y - max_{k != y} z_k"),
+              "translation": ("Translation: token margins on valid, LS-CE vs EL", "margin z_y - max_{k != y} z_k")}
+    for part, runs in margins.items():
+        files[f"margins_{part}.png"] = histogram_png(runs, *titles[part])
+    for name, content in files.items():
+        path = os.path.join(plots, name)
+        if isinstance(content, bytes):
+            with open(path + ".tmp", "wb") as f:
+                f.write(content)
+        else:
+            content.savefig(path + ".tmp", format="png", dpi=120)
+        os.replace(path + ".tmp", path)
+    results["plots"] = sorted(os.path.join("plots", n) for n in files)
+    path = os.path.join(out, "results.json")
+    with open(path + ".tmp", "w") as f:
+        json.dump(results, f, indent=2)
+    os.replace(path + ".tmp", path)
+    return path
+
+
+def format_table(results):
+    lines = []
+    if "translation" in results:
+        runs = results["translation"]["runs"]
+        lines += ["Translation (toy corpus unless --data; averaged checkpoints, beam 5)",
+                  f"{'':32}" + "".join(f"{n:>12}" for n in runs)]
+        for key, label, fmt in (("tokenized_bleu", "tokenized BLEU-4", "{:.2f}"), ("sacrebleu", "sacreBLEU", "{:.2f}"),
+                                ("valid_nll_nats_per_token", "valid nll (nats/token)", "{:.4f}"),
+                                ("valid_target_prob_mean", "valid mean target probability", "{:.4f}"),
+                                ("valid_margin_mean", "valid mean token margin", "{:.3f}")):
+            lines.append(f"{label:32}" + "".join(f"{fmt.format(r[key]):>12}" for r in runs.values()))
+        lines.append("")
+    if "vision" in results:
+        runs = results["vision"]["runs"]
+        lines += ["Vision (timm test_resnet on the bundled digits, 450 test images)",
+                  f"{'':32}" + "".join(f"{n:>12}" for n in runs)]
+        for key, label, fmt in (("test_accuracy", "test accuracy (%)", "{:.2f}"), ("margin_mean", "mean logit margin", "{:.3f}"),
+                                ("margin_median", "median logit margin", "{:.3f}"), ("ece", "ECE", "{:.4f}")):
+            lines.append(f"{label:32}" + "".join(
+                f"{fmt.format(r[key] * (100 if key == 'test_accuracy' else 1)):>12}" for r in runs.values()))
+    return "\n".join(lines)
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
-    ap.add_argument("--updates", type=int, default=150, help="training updates per run (default: 150)")
-    args = ap.parse_args(argv)
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    import torch
+
     os.makedirs(args.out, exist_ok=True)
-    raw, data_bin = os.path.join(args.out, "raw"), os.path.join(args.out, "data-bin")
-    write_corpus(raw)
-    run([tool("fairseq-preprocess"), "--source-lang", "src", "--target-lang", "en", "--trainpref", f"{raw}/train",
-         "--validpref", f"{raw}/valid", "--testpref", f"{raw}/test", "--destdir", data_bin, "--workers", "2"],
-        os.path.join(args.out, "preprocess.log"))
-    rows = []
-    for name, crit in (("LS-CE", ["--criterion", "label_smoothed_cross_entropy"]),
-                       ("EL", ["--criterion", "label_smoothed_encouraging_loss", "--log-end", "0.5"])):
-        t0 = time.time()
-        print(f"training {name} for {args.updates} updates ...", flush=True)
-        log = run([tool("fairseq-train"), data_bin, *MODEL, *crit, "--label-smoothing", "0.1", "--optimizer", "adam",
-                   "--lr", "2e-3", "--lr-scheduler", "inverse_sqrt", "--warmup-updates", "50", "--max-tokens", "2000",
-                   "--max-update", str(args.updates), "--cpu", "--no-progress-bar", "--no-epoch-checkpoints",
-                   "--save-dir", os.path.join(args.out, name, "checkpoints")], os.path.join(args.out, f"train-{name}.log"))
-        valid = dict(re.findall(r"\| (\w+) ([-\d.]+)", [ln for ln in log.splitlines() if "valid on" in ln][-1]))
-        rows.append((name, valid["nll_loss"], valid.get("p_target", "-"), f"{time.time() - t0:.0f}s"))
-    print(f"\n{'run':<8}{'valid nll (bits)':>18}{'p_target':>10}{'time':>8}")
-    for r in rows:
-        print(f"{r[0]:<8}{r[1]:>18}{r[2]:>10}{r[3]:>8}")
+    t0 = time.time()
+    results = {"settings": {k: v for k, v in vars(args).items()}, "machine": {
+        "torch": torch.__version__, "device": args.device, "cpu_threads": torch.get_num_threads()}}
+    margins = {}
+    if "translation" in args.parts:
+        from el_plugins.demo.toy_corpus import make_splits
+        from el_plugins.demo.translation import run_translation
+
+        if args.data:
+            splits, src, tgt = load_parallel_folder(args.data, args.src_lang, args.tgt_lang), args.src_lang, args.tgt_lang
+            corpus = f"your data: {os.path.abspath(args.data)}"
+        else:
+            sizes = (("train", 1500), ("valid", 150), ("test", 150)) if args.quick else \
+                (("train", 6000), ("valid", 400), ("test", 400))
+            splits, src, tgt = make_splits(sizes), "src", "en"
+            corpus = "toy corpus generated by el_plugins/demo/toy_corpus.py (invented language, not real data)"
+        results["translation"], margins["translation"] = run_translation(
+            os.path.join(args.out, "translation"), splits, src, tgt, cpu=args.device == "cpu",
+            max_update=args.updates, vocab_size=args.vocab_size)
+        results["translation"]["corpus"] = corpus
+    if "vision" in args.parts:
+        from el_plugins.demo.vision import run_vision
+
+        results["vision"], margins["vision"] = run_vision(os.path.join(args.out, "vision"), epochs=args.vision_epochs,
+                                                          device=args.device)
+    results["seconds"] = round(time.time() - t0, 1)
+    path = write_outputs(args.out, results, margins)
+    print("\n" + format_table(results))
+    print(f"\nwrote {path} and {', '.join(results['plots'])} under {args.out} ({results['seconds']:.0f} s)")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""The demo's translation part: the IWSLT pipeline's own commands on a small corpus.
+
+prepare (sentencepiece) -> fairseq-preprocess -> fairseq-train LS-CE and EL (el-translation-train's
+command, recipe 'toy') -> el-average-checkpoints -> fairseq-generate beam 5 + el-bleu scoring ->
+token-level valid nll / target probability / margins with el_plugins.analysis.
+"""
+import os
+import re
+import subprocess
+import sys
+import time
+
+from tqdm import tqdm
+
+from el_plugins.analysis import StreamingAnalysis
+from el_plugins.analysis.fairseq_eval import evaluate, load
+from el_plugins.translation import bleu, recipe
+from el_plugins.translation.average_checkpoints import average_checkpoints, save_atomic, select_checkpoints
+from el_plugins.translation.prepare import prepare_parallel_corpus
+
+LOSS_NAMES = {"ce": "LS-CE", "el": "EL"}
+_VALID = re.compile(r"\| valid on 'valid' subset \|.*")
+
+
+def train_with_progress(cmd, log_path, total_updates, desc):
+    """Run fairseq-train, mirror its output to log_path, show a progress bar; per-epoch validation rows."""
+    curve = []
+    with open(log_path, "w") as log, tqdm(total=total_updates, desc=desc, unit="upd", file=sys.stderr,
+                                          dynamic_ncols=True) as bar:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for line in proc.stdout:
+            log.write(line)
+            m = re.search(r"num_updates[= ](\d+)", line)
+            if m:
+                bar.update(min(int(m.group(1)), total_updates) - bar.n)
+            v = _VALID.search(line)
+            if v:
+                fields = dict(re.findall(r"\| (\w+) ([-\d.]+)", v.group(0)))
+                curve.append({"epoch": int(fields["epoch"]) if "epoch" in fields else len(curve) + 1,
+                              "updates": int(fields["num_updates"]), "valid_nll_bits": float(fields["nll_loss"])})
+        if proc.wait() != 0:
+            raise SystemExit(f"fairseq-train failed (exit {proc.returncode}); see {log_path}")
+    return curve
+
+
+def run_translation(out, splits, src, tgt, *, cpu=True, max_update=400, vocab_size=600, average_last=5, seed=1,
+                    log_end=0.5, eval_max_tokens=4000):
+    """Returns {'data': ..., 'runs': {name: metrics}, 'curves': {name: [...]}, 'margins': {name: np.ndarray}}."""
+    t0 = time.time()
+    print(f"[translation] preparing {len(splits['train'][0])} training pairs (sentencepiece {vocab_size}, fairseq-preprocess)",
+          file=sys.stderr, flush=True)
+    data_bin = prepare_parallel_corpus(splits, os.path.join(out, "data"), src, tgt, vocab_size=vocab_size,
+                                       lowercase=False, joined_dictionary=False, workers=2)
+    raw_refs = os.path.join(out, "data", "text", f"test.raw.{tgt}")
+    result = {"data_bin": data_bin, "prepare_seconds": round(time.time() - t0, 1), "runs": {}, "curves": {}}
+    margins = {}
+    for loss in ("ce", "el"):
+        name, t0 = LOSS_NAMES[loss], time.time()
+        run_dir = os.path.join(out, loss)
+        os.makedirs(run_dir, exist_ok=True)
+        cmd = recipe.train_command("toy", data_bin, os.path.join(run_dir, "checkpoints"), loss=loss, seed=seed,
+                                   cpu=cpu, max_update=max_update, log_end=log_end)
+        curve = train_with_progress(cmd, os.path.join(run_dir, "train.log"), max_update, f"[translation] train {name}")
+        paths = select_checkpoints(os.path.join(run_dir, "checkpoints"), num_epoch=average_last)
+        averaged = os.path.join(run_dir, f"average_last{len(paths)}.pt")
+        save_atomic(average_checkpoints(paths), averaged)
+        gen = bleu.generate(data_bin, averaged, beam=5, cpu=cpu)
+        hyps, refs, fairseq_bleu = bleu.parse_generate_output(gen)
+        with open(raw_refs, encoding="utf-8") as f:
+            scores = bleu.score(hyps, refs, tgt, [line.rstrip("\n") for line in f])
+        model, task = load(averaged, data_bin)
+        model.float().eval()
+        analysis = StreamingAnalysis(log_end=log_end)
+        evaluate(model, task, "valid", analysis, "cpu" if cpu else "cuda", max_tokens=eval_max_tokens, batch_size=None,
+                 desc=f"[translation] analyze {name}", progress=True)
+        summary = analysis.summary()
+        margins[name] = analysis.arrays()["id"]["margin"]
+        result["curves"][name] = curve
+        result["runs"][name] = {
+            "criterion": cmd[cmd.index("--criterion") + 1], "updates": max_update,
+            "averaged_checkpoints": [os.path.basename(p) for p in paths],
+            "tokenized_bleu": scores["tokenized_bleu"], "sacrebleu": scores["sacrebleu"],
+            "sacrebleu_signature": scores["sacrebleu_signature"], "fairseq_generate_bleu4": fairseq_bleu,
+            "valid_nll_nats_per_token": summary["nll"], "valid_target_prob_mean": summary["target_prob"]["mean"],
+            "valid_token_accuracy": summary["accuracy"], "valid_margin_mean": summary["margin"]["mean"],
+            "seconds": round(time.time() - t0, 1),
+        }
+    return result, margins

@@ -1,0 +1,1 @@
+"""Translation tools: checkpoint averaging, BLEU, IWSLT data preparation."""

@@ -1,0 +1,332 @@
+"""Average the parameters of the last N checkpoints of a fairseq run: ``el-average-checkpoints``.
+
+The behaviour of fairseq's ``scripts/average_checkpoints.py`` (which the fairseq wheels do not
+install), for current torch and with safer input/output handling:
+
+* ``--inputs RUN_DIR --num-epoch-checkpoints N``: the N highest epochs among ``checkpoint<E>.pt``;
+  ``--num-update-checkpoints N``: the N highest update counts among ``checkpoint_<E>_<U>.pt``;
+  ``--checkpoint-upper-bound K`` ignores epochs (updates) above K. Or ``--inputs a.pt b.pt ...``.
+* Checkpoints are loaded with ``weights_only=True``, allow-listing only ``argparse.Namespace`` (which
+  fairseq stores in every checkpoint) for the duration of the load, on the CPU.
+* The ``model`` state dict is averaged entry by entry: floating-point tensors are summed in float64 and
+  written back in their own dtype (fp16/bf16 lose nothing to accumulation); integer tensors are summed
+  in int64 and floor-divided, as fairseq does. Everything else (cfg/args, extra_state,
+  optimizer_history, ...) is taken from the newest input (most updates), so fairseq-generate
+  ``--path`` reads the result like any checkpoint.
+* Inputs whose parameter names, shapes or dtypes differ, too few checkpoints, a missing file and an
+  output that is one of the inputs are refused with a message (no traceback). The output is written
+  atomically (temp file in its directory, fsync, ``os.replace``); nothing partial is ever left.
+
+Imports only torch and the standard library (torch lazily, so ``--help`` and usage errors are instant).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import re
+import sys
+import tempfile
+from typing import Any, Dict, List, Optional, Sequence
+
+PROG = "el-average-checkpoints"
+EPOCH_PATTERN = re.compile(r"checkpoint(\d+)\.pt")
+UPDATE_PATTERN = re.compile(r"checkpoint_\d+_(\d+)\.pt")
+
+
+class AverageCheckpointsError(ValueError):
+    """A user error: bad inputs or output. The command prints it without a traceback."""
+
+
+# ----------------------------------------------------------------------------------------- selection
+def select_checkpoints(run_dir: str, num_epoch: Optional[int] = None, num_update: Optional[int] = None,
+                       upper_bound: Optional[int] = None) -> List[str]:
+    """The paths of the last ``num_epoch`` epoch (or ``num_update`` update) checkpoints in ``run_dir``,
+    newest first, ignoring epochs (updates) above ``upper_bound``. Exactly one of the two counts."""
+    if (num_epoch is None) == (num_update is None):
+        raise AverageCheckpointsError("give exactly one of num_epoch and num_update")
+    count, pattern, kind = ((num_epoch, EPOCH_PATTERN, "epoch") if num_epoch is not None
+                            else (num_update, UPDATE_PATTERN, "update"))
+    if count < 1:
+        raise AverageCheckpointsError(f"the number of {kind} checkpoints must be >= 1, got {count}")
+    if not os.path.isdir(run_dir):
+        raise AverageCheckpointsError(f"{run_dir}: no such directory")
+    found, above = [], []
+    for name in os.listdir(run_dir):
+        match = pattern.fullmatch(name)
+        if match:
+            number = int(match.group(1))
+            (above if upper_bound is not None and number > upper_bound else found).append((number, name))
+    found.sort(reverse=True)
+    if len(found) < count:
+        listed = ", ".join(name for _, name in found) or "none"
+        msg = f"asked for {count} {kind} checkpoints in {run_dir} but found {len(found)}: {listed}"
+        if above:
+            msg += f" ({len(above)} more above --checkpoint-upper-bound {upper_bound} ignored)"
+        if not found and not above:
+            msg += (" (fairseq-train writes checkpoint_<epoch>_<updates>.pt only with --save-interval-updates)"
+                    if kind == "update" else " (none of the form checkpoint<epoch>.pt)")
+        raise AverageCheckpointsError(msg)
+    return [os.path.join(run_dir, name) for _, name in found[:count]]
+
+
+# ------------------------------------------------------------------------------------------- loading
+def load_checkpoint(path: str) -> Dict[str, Any]:
+    """torch.load on the CPU with weights_only=True, allow-listing argparse.Namespace during the load."""
+    import pickle
+
+    import torch
+
+    if not os.path.isfile(path):
+        raise AverageCheckpointsError(f"{path}: no such file")
+    safe_globals = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5: scoped
+    try:
+        if safe_globals is not None:
+            with safe_globals([argparse.Namespace]):
+                state = torch.load(path, map_location="cpu", weights_only=True)
+        elif hasattr(torch.serialization, "add_safe_globals"):  # torch 2.4: process-wide only
+            torch.serialization.add_safe_globals([argparse.Namespace])
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        else:  # torch < 2.4 cannot load a Namespace weights-only; its default is what fairseq uses there
+            state = torch.load(path, map_location="cpu")
+    except Exception as e:  # truncated or foreign files fail inside the unpickler in many ways
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        refused = next((line for line in lines if "GLOBAL" in line), None)
+        if isinstance(e, pickle.UnpicklingError) and refused:
+            raise AverageCheckpointsError(
+                f"{path}: refused by the weights-only loader, which allows tensors, containers and "
+                f"argparse.Namespace only: {refused}") from e
+        boilerplate = ("Weights only load failed", "Please file an issue", "Check the documentation")
+        lines = [line for line in lines if not line.startswith(boilerplate)] or lines
+        detail = f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
+        raise AverageCheckpointsError(f"{path}: not a readable torch checkpoint ({detail})") from e
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+        raise AverageCheckpointsError(f"{path}: not a fairseq checkpoint (no 'model' state dict)")
+    return state
+
+
+def check_distinct(paths: Sequence[str]) -> None:
+    """Refuse an empty list and a file given twice (the same real path)."""
+    if not paths:
+        raise AverageCheckpointsError("no checkpoints to average")
+    seen = {}
+    for path in map(os.fspath, paths):
+        real = os.path.realpath(path)
+        if real in seen:
+            raise AverageCheckpointsError(f"{path} is given twice (also as {seen[real]})")
+        seen[real] = path
+
+
+def _num_updates(state: Dict[str, Any]) -> int:
+    try:
+        return int(state["optimizer_history"][-1]["num_updates"])
+    except (KeyError, IndexError, TypeError, ValueError):
+        return -1
+
+
+# ----------------------------------------------------------------------------------------- averaging
+def average_checkpoints(paths: Sequence[str]) -> Dict[str, Any]:
+    """Load the checkpoints one at a time and return a checkpoint whose ``model`` is their mean.
+
+    The other entries come from the newest input (the most ``optimizer_history`` updates; on a tie or
+    when unknown, the first listed). Raises AverageCheckpointsError on mismatching inputs."""
+    import torch
+
+    paths = [os.fspath(p) for p in paths]
+    check_distinct(paths)
+
+    sums: Dict[str, Any] = {}
+    reference: Optional[Dict[str, tuple]] = None  # name -> (shape, dtype) in the first input
+    first_path = paths[0]
+    newest, newest_updates, newest_other = None, None, {}
+    for path in paths:
+        state = load_checkpoint(path)
+        model = state["model"]
+        if reference is None:
+            reference = {k: (tuple(v.shape), v.dtype) if torch.is_tensor(v) else (None, type(v))
+                         for k, v in model.items()}
+        else:
+            missing = [k for k in reference if k not in model]
+            extra = [k for k in model if k not in reference]
+            if missing or extra:
+                parts = []
+                if missing:
+                    parts.append(f"missing {_names(missing)}")
+                if extra:
+                    parts.append(f"extra {_names(extra)}")
+                raise AverageCheckpointsError(
+                    f"{path}: model parameters differ from {first_path}: {'; '.join(parts)}")
+        for name, value in model.items():
+            shape, dtype = reference[name]
+            if not torch.is_tensor(value):
+                if shape is not None or type(value) is not dtype:
+                    raise AverageCheckpointsError(
+                        f"{path}: model entry {name!r} is a {type(value).__name__}, in {first_path} a "
+                        f"{getattr(dtype, '__name__', dtype)}")
+                continue  # not a tensor: kept from the newest input
+            if shape is None or tuple(value.shape) != shape or value.dtype != dtype:
+                theirs = f"a {getattr(dtype, '__name__', dtype)}" if shape is None else f"{list(shape)} {dtype}"
+                raise AverageCheckpointsError(
+                    f"{path}: parameter {name!r} is {list(value.shape)} {value.dtype}, in {first_path} {theirs}")
+            acc = _accumulator_dtype(value.dtype)
+            if name in sums:
+                sums[name].add_(value.to(acc))
+            else:
+                sums[name] = value.to(acc, copy=True)
+        updates = _num_updates(state)
+        if newest is None or updates > newest_updates:
+            state["model"] = None  # keep only the structure; the tensors are in sums
+            newest, newest_updates = state, updates
+            newest_other = {k: v for k, v in model.items() if not torch.is_tensor(v)}
+        del state, model
+
+    averaged = {}
+    n = len(paths)
+    for name, (shape, dtype) in reference.items():
+        if shape is None:
+            continue
+        total = sums.pop(name)
+        mean = total.div_(n) if total.is_floating_point() or total.is_complex() else total.div_(n, rounding_mode="floor")
+        averaged[name] = mean.to(dtype)
+    result = dict(newest)
+    result["model"] = {k: averaged[k] if k in averaged else newest_other[k] for k in reference}
+    return result
+
+
+def _accumulator_dtype(dtype):
+    import torch
+
+    if dtype.is_complex:
+        return torch.complex128
+    if dtype.is_floating_point:
+        return torch.float64
+    return torch.int64  # ints and bools: summed exactly, then floor-divided (fairseq's //)
+
+
+def _names(names, limit=8):
+    shown = ", ".join(repr(n) for n in names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+# ------------------------------------------------------------------------------------------- writing
+def save_atomic(state: Dict[str, Any], path: str) -> None:
+    """torch.save ``state`` to ``path`` atomically: a temp file in the same directory, flushed and
+    fsynced, then os.replace. On any error or interrupt the temp file is removed and a previous
+    ``path`` is left untouched."""
+    import torch
+
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; give it the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError):  # make the rename itself durable
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def check_output(output: str, inputs: Sequence[str]) -> None:
+    """Refuse an output that is (a link to, or a hard link of) one of the inputs, or a directory."""
+    real = os.path.realpath(output)
+    if os.path.isdir(real):
+        raise AverageCheckpointsError(f"--output {output} is a directory")
+    for path in inputs:
+        same = os.path.realpath(path) == real
+        if not same and os.path.exists(output) and os.path.exists(path):
+            same = os.path.samefile(path, output)
+        if same:
+            raise AverageCheckpointsError(f"--output {output} is the input {path}; refusing to overwrite it")
+
+
+# ----------------------------------------------------------------------------------------------- CLI
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Average the model parameters of the last N epoch or update checkpoints of a fairseq run "
+                    "(or of the given checkpoint files) into one checkpoint that fairseq-generate can load.")
+    parser.add_argument("--inputs", nargs="+", required=True, metavar="PATH",
+                        help="a fairseq --save-dir (with --num-epoch-checkpoints or --num-update-checkpoints), "
+                             "or checkpoint files to average")
+    parser.add_argument("--output", required=True, metavar="FILE", help="where to write the averaged checkpoint")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--num-epoch-checkpoints", type=int, metavar="N",
+                      help="average the N highest-epoch checkpoint<epoch>.pt files of the --inputs directory")
+    mode.add_argument("--num-update-checkpoints", type=int, metavar="N",
+                      help="average the N highest-update checkpoint_<epoch>_<updates>.pt files of the --inputs directory")
+    parser.add_argument("--checkpoint-upper-bound", type=int, metavar="K",
+                        help="with --num-*-checkpoints: ignore checkpoints of epochs (updates) above K")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    by_dir = args.num_epoch_checkpoints is not None or args.num_update_checkpoints is not None
+    if by_dir:
+        count = args.num_epoch_checkpoints if args.num_epoch_checkpoints is not None else args.num_update_checkpoints
+        flag = "--num-epoch-checkpoints" if args.num_epoch_checkpoints is not None else "--num-update-checkpoints"
+        if count < 1:
+            parser.error(f"{flag} must be >= 1, got {count}")
+        if len(args.inputs) != 1:
+            parser.error(f"{flag} takes one run directory as --inputs, got {len(args.inputs)} paths")
+        if not os.path.isdir(args.inputs[0]):
+            parser.error(f"with {flag}, --inputs must be a directory: {args.inputs[0]} is not one")
+        if args.checkpoint_upper_bound is not None and args.checkpoint_upper_bound < 0:
+            parser.error(f"--checkpoint-upper-bound must be >= 0, got {args.checkpoint_upper_bound}")
+    else:
+        if args.checkpoint_upper_bound is not None:
+            parser.error("--checkpoint-upper-bound needs --num-epoch-checkpoints or --num-update-checkpoints")
+        dirs = [p for p in args.inputs if os.path.isdir(p)]
+        if dirs:
+            parser.error(f"{dirs[0]} is a directory: add --num-epoch-checkpoints N or --num-update-checkpoints N")
+
+    try:
+        if by_dir:
+            paths = select_checkpoints(args.inputs[0], args.num_epoch_checkpoints, args.num_update_checkpoints,
+                                       args.checkpoint_upper_bound)
+        else:
+            paths = list(args.inputs)
+            for path in paths:
+                if not os.path.isfile(path):
+                    raise AverageCheckpointsError(f"{path}: no such file")
+        check_distinct(paths)
+        check_output(args.output, paths)
+        print(f"averaging {len(paths)} checkpoints:", flush=True)
+        for path in paths:
+            print(f"  {path}", flush=True)
+        state = average_checkpoints(paths)
+        save_atomic(state, args.output)
+    except AverageCheckpointsError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; {args.output} not written", file=sys.stderr)
+        return 130
+    print(f"wrote {args.output} ({len(state['model'])} parameters, mean of {len(paths)} checkpoints)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

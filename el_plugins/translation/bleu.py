@@ -1,0 +1,164 @@
+"""BLEU the way the paper reports it, and sacreBLEU.
+
+    el-bleu generate DATA_BIN --path checkpoint.pt [--beam 5] [--raw-ref text/test.raw.en] [--out DIR]
+    el-bleu score --hyp hyp.tok.txt --ref ref.tok.txt [--raw-ref ref.txt] [--lang en]
+
+* tokenized BLEU-4: corpus BLEU on the Moses-tokenized text (the pipeline's tokenization, subwords
+  removed), no further tokenization: what fairseq-generate and multi-bleu.perl report, the paper's metric;
+* sacreBLEU: on detokenized hypotheses against the original references (``--raw-ref``), with its
+  signature, the number to compare across papers.
+
+``generate`` runs the real fairseq-generate (beam 5 by default) and scores its output.
+"""
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+from typing import List, Optional, Sequence
+
+_LINE = re.compile(r"^([STHD])-(\d+)\t(.*)$")
+
+
+def tokenized_bleu(hyps: Sequence[str], refs: Sequence[str]):
+    """Corpus BLEU-4 on already tokenized text (whitespace split only)."""
+    from sacrebleu.metrics import BLEU
+
+    _check_lengths(hyps, refs)
+    return BLEU(tokenize="none", force=True).corpus_score(list(hyps), [list(refs)])
+
+
+def sacre_bleu(hyps: Sequence[str], refs: Sequence[str]):
+    """(score, signature) of sacreBLEU with its defaults on detokenized text."""
+    from sacrebleu.metrics import BLEU
+
+    _check_lengths(hyps, refs)
+    bleu = BLEU()
+    return bleu.corpus_score(list(hyps), [list(refs)]), str(bleu.get_signature())
+
+
+def _check_lengths(hyps, refs):
+    if len(hyps) != len(refs):
+        raise ValueError(f"{len(hyps)} hypotheses but {len(refs)} references: they must pair up line by line")
+    if not hyps:
+        raise ValueError("no hypotheses to score")
+
+
+def parse_generate_output(text: str):
+    """(hypotheses, references, fairseq's own BLEU4 or None) from fairseq-generate's stdout, in sentence order.
+
+    Uses the H (hypothesis) and T (target) lines, after fairseq's --post-process/--remove-bpe."""
+    hyps, refs = {}, {}
+    for line in text.splitlines():
+        m = _LINE.match(line)
+        if not m:
+            continue
+        kind, idx, rest = m.group(1), int(m.group(2)), m.group(3)
+        if kind == "H":
+            hyps[idx] = rest.split("\t", 1)[1] if "\t" in rest else ""
+        elif kind == "T":
+            refs[idx] = rest
+    if set(hyps) != set(refs):
+        raise ValueError(f"fairseq-generate printed {len(hyps)} hypotheses but {len(refs)} references")
+    order = sorted(hyps)
+    if order != list(range(len(order))):
+        raise ValueError(f"fairseq-generate translated {len(order)} sentences, not a contiguous 0..N-1 set "
+                         "(were some skipped for length? see --max-len-b / --skip-invalid-size-inputs-valid-test)")
+    m = re.search(r"BLEU4? = ([\d.]+)", text)
+    return [hyps[i] for i in order], [refs[i] for i in order], (float(m.group(1)) if m else None)
+
+
+def score(hyps_tok: List[str], refs_tok: List[str], lang: str, raw_refs: Optional[List[str]] = None) -> dict:
+    """Both scores as a JSON-able dict. Without raw references, detokenized tokenized references stand in."""
+    from el_plugins.translation.prepare import moses_detokenize
+
+    tok = tokenized_bleu(hyps_tok, refs_tok)
+    detok_hyps = moses_detokenize(hyps_tok, lang)
+    refs = raw_refs if raw_refs is not None else moses_detokenize(refs_tok, lang)
+    sacre, signature = sacre_bleu(detok_hyps, refs)
+    return {"tokenized_bleu": round(tok.score, 2), "tokenized_bleu_detail": str(tok),
+            "sacrebleu": round(sacre.score, 2), "sacrebleu_signature": signature, "sentences": len(hyps_tok),
+            "references": "raw" if raw_refs is not None else "detokenized"}
+
+
+def generate(data_bin: str, path: str, *, beam: int = 5, subset: str = "test", post_process: str = "sentencepiece",
+             cpu: bool = False, max_tokens: int = 8000, extra: Sequence[str] = ()) -> str:
+    """Run fairseq-generate; returns its stdout (raises with the tail of its output if it fails)."""
+    cmd = [os.path.join(os.path.dirname(sys.executable), "fairseq-generate"), data_bin, "--path", path,
+           "--beam", str(beam), "--gen-subset", subset, "--max-tokens", str(max_tokens), "--num-workers", "0",
+           # fairseq-fixed 0.12.3.1 drops the last len % 8 sentences with the default multiple of 8
+           "--required-batch-size-multiple", "1"]
+    if post_process != "none":
+        cmd += ["--post-process", post_process]
+    if cpu:
+        cmd.append("--cpu")
+    proc = subprocess.run([*cmd, *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"fairseq-generate failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}")
+    return proc.stdout
+
+
+def _read(path):
+    with open(path, encoding="utf-8") as f:
+        return [line.rstrip("\n") for line in f]
+
+
+def _write_json(path, obj):
+    with open(path + ".tmp", "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(path + ".tmp", path)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="el-bleu", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True)
+    g = sub.add_parser("generate", help="fairseq-generate from a checkpoint, then score")
+    g.add_argument("data_bin")
+    g.add_argument("--path", required=True, help="checkpoint (e.g. the averaged one)")
+    g.add_argument("--beam", type=int, default=5)
+    g.add_argument("--gen-subset", default="test")
+    g.add_argument("--post-process", default="sentencepiece", help="fairseq's --post-process (default: sentencepiece)")
+    g.add_argument("--raw-ref", help="the original (detokenized) references for sacreBLEU, one per line")
+    g.add_argument("--lang", default="en", help="target language for detokenization (default: en)")
+    g.add_argument("--cpu", action="store_true")
+    g.add_argument("--max-tokens", type=int, default=8000)
+    g.add_argument("--out", help="folder for hyp/ref files and bleu.json")
+    s = sub.add_parser("score", help="score tokenized hypotheses against tokenized references")
+    s.add_argument("--hyp", required=True)
+    s.add_argument("--ref", required=True)
+    s.add_argument("--raw-ref")
+    s.add_argument("--lang", default="en")
+    args = ap.parse_args(argv)
+    for name in ("path", "hyp", "ref", "raw_ref"):
+        value = getattr(args, name, None)
+        if value and not os.path.isfile(value):
+            ap.error(f"--{name.replace('_', '-')}: no such file {value!r}")
+    if args.command == "generate" and args.beam < 1:
+        ap.error(f"--beam must be >= 1, got {args.beam}")
+    raw = _read(args.raw_ref) if args.raw_ref else None
+    try:
+        if args.command == "generate":
+            out = generate(args.data_bin, args.path, beam=args.beam, subset=args.gen_subset,
+                           post_process=args.post_process, cpu=args.cpu, max_tokens=args.max_tokens)
+            hyps, refs, fairseq_bleu = parse_generate_output(out)
+            result = score(hyps, refs, args.lang, raw)
+            result.update(fairseq_generate_bleu4=fairseq_bleu, checkpoint=args.path, beam=args.beam)
+            if args.out:
+                os.makedirs(args.out, exist_ok=True)
+                for name, lines in (("hyp.tok.txt", hyps), ("ref.tok.txt", refs)):
+                    with open(os.path.join(args.out, name), "w", encoding="utf-8") as f:
+                        f.writelines(line + "\n" for line in lines)
+                _write_json(os.path.join(args.out, "bleu.json"), result)
+        else:
+            result = score(_read(args.hyp), _read(args.ref), args.lang, raw)
+    except (ValueError, RuntimeError) as exc:
+        print(f"el-bleu: {exc}", file=sys.stderr)
+        return 1
+    print(f"tokenized BLEU-4 = {result['tokenized_bleu']:.2f}   ({result['tokenized_bleu_detail']})")
+    print(f"sacreBLEU        = {result['sacrebleu']:.2f}   ({result['sacrebleu_signature']}, {result['references']} references)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

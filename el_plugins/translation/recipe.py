@@ -1,0 +1,112 @@
+"""The paper's translation training recipes as fairseq-train commands: LS-CE baseline or EL.
+
+    el-translation-train --recipe iwslt14.de-en --data data/iwslt14.de-en/data-bin --loss el \\
+        --save-dir runs/iwslt14/el-seed1 [--seed 1] [--gpus 1] [--log-end 0.5] [--dry-run] [-- more fairseq flags]
+
+Baseline and EL differ only in the criterion flags. ``--gpus N`` > 1 uses fairseq's own distributed
+training (one process per GPU, ``--distributed-world-size N``); the effective batch stays the paper's
+only if ``--update-freq`` is divided accordingly, which this does. ``--cpu`` drops ``--fp16``.
+Epoch checkpoints of the last 10 epochs are kept, for el-average-checkpoints.
+"""
+import argparse
+import os
+import shlex
+import subprocess
+import sys
+from typing import List, Sequence
+
+from el_plugins import functional as EF
+
+# Hyper-parameters from the paper (Zhao et al., AAAI 2022) and fairseq's IWSLT'14 example.
+RECIPES = {
+    "iwslt14.de-en": dict(log_end=0.5, update_freq=4, args=[
+        "--arch", "transformer_iwslt_de_en", "--share-decoder-input-output-embed",
+        "--optimizer", "adam", "--adam-betas", "(0.9, 0.98)", "--clip-norm", "0.0",
+        "--lr", "1e-3", "--lr-scheduler", "inverse_sqrt", "--warmup-updates", "4000", "--weight-decay", "0.0001",
+        "--dropout", "0.4", "--max-tokens", "4096", "--max-update", "20000", "--label-smoothing", "0.1", "--fp16"]),
+    "iwslt17.fr-en": dict(log_end=0.5, update_freq=4, args=[
+        "--arch", "transformer_iwslt_de_en", "--encoder-layers", "2", "--decoder-layers", "2",
+        "--share-all-embeddings", "--optimizer", "adam", "--adam-betas", "(0.9, 0.98)", "--clip-norm", "0.0",
+        "--lr", "5e-4", "--lr-scheduler", "inverse_sqrt", "--warmup-updates", "4000", "--weight-decay", "0.001",
+        "--dropout", "0.3", "--max-tokens", "4096", "--max-update", "100000", "--label-smoothing", "0.1", "--fp16"]),
+    # The demo's: a small Transformer for the toy corpus, minutes on a CPU.
+    "toy": dict(log_end=0.5, update_freq=1, args=[
+        "--arch", "transformer_iwslt_de_en", "--encoder-layers", "2", "--decoder-layers", "2",
+        "--encoder-embed-dim", "128", "--decoder-embed-dim", "128", "--encoder-ffn-embed-dim", "256",
+        "--decoder-ffn-embed-dim", "256", "--encoder-attention-heads", "4", "--decoder-attention-heads", "4",
+        "--share-decoder-input-output-embed", "--optimizer", "adam", "--adam-betas", "(0.9, 0.98)",
+        "--lr", "2e-3", "--lr-scheduler", "inverse_sqrt", "--warmup-updates", "100", "--dropout", "0.1",
+        "--max-tokens", "2048", "--max-update", "400", "--label-smoothing", "0.1"]),
+}
+LOSSES = ("ce", "el")
+
+
+def criterion_args(loss: str, log_end: float) -> List[str]:
+    if loss == "ce":
+        return ["--criterion", "label_smoothed_cross_entropy"]
+    return ["--criterion", "label_smoothed_encouraging_loss", "--log-end", str(log_end)]
+
+
+def train_command(recipe: str, data_bin: str, save_dir: str, *, loss: str, seed: int = 1, gpus: int = 1,
+                  log_end: float = None, cpu: bool = False, max_update: int = None,
+                  extra: Sequence[str] = ()) -> List[str]:
+    """The fairseq-train argv of a recipe (validated: bad values raise ValueError naming the option)."""
+    if recipe not in RECIPES:
+        raise ValueError(f"--recipe must be one of {', '.join(sorted(RECIPES))}, got {recipe!r}")
+    EF.check_choice(loss, LOSSES, "--loss")
+    r = RECIPES[recipe]
+    log_end = EF.check_log_end(r["log_end"] if log_end is None else log_end, "--log-end")
+    if not (isinstance(gpus, int) and gpus >= 1):
+        raise ValueError(f"--gpus must be an integer >= 1, got {gpus!r}")
+    if r["update_freq"] % gpus:
+        raise ValueError(f"--gpus must divide the recipe's update frequency {r['update_freq']} "
+                         f"(to keep the paper's batch), got {gpus}")
+    args = list(r["args"])
+    if cpu:
+        args = [a for a in args if a != "--fp16"] + ["--cpu"]
+    if max_update is not None:
+        if max_update < 1:
+            raise ValueError(f"--max-update must be >= 1, got {max_update}")
+        i = args.index("--max-update")
+        args[i + 1] = str(max_update)
+    cmd = [os.path.join(os.path.dirname(sys.executable), "fairseq-train"), data_bin, *args,
+           *criterion_args(loss, log_end), "--update-freq", str(r["update_freq"] // gpus), "--seed", str(seed),
+           "--save-dir", save_dir, "--keep-last-epochs", "10", "--no-progress-bar", "--log-format", "simple",
+           "--log-interval", "20"]
+    if gpus > 1:
+        cmd += ["--distributed-world-size", str(gpus)]
+    return cmd + list(extra)
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    argv = argv[:argv.index("--")] if "--" in argv else argv
+    ap = argparse.ArgumentParser(prog="el-translation-train", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--recipe", required=True, choices=sorted(RECIPES))
+    ap.add_argument("--data", required=True, help="fairseq data-bin (from el-prepare-iwslt)")
+    ap.add_argument("--loss", required=True, choices=LOSSES, help="ce: label-smoothed CE baseline; el: EL")
+    ap.add_argument("--save-dir", required=True)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--gpus", type=int, default=1)
+    ap.add_argument("--log-end", type=float, default=None, help="EL's log_end (default: the recipe's, 0.5)")
+    ap.add_argument("--cpu", action="store_true", help="train on the CPU (drops --fp16)")
+    ap.add_argument("--max-update", type=int, default=None, help="override the recipe's --max-update")
+    ap.add_argument("--dry-run", action="store_true", help="print the fairseq-train command and exit")
+    args = ap.parse_args(argv)
+    try:
+        cmd = train_command(args.recipe, args.data, args.save_dir, loss=args.loss, seed=args.seed, gpus=args.gpus,
+                            log_end=args.log_end, cpu=args.cpu, max_update=args.max_update, extra=extra)
+    except ValueError as exc:
+        ap.error(str(exc))
+    print(shlex.join(cmd), flush=True)
+    if args.dry_run:
+        return 0
+    if not os.path.isdir(args.data):
+        ap.error(f"--data: no such folder {args.data!r}")
+    return subprocess.call(cmd)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

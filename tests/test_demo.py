@@ -1,0 +1,44 @@
+"""The README's main job, shortened: el-demo --quick runs both parts and writes its JSON and plots."""
+import json
+
+from conftest import run_cli
+
+
+def test_demo_quick_writes_results_and_plots(tmp_path):
+    out = tmp_path / "demo"
+    stdout = run_cli("el-demo", "--quick", "--out", out, timeout=1200).stdout
+    results = json.loads((out / "results.json").read_text())
+    tr, vi = results["translation"], results["vision"]
+    assert set(tr["runs"]) == {"LS-CE", "EL"} and set(vi["runs"]) == {"CE", "EL"}
+    assert tr["runs"]["LS-CE"]["criterion"] == "label_smoothed_cross_entropy"
+    assert tr["runs"]["EL"]["criterion"] == "label_smoothed_encouraging_loss"
+    for run in tr["runs"].values():
+        assert 0 <= run["tokenized_bleu"] <= 100 and 0 <= run["sacrebleu"] <= 100
+        assert run["sacrebleu_signature"].startswith("nrefs:1")
+        assert run["valid_nll_nats_per_token"] > 0 and 0 < run["valid_target_prob_mean"] < 1
+        assert len(run["averaged_checkpoints"]) >= 1
+    for name, curve in tr["curves"].items():
+        assert curve and curve[-1]["updates"] == tr["runs"][name]["updates"]
+    for run in vi["runs"].values():
+        assert 0 <= run["test_accuracy"] <= 1 and run["margin_mean"] == run["margin_mean"]
+    assert vi["runs"]["EL"]["criterion"] == "EncouragingLoss" and vi["runs"]["CE"]["criterion"] != "EncouragingLoss"
+    assert vi["data"]["validation"] == 450
+    for plot in results["plots"]:
+        assert (out / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert {p.split("/")[-1] for p in results["plots"]} == {"learning_curves.png", "margins_translation.png",
+                                                           "margins_vision.png"}
+    assert "tokenized BLEU-4" in stdout and "mean logit margin" in stdout
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_demo_rejects_bad_options(tmp_path):
+    proc = run_cli("el-demo", "--parts", "audio", "--out", tmp_path, check=False)
+    assert proc.returncode == 2 and "--parts takes a comma-separated subset of translation, vision" in proc.stdout
+    proc = run_cli("el-demo", "--updates", "0", "--out", tmp_path, check=False)
+    assert proc.returncode == 2 and "--updates must be >= 1" in proc.stdout
+    proc = run_cli("el-demo", "--data", tmp_path / "nope", "--out", tmp_path, check=False)
+    assert proc.returncode == 2 and "--data: no such folder" in proc.stdout
+    (tmp_path / "own").mkdir()
+    (tmp_path / "own" / "train.src").write_text("a\n")
+    proc = run_cli("el-demo", "--data", tmp_path / "own", "--parts", "translation", "--out", tmp_path / "o", check=False)
+    assert proc.returncode != 0 and "has no train.en" in proc.stdout

@@ -1,0 +1,199 @@
+"""The translation tools: BLEU, the recipes' argument handling, IWSLT release reading, the prepare
+pipeline with the real fairseq-preprocess, and el-bleu on a real fairseq-generate run."""
+import json
+import os
+import re
+import tarfile
+
+import pytest
+
+from conftest import TINY_TRANSFORMER, run_cli
+from el_plugins.translation import bleu, recipe
+from el_plugins.translation.prepare import (
+    CORPORA, prepare_parallel_corpus, read_iwslt_release, read_train_tags, read_xml_segments)
+
+
+# --------------------------------------------------------------------------- BLEU
+def test_tokenized_bleu_known_values():
+    assert bleu.tokenized_bleu(["a b c d e"], ["a b c d e"]).score == pytest.approx(100.0)
+    # 4 of 5 unigrams, 3/4 bigrams, 2/3 trigrams, 1/2 fourgrams, same length: BP = 1
+    hyp, ref = "the cat sat on mat", "the cat sat on a"
+    expected = 100 * (4 / 5 * 3 / 4 * 2 / 3 * 1 / 2) ** 0.25
+    assert bleu.tokenized_bleu([hyp], [ref]).score == pytest.approx(expected, abs=1e-6)
+    # tokenized BLEU does not re-tokenize: "cat." is one token
+    assert bleu.tokenized_bleu(["the cat."], ["the cat ."]).score < 100
+
+
+def test_sacrebleu_has_signature_and_tokenizes():
+    score, signature = bleu.sacre_bleu(["The cat sat."], ["The cat sat."])
+    assert score.score == pytest.approx(100.0)
+    assert "tok:13a" in signature and "nrefs:1" in signature
+
+
+def test_mismatched_lengths_are_an_error_not_a_score():
+    with pytest.raises(ValueError, match="2 hypotheses but 1 references"):
+        bleu.tokenized_bleu(["a", "b"], ["a"])
+    with pytest.raises(ValueError, match="no hypotheses"):
+        bleu.sacre_bleu([], [])
+
+
+def test_el_bleu_score_command(tmp_path):
+    (tmp_path / "h.txt").write_text("the cat sat on mat\nhello world\n")
+    (tmp_path / "r.txt").write_text("the cat sat on a\nhello world\n")
+    out = run_cli("el-bleu", "score", "--hyp", tmp_path / "h.txt", "--ref", tmp_path / "r.txt").stdout
+    want = bleu.tokenized_bleu(["the cat sat on mat", "hello world"], ["the cat sat on a", "hello world"]).score
+    assert f"tokenized BLEU-4 = {want:.2f}" in out and "sacreBLEU        =" in out
+    (tmp_path / "short.txt").write_text("the cat sat on a\n")
+    proc = run_cli("el-bleu", "score", "--hyp", tmp_path / "h.txt", "--ref", tmp_path / "short.txt", check=False)
+    assert proc.returncode == 1 and "2 hypotheses but 1 references" in proc.stdout
+    proc = run_cli("el-bleu", "score", "--hyp", tmp_path / "missing.txt", "--ref", tmp_path / "r.txt", check=False)
+    assert proc.returncode == 2 and "--hyp: no such file" in proc.stdout
+
+
+def test_parse_generate_output_orders_and_checks():
+    text = "S-1\tb\nT-1\ty z\nH-1\t-0.5\ty z\nS-0\ta\nT-0\tx\nH-0\t-0.1\tx\nGenerate test with beam=5: BLEU4 = 42.10, ...\n"
+    assert bleu.parse_generate_output(text) == (["x", "y z"], ["x", "y z"], 42.10)
+    with pytest.raises(ValueError, match="not a contiguous"):
+        bleu.parse_generate_output("T-0\tx\nH-0\t-1\tx\nT-2\ty\nH-2\t-1\ty\n")
+
+
+# --------------------------------------------------------------------------- recipes
+def test_recipe_commands_have_the_papers_hyperparameters():
+    ce = recipe.train_command("iwslt14.de-en", "bin", "save", loss="ce")
+    el = recipe.train_command("iwslt14.de-en", "bin", "save", loss="el")
+    joined = " ".join(el)
+    for flags in ("--arch transformer_iwslt_de_en", "--lr 1e-3", "--lr-scheduler inverse_sqrt", "--warmup-updates 4000",
+                  "--weight-decay 0.0001", "--dropout 0.4", "--max-tokens 4096", "--update-freq 4",
+                  "--max-update 20000", "--label-smoothing 0.1", "--fp16",
+                  "--criterion label_smoothed_encouraging_loss --log-end 0.5"):
+        assert flags in joined, flags
+    assert "(0.9, 0.98)" in el
+    # baseline and EL differ only in the criterion flags
+    strip = lambda cmd: [a for a in cmd if a not in ("label_smoothed_cross_entropy", "label_smoothed_encouraging_loss",
+                                                      "--log-end", "0.5")]
+    assert strip(ce) == strip(el)
+    fr = " ".join(recipe.train_command("iwslt17.fr-en", "bin", "save", loss="el"))
+    for flags in ("--encoder-layers 2", "--decoder-layers 2", "--share-all-embeddings", "--weight-decay 0.001",
+                  "--dropout 0.3", "--lr 5e-4", "--max-update 100000"):
+        assert flags in fr, flags
+
+
+def test_recipe_gpus_cpu_and_overrides():
+    two = " ".join(recipe.train_command("iwslt14.de-en", "b", "s", loss="el", gpus=2, seed=7))
+    assert "--update-freq 2" in two and "--distributed-world-size 2" in two and "--seed 7" in two
+    cpu = recipe.train_command("iwslt14.de-en", "b", "s", loss="ce", cpu=True, max_update=10)
+    assert "--fp16" not in cpu and "--cpu" in cpu and cpu[cpu.index("--max-update") + 1] == "10"
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(gpus=3), "--gpus must divide the recipe's update frequency 4"),
+    (dict(gpus=0), "--gpus must be an integer >= 1"),
+    (dict(log_end=1.5), r"--log-end must be in \(0, 1\]"),
+    (dict(loss="focal"), "--loss must be one of 'ce', 'el'"),
+    (dict(max_update=0), "--max-update must be >= 1"),
+])
+def test_recipe_bad_values(kwargs, message):
+    kwargs = dict(dict(loss="el"), **kwargs)
+    with pytest.raises(ValueError, match=message):
+        recipe.train_command("iwslt14.de-en", "b", "s", **kwargs)
+
+
+def test_el_translation_train_cli(tmp_path):
+    out = run_cli("el-translation-train", "--recipe", "iwslt17.fr-en", "--data", "bin", "--loss", "el",
+                  "--save-dir", "s", "--dry-run", "--", "--patience", "5").stdout
+    assert "--share-all-embeddings" in out and out.rstrip().endswith("--patience 5")
+    proc = run_cli("el-translation-train", "--recipe", "iwslt14.de-en", "--data", "bin", "--loss", "el",
+                   "--save-dir", "s", "--gpus", "3", "--dry-run", check=False)
+    assert proc.returncode == 2 and "--gpus must divide" in proc.stdout
+    proc = run_cli("el-translation-train", "--recipe", "wmt", "--data", "b", "--loss", "el", "--save-dir", "s", check=False)
+    assert proc.returncode == 2 and "invalid choice: 'wmt'" in proc.stdout
+
+
+def test_recipe_shell_scripts_argument_handling(tmp_path):
+    import subprocess
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+    def sh(script, *args):
+        return subprocess.run(["bash", os.path.join(repo, script), *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    dry = sh("scripts/iwslt/run.sh", "--corpus", "iwslt17.fr-en", "--release", "fr-en.tgz", "--seed", "3", "--dry-run")
+    assert dry.returncode == 0, dry.stdout
+    assert "+ el-translation-train --recipe iwslt17.fr-en" in dry.stdout and "--loss el --seed 3" in dry.stdout
+    assert dry.stdout.count("el-average-checkpoints") == 2 and "el-bleu generate" in dry.stdout
+    for args, message in ((["--corpus", "wmt14"], "--corpus must be iwslt14.de-en or iwslt17.fr-en"),
+                          (["--corpus", "iwslt14.de-en"], "--release is required"),
+                          (["--corpus", "iwslt14.de-en", "--release", "x", "--gpus", "0"], "--gpus must be a positive"),
+                          (["--corpus", "iwslt14.de-en", "--release", "x", "--losses", "ce focal"], "--losses takes ce")):
+        proc = sh("scripts/iwslt/run.sh", *args)
+        assert proc.returncode == 2 and message in proc.stdout, (args, proc.stdout)
+    eff = sh("scripts/timm/efficientnet_b0_imagenet.sh", "--train-py", "t.py", "--data", "d", "--dry-run")
+    assert eff.returncode == 0 and "--loss el --log-end 0.75" in eff.stdout and "--nproc_per_node 2" in eff.stdout
+    base = sh("scripts/timm/efficientnet_b0_imagenet.sh", "--train-py", "t.py", "--data", "d", "--baseline", "--dry-run")
+    assert "--loss ce" in base.stdout and "--log-end" not in base.stdout
+    bad = sh("scripts/timm/efficientnet_b0_imagenet.sh", "--train-py", "t.py", "--data", "d", "--log-end", "0")
+    assert bad.returncode == 2 and "--log-end must be in (0, 1]" in bad.stdout
+
+
+# --------------------------------------------------------------------------- IWSLT release reading
+def fake_iwslt14_release(root, n_train=46):
+    d = root / "de-en"
+    d.mkdir(parents=True)
+    meta = "<url>http://x</url>\n<keywords>k</keywords>\n<talkid>1</talkid>\n"
+    for lang, word in (("de", "hallo"), ("en", "hello")):
+        body = "".join(f"{word} welt {i} .\n" for i in range(n_train))
+        (d / f"train.tags.de-en.{lang}").write_text(meta + f"<title>{word} title</title>\n" + body)
+        for name in CORPORA["iwslt14.de-en"]["test_sets"]:
+            segs = "".join(f'<seg id="{i}"> {word} {name} {i} </seg>\n' for i in range(2))
+            (d / f"{name}.de-en.{lang}.xml").write_text(f"<mteval>\n<doc>\n{segs}</doc>\n</mteval>\n")
+    return d
+
+
+def test_read_iwslt_release(tmp_path):
+    d = fake_iwslt14_release(tmp_path)
+    assert read_train_tags(str(d / "train.tags.de-en.en"))[:2] == ["hello title", "hello welt 0 ."]
+    assert read_xml_segments(str(d / "IWSLT14.TED.tst2010.de-en.en.xml")) == ["hello IWSLT14.TED.tst2010 0",
+                                                                               "hello IWSLT14.TED.tst2010 1"]
+    splits = read_iwslt_release(str(tmp_path), "iwslt14.de-en")
+    assert len(splits["valid"][0]) == 3 and splits["valid"][1][0] == "hello title"  # lines 0, 23, 46 of 47
+    assert len(splits["train"][0]) == 44 and len(splits["test"][0]) == 10
+    with pytest.raises(SystemExit, match="no file matching 'train.tags.fr-en.fr'"):
+        read_iwslt_release(str(tmp_path), "iwslt17.fr-en")
+
+
+def test_el_prepare_iwslt_end_to_end(tmp_path):
+    d = fake_iwslt14_release(tmp_path / "rel", n_train=120)
+    tgz = tmp_path / "de-en.tgz"
+    with tarfile.open(tgz, "w:gz") as tar:
+        tar.add(d, arcname="de-en")
+    out = tmp_path / "prepared"
+    log = run_cli("el-prepare-iwslt", "--release", tgz, "--corpus", "iwslt14.de-en", "--out", out,
+                  "--vocab-size", "100", "--workers", "1").stdout
+    assert "train: 115 pairs" in log and "valid: 6 pairs" in log and "test: 10 pairs" in log
+    assert (out / "data-bin" / "dict.de.txt").exists() and (out / "data-bin" / "test.de-en.en.bin").exists()
+    assert (out / "text" / "test.raw.en").read_text().splitlines()[0] == "hello IWSLT14.TED.dev2010 0"
+    assert (out / "text" / "test.tok.en").read_text().splitlines()[0] == "hello iwslt14.ted.dev2010 0"  # lower-cased
+    assert "▁" in (out / "text" / "train.de").read_text()  # sentencepiece pieces
+    proc = run_cli("el-prepare-iwslt", "--release", tmp_path / "nothing.tgz", "--corpus", "iwslt14.de-en",
+                   "--out", out, check=False)
+    assert proc.returncode != 0 and "neither a folder nor a .tgz" in proc.stdout
+
+
+# --------------------------------------------------------------------------- the pipeline on a real model
+def test_prepare_train_generate_bleu(tmp_path):
+    from el_plugins.demo.toy_corpus import make_splits
+
+    splits = make_splits((("train", 400), ("valid", 40), ("test", 43)))
+    data_bin = prepare_parallel_corpus(splits, str(tmp_path / "data"), "src", "en", vocab_size=300, lowercase=False,
+                                       joined_dictionary=False, workers=1)
+    run_cli("fairseq-train", data_bin, *TINY_TRANSFORMER, "--optimizer", "adam", "--lr", "0.003", "--max-tokens", "2000",
+            "--max-update", "25", "--cpu", "--criterion", "label_smoothed_encouraging_loss", "--label-smoothing", "0.1",
+            "--save-dir", tmp_path / "ckpt", "--no-progress-bar", "--num-workers", "0")
+    out = run_cli("el-bleu", "generate", data_bin, "--path", tmp_path / "ckpt" / "checkpoint_last.pt", "--cpu",
+                  "--raw-ref", tmp_path / "data" / "text" / "test.raw.en", "--out", tmp_path / "bleu").stdout
+    result = json.loads((tmp_path / "bleu" / "bleu.json").read_text())
+    assert result["sentences"] == 43  # all of them, not a multiple of 8
+    # our tokenized BLEU is the number fairseq-generate prints itself
+    assert result["tokenized_bleu"] == pytest.approx(result["fairseq_generate_bleu4"], abs=0.01)
+    assert re.search(r"sacreBLEU += [\d.]+ +\(nrefs:1\|case:mixed\|eff:no\|tok:13a", out)
+    assert len((tmp_path / "bleu" / "hyp.tok.txt").read_text().splitlines()) == 43
