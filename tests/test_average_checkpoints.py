@@ -247,3 +247,23 @@ def test_real_fairseq_run_average_and_generate(toy_data_bin, tmp_path):
                   "--cpu", "--num-workers", "0").stdout
     assert "Generate test with beam=2: BLEU4 =" in gen, gen[-3000:]
     assert len([line for line in gen.splitlines() if line.startswith("H-")]) == 40
+
+
+def test_loading_keeps_the_process_wide_allow_list(tmp_path):
+    """Averaging inside a process that also loads checkpoints (the demo, el-analyze) must not undo the
+    allow-list fairseq relies on (torch's scoped safe_globals removes the class on exit)."""
+    import argparse as _argparse
+
+    import torch as _torch
+
+    from el_plugins.checkpoints import allow_training_checkpoint_globals
+    from el_plugins.translation.average_checkpoints import average_checkpoints as _average
+
+    paths = []
+    for i in range(2):
+        path = tmp_path / f"c{i}.pt"
+        _torch.save({"model": {"w": _torch.full((2,), float(i))}, "args": _argparse.Namespace(arch="x")}, path)
+        paths.append(str(path))
+    allow_training_checkpoint_globals()
+    assert _average(paths)["model"]["w"].tolist() == [0.5, 0.5]
+    assert _torch.load(paths[0], weights_only=True)["args"].arch == "x"

@@ -1,15 +1,15 @@
 """el-analyze timm: timm checkpoints over an ImageFolder (imports timm/torchvision only when called)."""
 from __future__ import annotations
 
-import argparse
 import ast
-import contextlib
 import os
 import pickle
 import sys
 from typing import Dict, List, Optional, Tuple
 
 import torch
+
+from el_plugins.checkpoints import allow_training_checkpoint_globals
 
 from el_plugins.analysis.report import AnalysisError
 from el_plugins.analysis.streaming import StreamingAnalysis
@@ -78,11 +78,9 @@ def load_checkpoint_state_dict(path: str, use_ema: bool = False, trust: bool = F
     Loads with weights_only=True (argparse.Namespace, which timm stores as 'args', allowed);
     ``trust=True`` loads with weights_only=False for checkpoints holding other objects.
     """
-    safe = getattr(torch.serialization, "safe_globals", None)
-    ctx = safe([argparse.Namespace]) if (safe and not trust) else contextlib.nullcontext()
+    allow_training_checkpoint_globals()
     try:
-        with ctx:
-            obj = torch.load(path, map_location="cpu", weights_only=not trust)
+        obj = torch.load(path, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as exc:
         text = str(exc)
         detail = " ".join(text.split("WeightsUnpickler error:", 1)[-1].split("Check the documentation", 1)[0].split())

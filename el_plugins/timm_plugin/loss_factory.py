@@ -19,7 +19,6 @@ import inspect
 import logging
 import sys
 
-import timm.loss
 import timm.loss._loss_factory as timm_loss_factory
 
 from el_plugins import functional as EF

@@ -72,23 +72,18 @@ def select_checkpoints(run_dir: str, num_epoch: Optional[int] = None, num_update
 
 # ------------------------------------------------------------------------------------------- loading
 def load_checkpoint(path: str) -> Dict[str, Any]:
-    """torch.load on the CPU with weights_only=True, allow-listing argparse.Namespace during the load."""
+    """torch.load on the CPU with weights_only=True, argparse.Namespace allow-listed."""
     import pickle
 
     import torch
 
     if not os.path.isfile(path):
         raise AverageCheckpointsError(f"{path}: no such file")
-    safe_globals = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5: scoped
+    from el_plugins.checkpoints import allow_training_checkpoint_globals
+
+    allow_training_checkpoint_globals()  # process-wide: the scoped form would undo fairseq's allow-list
     try:
-        if safe_globals is not None:
-            with safe_globals([argparse.Namespace]):
-                state = torch.load(path, map_location="cpu", weights_only=True)
-        elif hasattr(torch.serialization, "add_safe_globals"):  # torch 2.4: process-wide only
-            torch.serialization.add_safe_globals([argparse.Namespace])
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        else:  # torch < 2.4 cannot load a Namespace weights-only; its default is what fairseq uses there
-            state = torch.load(path, map_location="cpu")
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated or foreign files fail inside the unpickler in many ways
         lines = [line.strip() for line in str(e).splitlines() if line.strip()]
         refused = next((line for line in lines if "GLOBAL" in line), None)
