@@ -14,6 +14,9 @@ import torch
 import torch.nn as nn
 
 from el_plugins import functional as EF
+from el_plugins.ops import fused_encouraging_loss
+
+IMPLEMENTATIONS = ('fused', 'reference')
 
 
 class EncouragingLoss(nn.Module):
@@ -28,11 +31,14 @@ class EncouragingLoss(nn.Module):
         bonus_weight: rho >= 0; 0 is (label-smoothed) cross-entropy.
         ignore_index: class-index targets equal to it contribute nothing (None: no such index).
         reduction: 'mean' over rows, 'sum', or 'none' for per-row losses.
+        implementation: 'fused' (default; class-index targets: loss and gradient in one pass, no
+            float32 (N, C) intermediates kept) or 'reference' (plain autograd). Soft targets use the reference.
     """
 
     def __init__(self, log_end: float = 0.75, smoothing: float = 0., bonus_weight: float = 1.,
-                 ignore_index=None, reduction: str = 'mean'):
+                 ignore_index=None, reduction: str = 'mean', implementation: str = 'fused'):
         super().__init__()
+        self.implementation = EF.check_choice(implementation, IMPLEMENTATIONS, 'implementation')
         self.log_end = EF.check_log_end(log_end)
         self.smoothing = EF.check_label_smoothing(smoothing, 'smoothing')
         self.bonus_weight = EF.check_bonus_weight(bonus_weight)
@@ -43,7 +49,8 @@ class EncouragingLoss(nn.Module):
         if target.shape == x.shape:
             return EF.soft_target_encouraging_loss(
                 x, target, log_end=self.log_end, bonus_weight=self.bonus_weight, reduction=self.reduction)
-        return EF.encouraging_loss(
+        loss = fused_encouraging_loss if self.implementation == 'fused' else EF.encouraging_loss
+        return loss(
             x, target, log_end=self.log_end, label_smoothing=self.smoothing, bonus_weight=self.bonus_weight,
             ignore_index=self.ignore_index, reduction=self.reduction, smoothing_convention='paper')
 

@@ -14,7 +14,8 @@ from fairseq.dataclass.utils import convert_namespace_to_omegaconf  # noqa: E402
 from fairseq.logging import metrics  # noqa: E402
 
 from el_plugins.fairseq_plugin.criterion import (  # noqa: E402
-    CRITERION_NAME, LabelSmoothedEncouragingLossConfig, LabelSmoothedEncouragingLossCriterion)
+    CRITERION_NAME, LabelSmoothedEncouragingLossConfig, LabelSmoothedEncouragingLossCriterion,
+    normalizes_with_plain_log_softmax)
 
 
 def test_registered_by_plain_import_of_fairseq():
@@ -49,8 +50,9 @@ def loss_and_grads(criterion, model, sample):
 
 @pytest.mark.parametrize("eps", ["0.1", "0.0"])
 def test_bonus_weight_zero_equals_fairseq_label_smoothed_cross_entropy(toy_data_bin, eps):
+    """The reference implementation: bit for bit."""
     task, model, el, batches = build(toy_data_bin, "--criterion", CRITERION_NAME, "--label-smoothing", eps,
-                                     "--bonus-weight", "0", "--report-accuracy")
+                                     "--bonus-weight", "0", "--report-accuracy", "--el-implementation", "reference")
     ls = LabelSmoothedCrossEntropyCriterion(task, sentence_avg=False, label_smoothing=float(eps), report_accuracy=True)
     for sample in batches[:2]:
         el_loss, el_log, el_grads = loss_and_grads(el, model, sample)
@@ -60,6 +62,43 @@ def test_bonus_weight_zero_equals_fairseq_label_smoothed_cross_entropy(toy_data_
         assert el_log["n_correct"] == ls_log["n_correct"] and el_log["total"] == ls_log["total"]
         for a, b in zip(el_grads, ls_grads):
             assert torch.equal(a, b)
+
+
+def assert_grads_close(got, want):
+    """Equal up to float32 rounding: relative 1e-4, absolute 1e-5 of the largest gradient entry (some
+    parameters' gradients are analytically ~0 and only rounding noise remains)."""
+    scale = max(w.abs().max().item() for w in want)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * scale)
+
+
+@pytest.mark.parametrize("eps", ["0.1", "0.0"])
+def test_fused_default_with_bonus_weight_zero_matches_label_smoothed_cross_entropy(toy_data_bin, eps):
+    """The fused default (on the logits, in one pass): equal up to float32 rounding."""
+    task, model, el, batches = build(toy_data_bin, "--criterion", CRITERION_NAME, "--label-smoothing", eps,
+                                     "--bonus-weight", "0", "--report-accuracy")
+    assert el.implementation == "fused" and normalizes_with_plain_log_softmax(model)
+    ls = LabelSmoothedCrossEntropyCriterion(task, sentence_avg=False, label_smoothing=float(eps), report_accuracy=True)
+    for sample in batches[:2]:
+        el_loss, el_log, el_grads = loss_and_grads(el, model, sample)
+        ls_loss, ls_log, ls_grads = loss_and_grads(ls, model, sample)
+        torch.testing.assert_close(el_loss, ls_loss, rtol=2e-6, atol=1e-4)
+        torch.testing.assert_close(el_log["nll_loss"], ls_log["nll_loss"], rtol=2e-6, atol=1e-4)
+        assert el_log["n_correct"] == ls_log["n_correct"]
+        assert_grads_close(el_grads, ls_grads)
+
+
+@pytest.mark.parametrize("log_end", ["1.0", "0.5"])
+def test_fused_equals_reference_criterion(toy_data_bin, log_end):
+    flags = ["--criterion", CRITERION_NAME, "--label-smoothing", "0.1", "--log-end", log_end]
+    _, model, fused, batches = build(toy_data_bin, *flags)
+    _, _, reference, _ = build(toy_data_bin, *flags, "--el-implementation", "reference")
+    f_loss, f_log, f_grads = loss_and_grads(fused, model, batches[0])
+    r_loss, r_log, r_grads = loss_and_grads(reference, model, batches[0])
+    torch.testing.assert_close(f_loss, r_loss, rtol=2e-6, atol=1e-4)
+    for key in ("nll_loss", "el_bonus", "p_target", "n_past_log_end"):
+        torch.testing.assert_close(f_log[key], r_log[key], rtol=2e-6, atol=1e-4)
+    assert_grads_close(f_grads, r_grads)
 
 
 def test_bonus_changes_loss_and_gradient(toy_data_bin):

@@ -5,7 +5,9 @@ encouraging-loss bonus (Zhao et al., AAAI 2022, https://arxiv.org/abs/2110.06537
 
 Per target token, with q the smoothed target and b the (conservative) bonus:
 ``loss = sum_k q_k (-log p_k + rho b(p_k))``; ``--bonus-weight 0`` is exactly fairseq's
-``label_smoothed_cross_entropy``. The math lives in :mod:`el_plugins.functional`.
+``label_smoothed_cross_entropy``. The math lives in :mod:`el_plugins.functional` (the reference)
+and :mod:`el_plugins.ops` (the fused, memory-efficient default: it takes the decoder's logits and
+keeps only their gradient, instead of fp32 log-probabilities and autograd intermediates).
 """
 import math
 from dataclasses import dataclass, field
@@ -14,10 +16,14 @@ import torch
 from fairseq import utils
 from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
+from fairseq.models import BaseFairseqModel
+from fairseq.models.fairseq_decoder import FairseqDecoder
+from fairseq.models.transformer import TransformerModelBase
 from fairseq.logging import metrics
 from omegaconf import II
 
 from el_plugins import functional as EF
+from el_plugins.ops import fused_encouraging_loss_with_stats
 
 CRITERION_NAME = "label_smoothed_encouraging_loss"
 
@@ -34,7 +40,21 @@ def installed_fairseq_smoothing_convention() -> str:
     return "paper" if torch.isclose(loss, paper) else "fairseq"
 
 
+def normalizes_with_plain_log_softmax(model) -> bool:
+    """True when model.get_normalized_probs(log_probs=True) is log_softmax(net_output[0]): fairseq's own
+    model and decoder methods, no adaptive softmax. Then the fused loss may take the logits directly."""
+    decoder = getattr(model, "decoder", None)
+    return (isinstance(decoder, FairseqDecoder) and getattr(decoder, "adaptive_softmax", None) is None
+            and type(model).get_normalized_probs in (BaseFairseqModel.get_normalized_probs,
+                                                     TransformerModelBase.get_normalized_probs)
+            and type(model).get_normalized_probs_scriptable is BaseFairseqModel.get_normalized_probs_scriptable
+            and type(decoder).get_normalized_probs is FairseqDecoder.get_normalized_probs
+            and type(decoder).get_normalized_probs_scriptable is FairseqDecoder.get_normalized_probs_scriptable)
+
+
 SMOOTHING_CONVENTION_CHOICES = ChoiceEnum(list(EF.SMOOTHING_CONVENTIONS))
+IMPLEMENTATIONS = ("fused", "reference")
+IMPLEMENTATION_CHOICES = ChoiceEnum(list(IMPLEMENTATIONS))
 
 
 @dataclass
@@ -56,6 +76,12 @@ class LabelSmoothedEncouragingLossConfig(FairseqDataclass):
                           "the default when that is the installed fairseq), 'paper' = eps/V on every class "
                           "(fairseq 0.10, timm, the paper's reference code)"},
     )
+    el_implementation: IMPLEMENTATION_CHOICES = field(
+        default="fused",
+        metadata={"help": "'fused': loss and gradient in one pass over the logits, no fp32 (tokens x vocab) "
+                          "intermediates (less memory); 'reference': plain autograd on fairseq's log-probabilities, "
+                          "with --bonus-weight 0 bit-for-bit label_smoothed_cross_entropy"},
+    )
     report_accuracy: bool = field(default=False, metadata={"help": "report accuracy metric"})
     ignore_prefix_size: int = field(default=0, metadata={"help": "Ignore first N tokens"})
     sentence_avg: bool = II("optimization.sentence_avg")
@@ -64,7 +90,8 @@ class LabelSmoothedEncouragingLossConfig(FairseqDataclass):
 @register_criterion(CRITERION_NAME, dataclass=LabelSmoothedEncouragingLossConfig)
 class LabelSmoothedEncouragingLossCriterion(FairseqCriterion):
     def __init__(self, task, sentence_avg, label_smoothing, log_end=0.75, bonus_weight=1.0,
-                 smoothing_convention="fairseq", ignore_prefix_size=0, report_accuracy=False):
+                 smoothing_convention="fairseq", el_implementation="fused", ignore_prefix_size=0,
+                 report_accuracy=False):
         super().__init__(task)
         self.sentence_avg = sentence_avg
         self.eps = EF.check_label_smoothing(label_smoothing, "--label-smoothing")
@@ -72,6 +99,7 @@ class LabelSmoothedEncouragingLossCriterion(FairseqCriterion):
         self.bonus_weight = EF.check_bonus_weight(bonus_weight, "--bonus-weight")
         self.smoothing_convention = EF.check_choice(
             str(smoothing_convention), EF.SMOOTHING_CONVENTIONS, "--smoothing-convention")
+        self.implementation = EF.check_choice(str(el_implementation), IMPLEMENTATIONS, "--el-implementation")
         if ignore_prefix_size < 0:
             raise ValueError(f"--ignore-prefix-size must be >= 0, got {ignore_prefix_size}")
         self.ignore_prefix_size = ignore_prefix_size
@@ -80,8 +108,8 @@ class LabelSmoothedEncouragingLossCriterion(FairseqCriterion):
     def forward(self, model, sample, reduce=True):
         """Returns (loss, sample_size, logging_output), as fairseq's label_smoothed_cross_entropy."""
         net_output = model(**sample["net_input"])
-        lprobs, target = self.get_lprobs_and_target(model, net_output, sample)
-        out = self.compute_terms(lprobs, target, reduce=reduce)
+        scores, target, are_log_probs = self.get_scores_and_target(model, net_output, sample)
+        out = self.compute_terms(scores, target, reduce=reduce, input_is_log_probs=are_log_probs)
         sample_size = sample["target"].size(0) if self.sentence_avg else sample["ntokens"]
         logging_output = {
             "loss": out.loss.data,
@@ -94,7 +122,7 @@ class LabelSmoothedEncouragingLossCriterion(FairseqCriterion):
             "sample_size": sample_size,
         }
         if self.report_accuracy:
-            n_correct, total = self.compute_accuracy(lprobs, target)
+            n_correct, total = self.compute_accuracy(scores, target)
             logging_output["n_correct"] = utils.item(n_correct.data)
             logging_output["total"] = utils.item(total.data)
         return out.loss, sample_size, logging_output
@@ -107,22 +135,34 @@ class LabelSmoothedEncouragingLossCriterion(FairseqCriterion):
             target = target[:, self.ignore_prefix_size:].contiguous()
         return lprobs.view(-1, lprobs.size(-1)), target.view(-1)
 
-    def compute_terms(self, lprobs, target, reduce=True) -> EF.EncouragingLossOutput:
-        return EF.encouraging_loss_with_stats(
-            lprobs, target, log_end=self.log_end, label_smoothing=self.eps, bonus_weight=self.bonus_weight,
+    def get_scores_and_target(self, model, net_output, sample):
+        """(scores, target, are_log_probs): the decoder's raw logits for the fused implementation when its
+        normalization is the plain log-softmax (no adaptive softmax, no override), else fairseq's log-probs."""
+        if self.implementation == "fused" and normalizes_with_plain_log_softmax(model):
+            logits, target = net_output[0], model.get_targets(sample, net_output)
+            if self.ignore_prefix_size > 0:
+                logits, target = logits[:, self.ignore_prefix_size:, :], target[:, self.ignore_prefix_size:]
+            return logits.reshape(-1, logits.size(-1)), target.reshape(-1), False
+        lprobs, target = self.get_lprobs_and_target(model, net_output, sample)
+        return lprobs, target, True
+
+    def compute_terms(self, scores, target, reduce=True, input_is_log_probs=True) -> EF.EncouragingLossOutput:
+        terms = fused_encouraging_loss_with_stats if self.implementation == "fused" else EF.encouraging_loss_with_stats
+        return terms(
+            scores, target, log_end=self.log_end, label_smoothing=self.eps, bonus_weight=self.bonus_weight,
             ignore_index=self.padding_idx, reduction="sum" if reduce else "none",
-            smoothing_convention=self.smoothing_convention, input_is_log_probs=True,
+            smoothing_convention=self.smoothing_convention, input_is_log_probs=input_is_log_probs,
         )
 
     def compute_loss(self, model, net_output, sample, reduce=True):
         """(loss, nll_loss), the interface of fairseq's label_smoothed_cross_entropy."""
-        lprobs, target = self.get_lprobs_and_target(model, net_output, sample)
-        out = self.compute_terms(lprobs, target, reduce=reduce)
+        scores, target, are_log_probs = self.get_scores_and_target(model, net_output, sample)
+        out = self.compute_terms(scores, target, reduce=reduce, input_is_log_probs=are_log_probs)
         return out.loss, out.nll_loss
 
-    def compute_accuracy(self, lprobs, target):
+    def compute_accuracy(self, scores, target):
         mask = target.ne(self.padding_idx)
-        n_correct = torch.sum(lprobs.argmax(1).masked_select(mask).eq(target.masked_select(mask)))
+        n_correct = torch.sum(scores.argmax(1).masked_select(mask).eq(target.masked_select(mask)))
         return n_correct, torch.sum(mask)
 
     @classmethod

@@ -1,0 +1,329 @@
+"""Fused encouraging loss: loss and gradient in one forward pass, the gradient kept for backward.
+
+Per row with p = softmax(z), target weights q = w_y * onehot(y) + q_o (see
+:func:`el_plugins.functional.smoothing_weights`) and the bonus b of :mod:`el_plugins.functional`:
+
+    L      = sum_k q_k (-log p_k + rho b(p_k))
+    g_k    = rho q_k p_k b'(p_k),   G = sum_k g_k
+    dL/dz_j = (p_j - q_j) + g_j - p_j G
+
+with p b'(p) = -p / (1 - p) on the log branch (0 where the 1e-5 clamp is active) and
+-p / (1 - log_end) on the linear tail. With ``input_is_log_probs`` the input x is used as log p
+as it is (as the reference does), and dL/dx_j = -q_j + g_j.
+
+Per row this needs only the log-sum-exp, sum_k log p_k, sum_k b(p_k) and sum_k p_k b'(p_k). The
+forward pass computes them chunk by chunk and writes dL/dz (already divided by the row count for
+``reduction="mean"``) into one (N, V) buffer in the dtype of the input; the backward pass scales
+that buffer by grad_output in place and hands it on. Peak extra memory: that buffer plus a few
+chunk-sized float32 temporaries, instead of the (N, V) float32 log-probabilities, their gradient
+and the gradient of the logits that autograd keeps or creates.
+
+The gradient buffer is handed over, not copied, so the op supports one backward pass per forward
+(the usual case). A second backward through the same graph after a grad_output other than 1
+raises torch's "modified by an inplace operation" error; use the reference
+:func:`el_plugins.functional.encouraging_loss_with_stats` for that, and for double backward.
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from el_plugins.functional import (
+    BONUS_CLAMP,
+    REDUCTIONS,
+    SMOOTHING_CONVENTIONS,
+    EncouragingLossOutput,
+    _reduce,
+    bonus_from_log_prob,
+    check_bonus_weight,
+    check_choice,
+    check_label_smoothing,
+    check_log_end,
+    check_targets,
+    compute_dtype,
+    smoothing_weights,
+)
+
+BACKENDS = ("auto", "torch", "triton")
+"""``auto``: the Triton kernel for CUDA tensors of float32/float16/bfloat16 (when triton is
+installed), the chunked torch path otherwise; ``torch``, ``triton``: force one."""
+
+MIN_CHUNK_ELEMENTS = 1 << 20
+MAX_CHUNKS = 8
+"""Default chunking of the torch path: at most MAX_CHUNKS chunks of at least MIN_CHUNK_ELEMENTS
+elements each. Every large torch op is one OpenMP parallel region, and on a CPU shared with other
+work each region can wait milliseconds for a descheduled thread (libgomp spin-waits), so a few big
+chunks are faster than many cache-sized ones; the scratch stays <= 2/8 of (N, V) in float32."""
+
+LARGE_P = 0.5
+"""1 - p is formed as 1 - p for p <= LARGE_P (exact enough there) and as -expm1(log p) above."""
+
+
+class LossConfig(NamedTuple):
+    """The validated scalars of one call."""
+
+    log_end: float
+    bonus_weight: float  # rho
+    w_target: float  # weight of the target's own term: q = w_target * onehot(y) + q_other
+    q_other: float
+    input_is_log_probs: bool
+
+    @property
+    def dense_bonus(self) -> bool:
+        """Whether the bonus of every class counts (label smoothing and rho > 0)."""
+        return bool(self.bonus_weight and self.q_other)
+
+
+# --------------------------------------------------------------------------- b and p b'(p)
+def bonus_slope_times_p(log_p: torch.Tensor, log_end: float) -> torch.Tensor:
+    """p b'(p) = d b / d log p, from log p: -p / (1 - p) on the log branch (0 where the clamp
+    max(1 - p, 1e-5) is active), -p / (1 - log_end) on the tail p > log_end."""
+    p = torch.exp(log_p)
+    one_minus_p = -torch.expm1(log_p)
+    slope = torch.where(one_minus_p >= BONUS_CLAMP, -p / one_minus_p.clamp(min=BONUS_CLAMP), 0.0)
+    if log_end < 1.0:
+        slope = torch.where(p > log_end, -p / (1.0 - log_end), slope)
+    return slope
+
+
+def _large_p_positions(p, p_max, p_target, target, threshold: float):
+    """(rows, cols) of the entries p > threshold, given each row's maximum and target probability.
+
+    For threshold >= 1/2 a row has at most one such entry, its maximum: the target when p_y exceeds
+    the threshold, else found by an argmax over the (few) confidently wrong rows."""
+    rows = (p_max > threshold).nonzero().squeeze(1)
+    if threshold >= 0.5:
+        cols = target.index_select(0, rows)
+        wrong = (p_target.index_select(0, rows) <= threshold).nonzero().squeeze(1)
+        if wrong.numel():
+            cols[wrong] = p.index_select(0, rows[wrong]).argmax(-1)
+        return rows, cols
+    sub_rows, cols = (p.index_select(0, rows) > threshold).nonzero(as_tuple=True)
+    return rows.index_select(0, sub_rows), cols
+
+
+# --------------------------------------------------------------------------- torch path
+def _torch_chunk(x, target, keep, grad_out, scratch, cfg: LossConfig, scale: float):
+    """One chunk of rows: returns (log p_y, sum_k log p_k, sum_k b(p_k)) per row and, when
+    ``grad_out`` is given, writes scale * dL/dx of the rows into it (zero on ignored rows).
+    ``scratch``: (n, V) buffers of the compute dtype, reused from chunk to chunk (fresh
+    allocations of that size would fault their pages in again for every chunk).
+
+    p = softmax(x) and lse = max_k x_k - log max_k p_k; no (n, V) log-probabilities. The dense
+    bonus terms use 1 - p for every class: sum_k log(1 - p_k) = log prod_k (1 - p_k) and
+    p_k / (1 - p_k); the few entries with p > min(1/2, log_end), where 1 - p is imprecise, clamped
+    or on the tail, are left out of both (1 - p set to 1) and computed exactly from log p.
+    """
+    p, work, x_copy = scratch
+    if x.dtype != p.dtype:
+        x = x_copy.copy_(x)
+    rho, q_other, w_target = cfg.bonus_weight, cfg.q_other, cfg.w_target
+    if cfg.input_is_log_probs:
+        p = torch.exp(x, out=p)
+        lse = torch.zeros(x.size(0), dtype=x.dtype, device=x.device)
+        p_max = p.amax(-1)
+    else:
+        p = torch.softmax(x, dim=-1, out=p)
+        p_max = p.amax(-1)
+        lse = x.amax(-1) - torch.log(p_max)
+    log_p_target = x.gather(1, target.unsqueeze(1)).squeeze(1) - lse
+    sum_log_p = x.sum(-1) - x.size(1) * lse if q_other else None
+
+    sum_bonus = p_over_one_minus_p = None
+    if cfg.dense_bonus:
+        rows, cols = _large_p_positions(p, p_max, p.gather(1, target.unsqueeze(1)).squeeze(1), target,
+                                        min(LARGE_P, cfg.log_end))
+        log_p_large = x[rows, cols] - lse.index_select(0, rows)
+        one = torch.ones((), dtype=x.dtype, device=x.device)
+        one_minus_p = torch.add(one, p, alpha=-1.0, out=work)
+        one_minus_p[rows, cols] = 1.0
+        sum_bonus = torch.log(one_minus_p.prod(-1)).index_add_(
+            0, rows, bonus_from_log_prob(log_p_large, cfg.log_end))
+        # -p b'(p) = p / (1 - p), written over 1 - p
+        p_over_one_minus_p = torch.div(p, one_minus_p, out=one_minus_p)
+        p_over_one_minus_p[rows, cols] = -bonus_slope_times_p(log_p_large, cfg.log_end)
+
+    if grad_out is not None:
+        slope_target = bonus_slope_times_p(log_p_target, cfg.log_end)
+        total_g = rho * w_target * slope_target  # G = rho sum_k q_k p_k b'(p_k)
+        if cfg.dense_bonus:
+            total_g = total_g - rho * q_other * p_over_one_minus_p.sum(-1)
+        # every class: p_j (1 - G) - q_o + rho q_o p_j b'(p_j)    (logits)
+        #                          - q_o + rho q_o p_j b'(p_j)    (log-probabilities)
+        constant = torch.tensor(-q_other * scale, dtype=x.dtype, device=x.device)
+        if cfg.dense_bonus:
+            other = torch.add(constant, p_over_one_minus_p, alpha=-rho * q_other * scale, out=p_over_one_minus_p)
+        else:
+            other = constant
+        if cfg.input_is_log_probs:
+            grad_out.copy_(other.expand_as(grad_out))
+            row_factor = torch.zeros_like(total_g)
+        else:
+            row_factor = (1.0 - total_g) * scale
+            torch.addcmul(other, p, row_factor.unsqueeze(1), out=grad_out)
+        # the target: add -w_y + rho w_y p_y b'(p_y), computed in full precision and written once
+        rho_q_target = rho * (w_target + q_other)
+        grad_target = (-q_other - w_target + rho_q_target * slope_target) * scale
+        if not cfg.input_is_log_probs:
+            grad_target = grad_target + torch.exp(log_p_target) * row_factor
+        kept = keep.nonzero().squeeze(1)
+        grad_out[kept, target[kept]] = grad_target[kept].to(grad_out.dtype)
+        if kept.numel() < keep.numel():
+            grad_out.index_fill_(0, (~keep).nonzero().squeeze(1), 0.0)
+    return log_p_target, sum_log_p, sum_bonus
+
+
+def _torch_rows(input, target, keep, scale, cfg: LossConfig, compute_grad: bool, chunk_size: Optional[int]):
+    n_rows, n_cols = input.shape
+    rows_per_chunk = chunk_size or max(-(-MIN_CHUNK_ELEMENTS // max(n_cols, 1)), -(-n_rows // MAX_CHUNKS), 1)
+    grad = torch.empty(input.shape, dtype=input.dtype, device=input.device) if compute_grad else None
+    dtype = compute_dtype(input.dtype)
+    scratch_rows = min(rows_per_chunk, n_rows)
+
+    def buffer(needed):
+        return torch.empty(scratch_rows, n_cols, dtype=dtype, device=input.device) if needed else None
+
+    scratch = [buffer(True), buffer(cfg.dense_bonus), buffer(input.dtype != dtype)]
+    pieces = []
+    for start in range(0, n_rows, rows_per_chunk):
+        stop = min(start + rows_per_chunk, n_rows)
+        grad_out = grad[start:stop] if compute_grad else None
+        chunk_scratch = [buf[: stop - start] if buf is not None else None for buf in scratch]
+        pieces.append(_torch_chunk(input[start:stop], target[start:stop], keep[start:stop], grad_out,
+                                   chunk_scratch, cfg, scale))
+
+    def cat(i):
+        if not pieces or pieces[0][i] is None:
+            return torch.zeros(n_rows, dtype=dtype, device=input.device)
+        return torch.cat([piece[i] for piece in pieces])
+
+    log_p_target, sum_log_p, sum_bonus = cat(0), cat(1), cat(2)
+    bonus_target = bonus_from_log_prob(log_p_target, cfg.log_end)
+    return log_p_target, sum_log_p, bonus_target, sum_bonus, grad
+
+
+# --------------------------------------------------------------------------- autograd
+class _FusedEncouragingLoss(torch.autograd.Function):
+    """Forward: the loss, its statistics and the gradient buffer; backward: the buffer * grad_output."""
+
+    @staticmethod
+    def forward(ctx, input, target, ignore_index, reduction, cfg, backend, compute_grad, chunk_size, block_size):
+        keep = torch.ones_like(target, dtype=torch.bool) if ignore_index is None else target.ne(ignore_index)
+        safe_target = target.masked_fill(~keep, 0)
+        count = keep.sum()
+        w_target, q_other, rho = cfg.w_target, cfg.q_other, cfg.bonus_weight
+
+        if backend == "triton":
+            from el_plugins.ops import encouraging_loss_triton
+
+            scale = (1.0 / count.clamp(min=1).float()) if reduction == "mean" else torch.ones((), device=input.device)
+            log_p_target, nll, bonus, loss, grad = encouraging_loss_triton.encouraging_loss_rows(
+                input, target, ignore_index, scale, cfg, compute_grad, block_size)
+            bonus_rows = bonus
+        else:
+            scale = 1.0 / max(int(count), 1) if reduction == "mean" else 1.0
+            log_p_target, sum_log_p, bonus_target, sum_bonus, grad = _torch_rows(
+                input, safe_target, keep, scale, cfg, compute_grad, chunk_size)
+            nll = -log_p_target
+            bonus_rows = rho * (w_target * bonus_target + q_other * sum_bonus)
+            loss = w_target * nll - q_other * sum_log_p + bonus_rows
+
+        def reduce(rows):
+            return _reduce(rows.masked_fill(~keep, 0.0), reduction, count)
+
+        loss_r, nll_r = reduce(loss), reduce(nll)
+        bonus_r = reduce(bonus_rows) if rho else torch.zeros_like(nll_r)
+        p_target = torch.exp(log_p_target).masked_fill(~keep, 0.0)
+        past = ((p_target > cfg.log_end) & keep).to(p_target.dtype)
+        p_target_r, past_r = _reduce(p_target, reduction, count), _reduce(past, reduction, count)
+
+        ctx.mark_non_differentiable(nll_r, bonus_r, p_target_r, past_r)
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(grad)
+        return loss_r, nll_r, bonus_r, p_target_r, past_r
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_loss, *unused):
+        (grad,) = ctx.saved_tensors
+        if grad_loss is None or grad is None:
+            return (None,) * 9
+        if grad_loss.numel() == 1 and bool(grad_loss == 1):
+            grad_input = grad.detach()  # a new alias of the buffer: autograd can keep it as .grad without a copy
+        else:
+            grad_input = grad.mul_(grad_loss.unsqueeze(-1) if grad_loss.dim() else grad_loss)
+        return (grad_input,) + (None,) * 8
+
+
+# --------------------------------------------------------------------------- public API
+def _pick_backend(backend: str, input: torch.Tensor) -> str:
+    check_choice(backend, BACKENDS, "backend")
+    if backend == "auto":
+        if input.is_cuda and input.dtype in (torch.float32, torch.float16, torch.bfloat16):
+            try:
+                import triton  # noqa: F401
+            except ImportError:
+                return "torch"
+            return "triton"
+        return "torch"
+    if backend == "triton" and input.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise ValueError(f"the triton backend takes float32, float16 or bfloat16 input, got {input.dtype}")
+    return backend
+
+
+def fused_encouraging_loss_with_stats(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    log_end: float = 0.75,
+    label_smoothing: float = 0.0,
+    bonus_weight: float = 1.0,
+    ignore_index: Optional[int] = None,
+    reduction: str = "mean",
+    smoothing_convention: str = "paper",
+    input_is_log_probs: bool = False,
+    chunk_size: Optional[int] = None,
+    backend: str = "auto",
+    block_size: Optional[int] = None,
+) -> EncouragingLossOutput:
+    """Label-smoothed EL for class-index targets, same arguments and results as
+    :func:`el_plugins.functional.encouraging_loss_with_stats`, computed without (N, V) float32
+    intermediates (see the module docstring).
+
+    chunk_size: rows per chunk of the torch path (default: N / 8 rows, at least 1M elements).
+    backend: ``auto`` (Triton for CUDA float32/16/bfloat16 tensors, torch otherwise), ``torch``,
+    ``triton`` (CPU tensors only under ``TRITON_INTERPRET=1``).
+    block_size: columns per block of the Triton kernel, a power of 2 (default min(next_pow2(V), 4096)).
+    """
+    log_end = check_log_end(log_end)
+    eps = check_label_smoothing(label_smoothing)
+    rho = check_bonus_weight(bonus_weight)
+    check_choice(reduction, REDUCTIONS, "reduction")
+    check_choice(smoothing_convention, SMOOTHING_CONVENTIONS, "smoothing_convention")
+    if input.dim() != 2 or target.shape != input.shape[:1]:
+        raise ValueError(
+            f"expected input (N, V) and target (N,), got input {tuple(input.shape)} and target {tuple(target.shape)}"
+        )
+    if chunk_size is not None and not (isinstance(chunk_size, int) and chunk_size >= 1):
+        raise ValueError(f"chunk_size must be a positive number of rows, got {chunk_size!r}")
+    if block_size is not None and not (isinstance(block_size, int) and block_size >= 16
+                                       and block_size & (block_size - 1) == 0):
+        raise ValueError(f"block_size must be a power of 2 >= 16, got {block_size!r}")
+    backend = _pick_backend(backend, input)
+    num_classes = input.size(1)
+    check_targets(target, num_classes, ignore_index)
+
+    w_target, q_other = smoothing_weights(eps, num_classes, smoothing_convention)
+    cfg = LossConfig(log_end, rho, w_target, q_other, bool(input_is_log_probs))
+    compute_grad = input.requires_grad and torch.is_grad_enabled()
+    outputs = _FusedEncouragingLoss.apply(
+        input, target, ignore_index, reduction, cfg, backend, compute_grad, chunk_size, block_size)
+    return EncouragingLossOutput(*outputs)
+
+
+def fused_encouraging_loss(input: torch.Tensor, target: torch.Tensor, **kwargs) -> torch.Tensor:
+    """The loss of :func:`fused_encouraging_loss_with_stats`."""
+    return fused_encouraging_loss_with_stats(input, target, **kwargs).loss

@@ -1,0 +1,156 @@
+"""The Triton kernel of the fused encouraging loss: one program per row, three passes over V.
+
+    pass 1  lse = log sum_k exp(z_k)            (online max and rescaled sum, BLOCK columns at a time)
+    pass 2  sum_k log p_k, sum_k b(p_k), sum_k p_k b'(p_k)
+    pass 3  dL/dz_j = (p_j - q_j) + g_j - p_j G,  g_j = rho q_j p_j b'(p_j),  G = sum_k g_k
+
+(with log-probability input: no pass 1, and dL/dx_j = -q_j + g_j). Loads any float dtype,
+accumulates in float32, writes the gradient in the input's dtype, already multiplied by the
+reduction's scale (1 / number of rows for "mean"). Imported only when the Triton backend is used;
+set TRITON_INTERPRET=1 before the first import of triton to run it on CPU tensors.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from el_plugins.functional import BONUS_CLAMP
+
+MAX_BLOCK = 4096
+
+
+@triton.jit
+def _one_minus_p(log_p, p):
+    """1 - p, stable near p = 1: -expm1(log p) by its Taylor series for log p > -0.1, else 1 - p."""
+    x = log_p
+    series = -x * (1.0 + x / 2.0 * (1.0 + x / 3.0 * (1.0 + x / 4.0 * (1.0 + x / 5.0 * (1.0 + x / 6.0 * (1.0 + x / 7.0))))))
+    return tl.where(x > -0.1, series, 1.0 - p)
+
+
+@triton.jit
+def _bonus_and_slope(log_p, log_end, log_one_minus_log_end, CLAMP: tl.constexpr, TAIL: tl.constexpr):
+    """b(p) and p b'(p) from log p: log(max(1 - p, CLAMP)) and -p / (1 - p) (0 when clamped);
+    on the tail p > log_end: (p - log_end) / (log_end - 1) + log(1 - log_end) and -p / (1 - log_end)."""
+    p = tl.exp(log_p)
+    one_minus_p = _one_minus_p(log_p, p)
+    clamped = tl.maximum(one_minus_p, CLAMP)
+    bonus = tl.log(clamped)
+    slope = tl.where(one_minus_p >= CLAMP, -p / clamped, 0.0)
+    if TAIL:
+        tail = p > log_end
+        bonus = tl.where(tail, (p - log_end) / (log_end - 1.0) + log_one_minus_log_end, bonus)
+        slope = tl.where(tail, -p / (1.0 - log_end), slope)
+    return bonus, slope
+
+
+@triton.jit
+def encouraging_loss_kernel(
+    x_ptr, x_row_stride, grad_ptr, grad_row_stride, target_ptr, scale_ptr,
+    log_p_target_ptr, nll_ptr, bonus_ptr, loss_ptr,
+    n_cols, ignore_index, w_target, q_other, rho, log_end, log_one_minus_log_end,
+    HAS_IGNORE: tl.constexpr, LOG_PROBS: tl.constexpr, SMOOTHING: tl.constexpr, DENSE_BONUS: tl.constexpr,
+    TAIL: tl.constexpr, COMPUTE_GRAD: tl.constexpr, CLAMP: tl.constexpr, BLOCK: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    x_row = x_ptr + row * x_row_stride
+    grad_row = grad_ptr + row * grad_row_stride
+    target = tl.load(target_ptr + row)
+    columns = tl.arange(0, BLOCK)
+
+    if HAS_IGNORE:
+        if target == ignore_index:
+            tl.store(log_p_target_ptr + row, 0.0)
+            tl.store(nll_ptr + row, 0.0)
+            tl.store(bonus_ptr + row, 0.0)
+            tl.store(loss_ptr + row, 0.0)
+            if COMPUTE_GRAD:
+                for start in range(0, n_cols, BLOCK):
+                    offsets = start + columns
+                    tl.store(grad_row + offsets, tl.zeros([BLOCK], dtype=grad_ptr.dtype.element_ty),
+                             mask=offsets < n_cols)
+            return
+
+    # pass 1: log-sum-exp
+    lse = 0.0
+    if not LOG_PROBS:
+        running_max = float("-inf")
+        running_sum = 0.0
+        for start in range(0, n_cols, BLOCK):
+            offsets = start + columns
+            x = tl.load(x_row + offsets, mask=offsets < n_cols, other=float("-inf")).to(tl.float32)
+            new_max = tl.maximum(running_max, tl.max(x, axis=0))
+            running_sum = running_sum * tl.exp(running_max - new_max) + tl.sum(tl.exp(x - new_max), axis=0)
+            running_max = new_max
+        lse = running_max + tl.log(running_sum)
+
+    # pass 2: sum_k log p_k, sum_k b(p_k), sum_k p_k b'(p_k)
+    sum_log_p = 0.0
+    sum_bonus = 0.0
+    sum_slope = 0.0
+    if SMOOTHING:
+        for start in range(0, n_cols, BLOCK):
+            offsets = start + columns
+            mask = offsets < n_cols
+            log_p = tl.load(x_row + offsets, mask=mask, other=0.0).to(tl.float32) - lse
+            sum_log_p += tl.sum(tl.where(mask, log_p, 0.0), axis=0)
+            if DENSE_BONUS:
+                bonus, slope = _bonus_and_slope(log_p, log_end, log_one_minus_log_end, CLAMP, TAIL)
+                sum_bonus += tl.sum(tl.where(mask, bonus, 0.0), axis=0)
+                sum_slope += tl.sum(tl.where(mask, slope, 0.0), axis=0)
+
+    log_p_target = tl.load(x_row + target).to(tl.float32) - lse
+    bonus_target, slope_target = _bonus_and_slope(log_p_target, log_end, log_one_minus_log_end, CLAMP, TAIL)
+    bonus_row = rho * (w_target * bonus_target + q_other * sum_bonus)
+    tl.store(log_p_target_ptr + row, log_p_target)
+    tl.store(nll_ptr + row, -log_p_target)
+    tl.store(bonus_ptr + row, bonus_row)
+    tl.store(loss_ptr + row, -w_target * log_p_target - q_other * sum_log_p + bonus_row)
+
+    # pass 3: the gradient, times the reduction's scale
+    if COMPUTE_GRAD:
+        scale = tl.load(scale_ptr).to(tl.float32)
+        total_g = rho * (w_target * slope_target + q_other * sum_slope)
+        for start in range(0, n_cols, BLOCK):
+            offsets = start + columns
+            mask = offsets < n_cols
+            log_p = tl.load(x_row + offsets, mask=mask, other=0.0).to(tl.float32) - lse
+            grad = tl.zeros([BLOCK], dtype=tl.float32) - q_other
+            if not LOG_PROBS:
+                grad += tl.exp(log_p) * (1.0 - total_g)
+            if DENSE_BONUS:
+                bonus, slope = _bonus_and_slope(log_p, log_end, log_one_minus_log_end, CLAMP, TAIL)
+                grad += rho * q_other * slope
+            grad = tl.where(offsets == target, grad - w_target + rho * w_target * slope_target, grad)
+            tl.store(grad_row + offsets, (grad * scale).to(grad_ptr.dtype.element_ty), mask=mask)
+
+
+def encouraging_loss_rows(input, target, ignore_index, scale, cfg, compute_grad, block_size=None):
+    """Run the kernel over the rows of ``input`` (N, V).
+
+    scale: a 0-dim tensor on the input's device (1 / count for "mean", else 1).
+    Returns per-row float32 (log p_y, -log p_y, bonus, loss) and the gradient buffer (or None).
+    """
+    n_rows, n_cols = input.shape
+    if input.stride(1) != 1:
+        input = input.contiguous()
+    block = block_size or min(triton.next_power_of_2(max(n_cols, 1)), MAX_BLOCK)
+    row_stats = torch.empty(4, n_rows, dtype=torch.float32, device=input.device)
+    grad = torch.empty(input.shape, dtype=input.dtype, device=input.device) if compute_grad else None
+    if n_rows:
+        encouraging_loss_kernel[(n_rows,)](
+            input, input.stride(0), grad if compute_grad else input, grad.stride(0) if compute_grad else 0,
+            target, scale.to(torch.float32).reshape(1),
+            row_stats[0], row_stats[1], row_stats[2], row_stats[3],
+            n_cols, 0 if ignore_index is None else int(ignore_index),
+            cfg.w_target, cfg.q_other, cfg.bonus_weight, cfg.log_end,
+            math.log1p(-cfg.log_end) if cfg.log_end < 1.0 else 0.0,
+            HAS_IGNORE=ignore_index is not None, LOG_PROBS=cfg.input_is_log_probs,
+            SMOOTHING=bool(cfg.q_other), DENSE_BONUS=cfg.dense_bonus, TAIL=cfg.log_end < 1.0,
+            COMPUTE_GRAD=compute_grad, CLAMP=BONUS_CLAMP, BLOCK=block,
+            num_warps=4 if block <= 1024 else 8,
+        )
+    log_p_target, nll, bonus, loss = row_stats.unbind(0)
+    return log_p_target, nll, bonus, loss, grad
