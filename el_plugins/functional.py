@@ -131,6 +131,32 @@ def smoothing_weights(eps: float, num_classes: int, convention: str):
     return 1.0 - eps - q_other, q_other
 
 
+def check_index_loss_args(input, target, *, log_end, label_smoothing, bonus_weight, ignore_index, reduction,
+                          smoothing_convention):
+    """Validate the arguments of a class-index EL (shapes, ranges, targets); returns (log_end, eps, rho)."""
+    log_end = check_log_end(log_end)
+    eps = check_label_smoothing(label_smoothing)
+    rho = check_bonus_weight(bonus_weight)
+    check_choice(reduction, REDUCTIONS, "reduction")
+    check_choice(smoothing_convention, SMOOTHING_CONVENTIONS, "smoothing_convention")
+    if input.dim() != 2 or target.shape != input.shape[:1]:
+        raise ValueError(
+            f"expected input (N, V) and target (N,), got input {tuple(input.shape)} and target {tuple(target.shape)}"
+        )
+    check_targets(target, input.size(1), ignore_index)
+    return log_end, eps, rho
+
+
+def _check_dense_loss_args(input, target, *, log_end, bonus_weight, reduction, what):
+    """Validate the arguments of a dense-target EL; returns (log_end, rho)."""
+    log_end = check_log_end(log_end)
+    rho = check_bonus_weight(bonus_weight)
+    check_choice(reduction, REDUCTIONS, "reduction")
+    if input.shape != target.shape:
+        raise ValueError(f"{what} must have the shape of the logits {tuple(input.shape)}, got {tuple(target.shape)}")
+    return log_end, rho
+
+
 def _reduce(x: torch.Tensor, reduction: str, count: torch.Tensor) -> torch.Tensor:
     if reduction == "sum":
         return x.sum()
@@ -161,17 +187,10 @@ def encouraging_loss_with_stats(
 
     'mean' divides by the number of rows that are not ignored (0 rows give 0, not NaN).
     """
-    log_end = check_log_end(log_end)
-    eps = check_label_smoothing(label_smoothing)
-    rho = check_bonus_weight(bonus_weight)
-    check_choice(reduction, REDUCTIONS, "reduction")
-    check_choice(smoothing_convention, SMOOTHING_CONVENTIONS, "smoothing_convention")
-    if input.dim() != 2 or target.shape != input.shape[:1]:
-        raise ValueError(
-            f"expected input (N, V) and target (N,), got input {tuple(input.shape)} and target {tuple(target.shape)}"
-        )
+    log_end, eps, rho = check_index_loss_args(
+        input, target, log_end=log_end, label_smoothing=label_smoothing, bonus_weight=bonus_weight,
+        ignore_index=ignore_index, reduction=reduction, smoothing_convention=smoothing_convention)
     num_classes = input.size(1)
-    check_targets(target, num_classes, ignore_index)
 
     if input_is_log_probs:
         lprobs = input.to(compute_dtype(input.dtype))
@@ -222,11 +241,8 @@ def soft_target_encouraging_loss(
     reduction: str = "mean",
 ) -> torch.Tensor:
     """EL for dense target distributions t (Mixup/CutMix): L = sum_k t_k (-log p_k + rho b(p_k))."""
-    log_end = check_log_end(log_end)
-    rho = check_bonus_weight(bonus_weight)
-    check_choice(reduction, REDUCTIONS, "reduction")
-    if input.shape != target.shape:
-        raise ValueError(f"soft targets must have the shape of the logits {tuple(input.shape)}, got {tuple(target.shape)}")
+    log_end, rho = _check_dense_loss_args(input, target, log_end=log_end, bonus_weight=bonus_weight,
+                                          reduction=reduction, what="soft targets")
     lprobs = F.log_softmax(input.to(compute_dtype(input.dtype)), dim=-1)
     per_class = -lprobs
     if rho:
@@ -249,11 +265,8 @@ def binary_encouraging_loss(
 
     'mean' averages over rows and classes (as BCE); 'sum' sums both; 'none' keeps (N, C).
     """
-    log_end = check_log_end(log_end)
-    rho = check_bonus_weight(bonus_weight)
-    check_choice(reduction, REDUCTIONS, "reduction")
-    if input.shape != target.shape:
-        raise ValueError(f"multi-label targets must have the shape of the logits {tuple(input.shape)}, got {tuple(target.shape)}")
+    log_end, rho = _check_dense_loss_args(input, target, log_end=log_end, bonus_weight=bonus_weight,
+                                          reduction=reduction, what="multi-label targets")
     z = input.to(compute_dtype(input.dtype))
     t = target.to(z.dtype)
     log_s, log_not_s = F.logsigmoid(z), F.logsigmoid(-z)

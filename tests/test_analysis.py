@@ -342,7 +342,7 @@ def test_el_analyze_timm_clear_errors(digits_runs, tmp_path, capsys):
                   "--names gives 1 name(s) for 2 checkpoint(s)")
     _expect_error(capsys, [*base, "--checkpoint", tmp_path / "missing.pth", "--data", d["val"]], "no such file")
     _expect_error(capsys, [*base, "--checkpoint", d["el"], "--data", d["val"], "--log-end", "1.5"],
-                  "--log-end: must be in (0, 1]")
+                  "--log-end: must be a number in (0, 1], got 1.5")
     assert not out.exists()  # nothing half-written
 
 

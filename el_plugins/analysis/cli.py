@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import os
 import sys
 from typing import List, Optional
@@ -21,44 +20,23 @@ from typing import List, Optional
 from el_plugins.analysis.report import PLOT_FILES, AnalysisError
 
 
-def _log_end(value: str) -> float:
-    try:
-        x = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number in (0, 1], got {value!r}") from None
-    if not (0.0 < x <= 1.0):
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value}")
-    return x
+def _typed(convert, valid, allowed):
+    """An argparse type: ``convert`` the text, accept it if ``valid``, else say what is ``allowed``."""
+    def parse(value: str):
+        try:
+            x = convert(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {allowed}, got {value!r}") from None
+        if not valid(x):
+            raise argparse.ArgumentTypeError(f"must be {allowed}, got {value}")
+        return x
+    return parse
 
 
-def _positive_int(value: str) -> int:
-    try:
-        x = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value!r}") from None
-    if x < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return x
-
-
-def _nonneg_int(value: str) -> int:
-    try:
-        x = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {value!r}") from None
-    if x < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {value}")
-    return x
-
-
-def _crop_pct(value: str) -> float:
-    try:
-        x = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number in (0, 1], got {value!r}") from None
-    if not (0.0 < x <= 1.0) or math.isnan(x):
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value}")
-    return x
+_log_end = _typed(float, lambda x: 0.0 < x <= 1.0, "a number in (0, 1]")
+_crop_pct = _typed(float, lambda x: 0.0 < x <= 1.0, "a number in (0, 1]")
+_positive_int = _typed(int, lambda x: x >= 1, "a positive integer")
+_nonneg_int = _typed(int, lambda x: x >= 0, "an integer >= 0")
 
 
 def build_parser() -> argparse.ArgumentParser:

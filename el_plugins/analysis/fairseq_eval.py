@@ -8,18 +8,8 @@ from typing import List
 
 import torch
 
-from el_plugins.analysis.report import AnalysisError
+from el_plugins.analysis.report import AnalysisError, resolve_device as _device
 from el_plugins.analysis.streaming import StreamingAnalysis
-
-
-def _device(name: str) -> torch.device:
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise AnalysisError(f"--device {name}: {exc}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise AnalysisError(f"--device {name}: CUDA is not available here (use --device cpu)")
-    return device
 
 
 def _move(sample, device):

@@ -26,6 +26,19 @@ class AnalysisError(Exception):
     """A bad input that el-analyze reports as one clear line (exit status 2)."""
 
 
+def resolve_device(name: str):
+    """torch.device(name), or an AnalysisError saying why it cannot be used here."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise AnalysisError(f"--device {name}: {exc}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise AnalysisError(f"--device {name}: CUDA is not available here (use --device cpu)")
+    return device
+
+
 # --------------------------------------------------------------------------- report.json
 def build_report(meta: dict, runs: Dict[str, Tuple[str, StreamingAnalysis]]) -> dict:
     return {

@@ -11,7 +11,7 @@ import torch
 
 from el_plugins.checkpoints import allow_training_checkpoint_globals
 
-from el_plugins.analysis.report import AnalysisError
+from el_plugins.analysis.report import AnalysisError, resolve_device as _device
 from el_plugins.analysis.streaming import StreamingAnalysis
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -172,16 +172,6 @@ def build_transform(model, args):
                                  std=cfg["std"], crop_pct=cfg["crop_pct"], crop_mode=cfg.get("crop_mode", "center"),
                                  is_training=False)
     return transform, cfg
-
-
-def _device(name: str) -> torch.device:
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise AnalysisError(f"--device {name}: {exc}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise AnalysisError(f"--device {name}: CUDA is not available here (use --device cpu)")
-    return device
 
 
 @torch.inference_mode()
