@@ -11,9 +11,11 @@ Writes OUT/results.json and OUT/plots/*.png; prints the side-by-side table. Abou
 """
 import argparse
 import json
+import logging
 import os
 import sys
 import time
+import warnings
 
 PARTS = ("translation", "vision")
 
@@ -79,7 +81,8 @@ def learning_curves_png(results):
         for name, curve in results[part]["curves"].items():
             if part == "translation":
                 ax.plot([c["updates"] for c in curve], [c["valid_nll_bits"] for c in curve], marker="o", ms=3, label=name)
-                ax.set(xlabel="updates", ylabel="valid nll (bits/token)", title="Translation: validation nll")
+                ax.set(xlabel="updates", ylabel="valid nll (bits/token, log scale)", title="Translation: validation nll",
+                       yscale="log")
             else:
                 ax.plot([c["epoch"] for c in curve], [100 * c["val_accuracy"] for c in curve], marker="o", ms=3, label=name)
                 ax.set(xlabel="epoch", ylabel="test accuracy (%)", title="Digits: test accuracy")
@@ -140,8 +143,18 @@ def format_table(results):
     return "\n".join(lines)
 
 
+def quiet_frameworks():
+    """Keep the console to progress bars and the table: fairseq's import calls logging.basicConfig(DEBUG)
+    unless logging is configured first (matplotlib then logs every font lookup), and torch, fairseq and
+    hydra warn about their own deprecations. The subprocesses' full logs are in the output folder."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    warnings.filterwarnings("ignore", module=r"(torch|fairseq|hydra|timm|omegaconf)(\.|$)")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    quiet_frameworks()
     import torch
 
     os.makedirs(args.out, exist_ok=True)
