@@ -4,8 +4,8 @@ encouraging-loss bonus (Zhao et al., AAAI 2022, https://arxiv.org/abs/2110.06537
     fairseq-train ... --criterion label_smoothed_encouraging_loss --label-smoothing 0.1 --log-end 0.75
 
 Per target token, with q the smoothed target and b the (conservative) bonus:
-``loss = sum_k q_k (-log p_k + rho b(p_k))``; ``--bonus-weight 0`` is exactly fairseq's
-``label_smoothed_cross_entropy``. The math lives in :mod:`el_plugins.functional` (the reference)
+``loss = sum_k q_k (-log p_k + rho b(p_k))``; ``--bonus-weight 0`` is fairseq's
+``label_smoothed_cross_entropy`` (bit for bit with ``--el-implementation reference``). The math lives in :mod:`el_plugins.functional` (the reference)
 and :mod:`el_plugins.ops` (the fused, memory-efficient default: it takes the decoder's logits and
 keeps only their gradient, instead of fp32 log-probabilities and autograd intermediates).
 """
