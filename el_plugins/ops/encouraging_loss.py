@@ -25,24 +25,19 @@ raises torch's "modified by an inplace operation" error; use the reference
 """
 from __future__ import annotations
 
-import math
-from typing import NamedTuple, Optional, Tuple
+import importlib.util
+import os
+from typing import NamedTuple, Optional
 
 import torch
-import torch.nn.functional as F
 
 from el_plugins.functional import (
     BONUS_CLAMP,
-    REDUCTIONS,
-    SMOOTHING_CONVENTIONS,
     EncouragingLossOutput,
     _reduce,
     bonus_from_log_prob,
-    check_bonus_weight,
     check_choice,
-    check_label_smoothing,
-    check_log_end,
-    check_targets,
+    check_index_loss_args,
     compute_dtype,
     smoothing_weights,
 )
@@ -52,14 +47,16 @@ BACKENDS = ("auto", "torch", "triton")
 installed), the chunked torch path otherwise; ``torch``, ``triton``: force one."""
 
 MIN_CHUNK_ELEMENTS = 1 << 20
-MAX_CHUNKS = 8
+MAX_CHUNKS = 4
 """Default chunking of the torch path: at most MAX_CHUNKS chunks of at least MIN_CHUNK_ELEMENTS
-elements each. Every large torch op is one OpenMP parallel region, and on a CPU shared with other
-work each region can wait milliseconds for a descheduled thread (libgomp spin-waits), so a few big
-chunks are faster than many cache-sized ones; the scratch stays <= 2/8 of (N, V) in float32."""
+elements. Every large torch op is one OpenMP parallel region, and on a CPU shared with other work
+each region can wait milliseconds for a descheduled thread (libgomp spin-waits), so a few big chunks
+beat many cache-sized ones. Scratch: one chunk-sized float32 buffer for float32 input (p is
+computed in the gradient buffer itself), three for float16/bfloat16 input."""
 
 LARGE_P = 0.5
-"""1 - p is formed as 1 - p for p <= LARGE_P (exact enough there) and as -expm1(log p) above."""
+"""The dense terms form 1 - p as 1 - p only for p <= LARGE_P, where it is exact enough; entries
+above it (at most one per row) are computed from log p with -expm1(log p)."""
 
 
 class LossConfig(NamedTuple):
@@ -106,38 +103,53 @@ def _large_p_positions(p, p_max, p_target, target, threshold: float):
 
 
 # --------------------------------------------------------------------------- torch path
-def _torch_chunk(x, target, keep, grad_out, scratch, cfg: LossConfig, scale: float):
+def _log_sum_exp(x, p, x_target, p_target):
+    """lse = log sum_k exp(x_k) per row, from p = softmax(x): x_y - log p_y while p_y is far from
+    underflow, else max_k x_k - log max_k p_k (only on the rows that need it)."""
+    lse = x_target - torch.log(p_target)
+    rows = (p_target < torch.finfo(p.dtype).tiny ** 0.5).nonzero().squeeze(1)
+    if rows.numel():
+        lse[rows] = x.index_select(0, rows).amax(-1) - torch.log(p.index_select(0, rows).amax(-1))
+    return lse
+
+
+def _torch_chunk(x, target, keep, sum_x, grad_out, scratch, cfg: LossConfig, scale: float):
     """One chunk of rows: returns (log p_y, sum_k log p_k, sum_k b(p_k)) per row and, when
     ``grad_out`` is given, writes scale * dL/dx of the rows into it (zero on ignored rows).
-    ``scratch``: (n, V) buffers of the compute dtype, reused from chunk to chunk (fresh
-    allocations of that size would fault their pages in again for every chunk).
 
-    p = softmax(x) and lse = max_k x_k - log max_k p_k; no (n, V) log-probabilities. The dense
-    bonus terms use 1 - p for every class: sum_k log(1 - p_k) = log prod_k (1 - p_k) and
-    p_k / (1 - p_k); the few entries with p > min(1/2, log_end), where 1 - p is imprecise, clamped
-    or on the tail, are left out of both (1 - p set to 1) and computed exactly from log p.
+    sum_x: sum_k x_k per row. scratch: (probabilities, work, float copy of x), (n, V) buffers of
+    the compute dtype or None: p goes into ``grad_out`` itself when it has the compute dtype.
+
+    p = softmax(x) and lse from it: no (n, V) log-probabilities. The dense bonus terms use 1 - p for
+    every class: sum_k log(1 - p_k) = log prod_k (1 - p_k), and p_k / (1 - p_k); the few entries
+    with p > min(1/2, log_end), where 1 - p is imprecise, clamped or on the tail, are left out of
+    both (1 - p set to 1) and computed exactly from log p = x - lse.
     """
     p, work, x_copy = scratch
-    if x.dtype != p.dtype:
+    dtype = compute_dtype(x.dtype)
+    if x.dtype != dtype:
         x = x_copy.copy_(x)
+    if grad_out is not None and grad_out.dtype == dtype:
+        p = grad_out
     rho, q_other, w_target = cfg.bonus_weight, cfg.q_other, cfg.w_target
+    target_column = target.unsqueeze(1)
+    x_target = x.gather(1, target_column).squeeze(1)
     if cfg.input_is_log_probs:
         p = torch.exp(x, out=p)
-        lse = torch.zeros(x.size(0), dtype=x.dtype, device=x.device)
-        p_max = p.amax(-1)
+        p_target = p.gather(1, target_column).squeeze(1)
+        lse = torch.zeros_like(x_target)
     else:
         p = torch.softmax(x, dim=-1, out=p)
-        p_max = p.amax(-1)
-        lse = x.amax(-1) - torch.log(p_max)
-    log_p_target = x.gather(1, target.unsqueeze(1)).squeeze(1) - lse
-    sum_log_p = x.sum(-1) - x.size(1) * lse if q_other else None
+        p_target = p.gather(1, target_column).squeeze(1)
+        lse = _log_sum_exp(x, p, x_target, p_target)
+    log_p_target = x_target - lse
+    sum_log_p = sum_x - x.size(1) * lse if q_other else None
 
     sum_bonus = p_over_one_minus_p = None
     if cfg.dense_bonus:
-        rows, cols = _large_p_positions(p, p_max, p.gather(1, target.unsqueeze(1)).squeeze(1), target,
-                                        min(LARGE_P, cfg.log_end))
+        rows, cols = _large_p_positions(p, p.amax(-1), p_target, target, min(LARGE_P, cfg.log_end))
         log_p_large = x[rows, cols] - lse.index_select(0, rows)
-        one = torch.ones((), dtype=x.dtype, device=x.device)
+        one = torch.ones((), dtype=dtype, device=x.device)
         one_minus_p = torch.add(one, p, alpha=-1.0, out=work)
         one_minus_p[rows, cols] = 1.0
         sum_bonus = torch.log(one_minus_p.prod(-1)).index_add_(
@@ -153,47 +165,44 @@ def _torch_chunk(x, target, keep, grad_out, scratch, cfg: LossConfig, scale: flo
             total_g = total_g - rho * q_other * p_over_one_minus_p.sum(-1)
         # every class: p_j (1 - G) - q_o + rho q_o p_j b'(p_j)    (logits)
         #                          - q_o + rho q_o p_j b'(p_j)    (log-probabilities)
-        constant = torch.tensor(-q_other * scale, dtype=x.dtype, device=x.device)
+        # times the scale, and 0 on ignored rows
+        row_scale = keep.to(dtype).mul_(scale)
+        other = (row_scale * -q_other).unsqueeze(1)
         if cfg.dense_bonus:
-            other = torch.add(constant, p_over_one_minus_p, alpha=-rho * q_other * scale, out=p_over_one_minus_p)
-        else:
-            other = constant
+            other = torch.addcmul(other, p_over_one_minus_p, (row_scale * (-rho * q_other)).unsqueeze(1),
+                                  out=p_over_one_minus_p)
+        # the target: add -w_y + rho w_y p_y b'(p_y), computed in full precision and written once
+        grad_target = (-q_other - w_target + rho * (w_target + q_other) * slope_target) * row_scale
         if cfg.input_is_log_probs:
             grad_out.copy_(other.expand_as(grad_out))
-            row_factor = torch.zeros_like(total_g)
         else:
-            row_factor = (1.0 - total_g) * scale
-            torch.addcmul(other, p, row_factor.unsqueeze(1), out=grad_out)
-        # the target: add -w_y + rho w_y p_y b'(p_y), computed in full precision and written once
-        rho_q_target = rho * (w_target + q_other)
-        grad_target = (-q_other - w_target + rho_q_target * slope_target) * scale
-        if not cfg.input_is_log_probs:
+            row_factor = (1.0 - total_g) * row_scale
             grad_target = grad_target + torch.exp(log_p_target) * row_factor
-        kept = keep.nonzero().squeeze(1)
-        grad_out[kept, target[kept]] = grad_target[kept].to(grad_out.dtype)
-        if kept.numel() < keep.numel():
-            grad_out.index_fill_(0, (~keep).nonzero().squeeze(1), 0.0)
+            torch.addcmul(other, p, row_factor.unsqueeze(1), out=grad_out)
+        grad_out.scatter_(1, target_column, grad_target.unsqueeze(1).to(grad_out.dtype))
     return log_p_target, sum_log_p, sum_bonus
 
 
 def _torch_rows(input, target, keep, scale, cfg: LossConfig, compute_grad: bool, chunk_size: Optional[int]):
     n_rows, n_cols = input.shape
-    rows_per_chunk = chunk_size or max(-(-MIN_CHUNK_ELEMENTS // max(n_cols, 1)), -(-n_rows // MAX_CHUNKS), 1)
-    grad = torch.empty(input.shape, dtype=input.dtype, device=input.device) if compute_grad else None
     dtype = compute_dtype(input.dtype)
+    rows_per_chunk = chunk_size or max(-(-MIN_CHUNK_ELEMENTS // max(n_cols, 1)), -(-n_rows // MAX_CHUNKS), 1)
     scratch_rows = min(rows_per_chunk, n_rows)
+    grad = torch.empty(input.shape, dtype=input.dtype, device=input.device) if compute_grad else None
 
     def buffer(needed):
         return torch.empty(scratch_rows, n_cols, dtype=dtype, device=input.device) if needed else None
 
-    scratch = [buffer(True), buffer(cfg.dense_bonus), buffer(input.dtype != dtype)]
+    p_in_grad = compute_grad and input.dtype == dtype
+    scratch = [buffer(not p_in_grad), buffer(cfg.dense_bonus), buffer(input.dtype != dtype)]
+    sum_x = input.sum(-1, dtype=dtype) if cfg.q_other else torch.zeros(n_rows, dtype=dtype, device=input.device)
     pieces = []
     for start in range(0, n_rows, rows_per_chunk):
         stop = min(start + rows_per_chunk, n_rows)
         grad_out = grad[start:stop] if compute_grad else None
         chunk_scratch = [buf[: stop - start] if buf is not None else None for buf in scratch]
-        pieces.append(_torch_chunk(input[start:stop], target[start:stop], keep[start:stop], grad_out,
-                                   chunk_scratch, cfg, scale))
+        pieces.append(_torch_chunk(input[start:stop], target[start:stop], keep[start:stop], sum_x[start:stop],
+                                   grad_out, chunk_scratch, cfg, scale))
 
     def cat(i):
         if not pieces or pieces[0][i] is None:
@@ -261,16 +270,16 @@ class _FusedEncouragingLoss(torch.autograd.Function):
 # --------------------------------------------------------------------------- public API
 def _pick_backend(backend: str, input: torch.Tensor) -> str:
     check_choice(backend, BACKENDS, "backend")
+    triton_dtypes = (torch.float32, torch.float16, torch.bfloat16)
     if backend == "auto":
-        if input.is_cuda and input.dtype in (torch.float32, torch.float16, torch.bfloat16):
-            try:
-                import triton  # noqa: F401
-            except ImportError:
-                return "torch"
-            return "triton"
-        return "torch"
-    if backend == "triton" and input.dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        raise ValueError(f"the triton backend takes float32, float16 or bfloat16 input, got {input.dtype}")
+        has_triton = importlib.util.find_spec("triton") is not None
+        return "triton" if input.is_cuda and input.dtype in triton_dtypes and has_triton else "torch"
+    if backend == "triton":
+        if input.dtype not in triton_dtypes:
+            raise ValueError(f"the triton backend takes float32, float16 or bfloat16 input, got {input.dtype}")
+        if not input.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+            raise ValueError("the triton backend needs CUDA tensors (or TRITON_INTERPRET=1 set before triton is "
+                             "imported, to interpret the kernel on CPU tensors)")
     return backend
 
 
@@ -293,20 +302,14 @@ def fused_encouraging_loss_with_stats(
     :func:`el_plugins.functional.encouraging_loss_with_stats`, computed without (N, V) float32
     intermediates (see the module docstring).
 
-    chunk_size: rows per chunk of the torch path (default: N / 8 rows, at least 1M elements).
+    chunk_size: rows per chunk of the torch path (default: N / 4 rows, at least 1M elements).
     backend: ``auto`` (Triton for CUDA float32/16/bfloat16 tensors, torch otherwise), ``torch``,
     ``triton`` (CPU tensors only under ``TRITON_INTERPRET=1``).
     block_size: columns per block of the Triton kernel, a power of 2 (default min(next_pow2(V), 4096)).
     """
-    log_end = check_log_end(log_end)
-    eps = check_label_smoothing(label_smoothing)
-    rho = check_bonus_weight(bonus_weight)
-    check_choice(reduction, REDUCTIONS, "reduction")
-    check_choice(smoothing_convention, SMOOTHING_CONVENTIONS, "smoothing_convention")
-    if input.dim() != 2 or target.shape != input.shape[:1]:
-        raise ValueError(
-            f"expected input (N, V) and target (N,), got input {tuple(input.shape)} and target {tuple(target.shape)}"
-        )
+    log_end, eps, rho = check_index_loss_args(
+        input, target, log_end=log_end, label_smoothing=label_smoothing, bonus_weight=bonus_weight,
+        ignore_index=ignore_index, reduction=reduction, smoothing_convention=smoothing_convention)
     if chunk_size is not None and not (isinstance(chunk_size, int) and chunk_size >= 1):
         raise ValueError(f"chunk_size must be a positive number of rows, got {chunk_size!r}")
     if block_size is not None and not (isinstance(block_size, int) and block_size >= 16
@@ -314,7 +317,6 @@ def fused_encouraging_loss_with_stats(
         raise ValueError(f"block_size must be a power of 2 >= 16, got {block_size!r}")
     backend = _pick_backend(backend, input)
     num_classes = input.size(1)
-    check_targets(target, num_classes, ignore_index)
 
     w_target, q_other = smoothing_weights(eps, num_classes, smoothing_convention)
     cfg = LossConfig(log_end, rho, w_target, q_other, bool(input_is_log_probs))

@@ -1,0 +1,329 @@
+"""The fused encouraging loss (el_plugins.ops) against the reference el_plugins.functional.
+
+The Triton kernel is tested on CPU tensors under Triton's interpreter: TRITON_INTERPRET=1 has to be
+set before triton is first imported, so test_triton_interpreted runs the tests marked ``interpreted``
+below in a subprocess with it set (they are skipped in a normal run).
+"""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import el_plugins
+from el_plugins import functional as EF
+from el_plugins.ops import fused_encouraging_loss, fused_encouraging_loss_with_stats
+
+PAD = 1
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+interpreted = pytest.mark.skipif(not INTERPRETED, reason="runs in test_triton_interpreted's subprocess")
+
+# (rtol, atol) of loss and stats, and of the gradient relative to its largest entry
+TOLERANCES = {
+    torch.float64: ((1e-10, 1e-10), 1e-10),
+    torch.float32: ((1e-5, 1e-5), 2e-5),
+    torch.float16: ((1e-5, 1e-5), 2e-3),  # the loss is float32 either way; the gradient is float16
+    torch.bfloat16: ((1e-5, 1e-5), 1e-2),  # ... or bfloat16
+}
+
+
+def make_logits(n=37, v=300, seed=0, scale=3.0):
+    """Random logits and targets with every regime of b: rows confidently right (p_y ~ 1, past the
+    clamp or on the tail), near log_end, confidently wrong, and padding rows."""
+    gen = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, v, generator=gen, dtype=torch.float64) * scale
+    t = torch.randint(0, v, (n,), generator=gen)
+    t[t == PAD] = 0
+    z[0, t[0]] += 40.0                 # p_y = 1 to float precision
+    z[1, t[1]] += 8.0                  # p_y close to 1
+    z[2, (t[2] + 1) % v] += 30.0       # confidently wrong
+    z[3, t[3]] = z[3].max() + 1.1      # p_y around 0.6-0.8
+    t[4] = 5
+    z[4, :2] = z[4].max() + 5.0        # two large entries, neither the target
+    t[5::6] = PAD
+    return z, t
+
+
+def run(fn, z, t, dtype, grad_output=None, **kwargs):
+    x = z.to(dtype).detach().requires_grad_()
+    out = fn(x, t, **kwargs)
+    out.loss.backward(grad_output)
+    return out, x.grad
+
+
+def assert_matches_reference(z, t, dtype=torch.float64, grad_output=None, **kwargs):
+    ref, ref_grad = run(EF.encouraging_loss_with_stats, z, t, dtype, grad_output, **kwargs)
+    out, grad = run(fused_encouraging_loss_with_stats, z, t, dtype, grad_output, **kwargs)
+    (rtol, atol), grad_tol = TOLERANCES[dtype]
+    for name in ref._fields:
+        expected, actual = getattr(ref, name), getattr(out, name)
+        assert actual.dtype == expected.dtype and actual.shape == expected.shape, name
+        torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol * max(1.0, expected.abs().max().item()),
+                                   msg=lambda m: f"{name}: {m}")
+    assert grad.dtype == ref_grad.dtype
+    scale = ref_grad.abs().max().item() or 1.0
+    torch.testing.assert_close(grad.double(), ref_grad.double(), rtol=0, atol=grad_tol * scale)
+    assert torch.isfinite(out.loss).all() and torch.isfinite(grad).all()
+    return out, grad
+
+
+# --------------------------------------------------------------------------- torch path
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("convention", ["paper", "fairseq"])
+@pytest.mark.parametrize("log_end", [1.0, 0.75, 0.5])
+@pytest.mark.parametrize("rho", [0.0, 0.7])
+def test_matches_reference(dtype, convention, log_end, rho):
+    z, t = make_logits()
+    for reduction in ("sum", "mean"):
+        assert_matches_reference(z, t, dtype, log_end=log_end, label_smoothing=0.1, bonus_weight=rho,
+                                 ignore_index=PAD, reduction=reduction, smoothing_convention=convention)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("log_end", [1.0, 0.75, 0.3])
+def test_matches_reference_default_weight_and_no_smoothing(dtype, log_end):
+    z, t = make_logits(seed=1)
+    assert_matches_reference(z, t, dtype, log_end=log_end, ignore_index=PAD)
+    assert_matches_reference(z, t, dtype, log_end=log_end, label_smoothing=0.2, ignore_index=PAD)
+
+
+def test_spec_worked_example():
+    torch.manual_seed(0)
+    z, t = torch.randn(6, 11, dtype=torch.float64) * 3, torch.tensor([9, 1, 2, 10, 6, 4])
+    out = fused_encouraging_loss_with_stats(z, t, log_end=0.75, label_smoothing=0.1, ignore_index=1,
+                                            reduction="sum", smoothing_convention="fairseq")
+    assert out.loss.item() == pytest.approx(1.496696504549, abs=1e-11)
+    assert out.nll_loss.item() == pytest.approx(3.409925482129, abs=1e-11)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_reduction_none(dtype):
+    z, t = make_logits(seed=2)
+    grad_output = torch.rand(z.size(0), generator=torch.Generator().manual_seed(0)).to(EF.compute_dtype(dtype))
+    out, grad = assert_matches_reference(z, t, dtype, grad_output=grad_output, log_end=0.75, label_smoothing=0.1,
+                                         ignore_index=PAD, reduction="none")
+    assert out.loss.shape == (z.size(0),)
+    assert (grad[t == PAD] == 0).all() and (out.loss[t == PAD] == 0).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("rho", [0.0, 0.7, 1.0])
+@pytest.mark.parametrize("convention", ["paper", "fairseq"])
+def test_input_is_log_probs(dtype, rho, convention):
+    z, t = make_logits(seed=3)
+    kwargs = dict(log_end=0.75, label_smoothing=0.1, bonus_weight=rho, ignore_index=PAD,
+                  smoothing_convention=convention, input_is_log_probs=True)
+    # the gradient with respect to the log-probabilities themselves ...
+    assert_matches_reference(torch.log_softmax(z, -1), t, dtype, **kwargs)
+    # ... and through a log_softmax in front of the loss
+    grads = []
+    for fn in (EF.encouraging_loss_with_stats, fused_encouraging_loss_with_stats):
+        x = z.to(dtype).requires_grad_()
+        fn(torch.log_softmax(x, -1), t, **kwargs).loss.backward()
+        grads.append(x.grad)
+    torch.testing.assert_close(grads[1], grads[0], rtol=0, atol=TOLERANCES[dtype][1] * grads[0].abs().max().item())
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_all_padding_and_empty(reduction):
+    z, t = make_logits(n=5)
+    t[:] = PAD
+    out, grad = assert_matches_reference(z, t, log_end=0.75, label_smoothing=0.1, ignore_index=PAD,
+                                         reduction=reduction, grad_output=torch.ones(5, dtype=torch.float64)
+                                         if reduction == "none" else None)
+    assert (out.loss == 0).all() and (grad == 0).all() and not torch.isnan(out.loss).any()
+    empty = fused_encouraging_loss_with_stats(z[:0].requires_grad_(), t[:0], ignore_index=PAD, reduction=reduction)
+    assert all(not torch.isnan(x).any() for x in empty)
+
+
+def test_no_ignore_index_and_no_grad():
+    z, t = make_logits(seed=4)
+    t[t == PAD] = 2
+    assert_matches_reference(z, t, label_smoothing=0.1)
+    with torch.no_grad():
+        out = fused_encouraging_loss(z.requires_grad_(), t, label_smoothing=0.1)
+    assert out.grad_fn is None
+    assert out.item() == pytest.approx(EF.encouraging_loss(z.detach(), t, label_smoothing=0.1).item(), abs=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("log_end", [1.0, 0.75])
+def test_extreme_logits(dtype, log_end):
+    """|z| up to 1e4, and rows with 1 - p_y = 1e-7: finite, and equal to the reference."""
+    gen = torch.Generator().manual_seed(5)
+    z = torch.randn(8, 50, generator=gen, dtype=torch.float64) * 3
+    t = torch.randint(2, 50, (8,), generator=gen)
+    rows = torch.arange(8)
+    others = z.clone()
+    others[rows, t] = float("-inf")
+    z[rows, t] = torch.logsumexp(others, -1) + 16.118  # 1 - p_y = 1e-7
+    z[0] *= 3000.0                                      # |z| ~ 1e4
+    z[1, t[1]], z[1, 0] = 1e4, -1e4
+    z[2, 0] = 1e4                                       # confidently wrong by 1e4
+    for reduction in ("sum", "mean"):
+        assert_matches_reference(z, t, dtype, log_end=log_end, label_smoothing=0.1, ignore_index=PAD,
+                                 reduction=reduction)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 5, 36, 37, 100])
+def test_chunk_boundaries(chunk_size):
+    z, t = make_logits()
+    ref, ref_grad = run(EF.encouraging_loss_with_stats, z, t, torch.float64, log_end=0.75, label_smoothing=0.1,
+                        ignore_index=PAD)
+    out, grad = run(fused_encouraging_loss_with_stats, z, t, torch.float64, log_end=0.75, label_smoothing=0.1,
+                    ignore_index=PAD, chunk_size=chunk_size, backend="torch")
+    for name in ref._fields:
+        torch.testing.assert_close(getattr(out, name), getattr(ref, name), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+@pytest.mark.parametrize("log_end,log_probs", [(0.75, False), (1.0, False), (0.75, True)])
+def test_gradcheck(reduction, log_end, log_probs):
+    gen = torch.Generator().manual_seed(6)
+    z = torch.randn(6, 7, generator=gen, dtype=torch.float64)
+    if log_probs:
+        z = torch.log_softmax(z, -1)
+    t = torch.tensor([0, 1, 2, 3, 1, 6])
+    z[0, 0] += 3.0  # a row on the tail (p_y > log_end)
+
+    def loss(x):
+        return fused_encouraging_loss(x, t, log_end=log_end, label_smoothing=0.2, bonus_weight=0.7,
+                                      ignore_index=PAD, reduction=reduction, input_is_log_probs=log_probs)
+
+    assert torch.autograd.gradcheck(loss, (z.requires_grad_(),), eps=1e-6, atol=1e-7)
+
+
+def test_gradient_buffer_handed_over_without_copy():
+    z, t = make_logits()
+    x = z.float().requires_grad_()
+    loss = fused_encouraging_loss(x, t, label_smoothing=0.1, ignore_index=PAD)
+    (buffer,) = loss.grad_fn.saved_tensors
+    loss.backward()
+    assert x.grad.data_ptr() == buffer.data_ptr()
+
+
+def test_second_backward_after_scaled_grad_output_raises():
+    z, t = make_logits()
+    x = z.requires_grad_()
+    loss = fused_encouraging_loss(x, t, label_smoothing=0.1, ignore_index=PAD, reduction="sum")
+    (2.0 * loss).backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="inplace"):
+        loss.backward()
+
+
+def test_stats_carry_no_gradient():
+    z, t = make_logits()
+    out = fused_encouraging_loss_with_stats(z.requires_grad_(), t, label_smoothing=0.1, ignore_index=PAD)
+    assert out.loss.requires_grad
+    assert not any(x.requires_grad for x in out[1:])
+
+
+@pytest.mark.parametrize("kwargs,input_shape,target", [
+    (dict(log_end=0.0), (4, 5), [0, 1, 2, 3]),
+    (dict(log_end=1.5), (4, 5), [0, 1, 2, 3]),
+    (dict(label_smoothing=1.0), (4, 5), [0, 1, 2, 3]),
+    (dict(bonus_weight=-1.0), (4, 5), [0, 1, 2, 3]),
+    (dict(bonus_weight=float("inf")), (4, 5), [0, 1, 2, 3]),
+    (dict(reduction="avg"), (4, 5), [0, 1, 2, 3]),
+    (dict(smoothing_convention="timm"), (4, 5), [0, 1, 2, 3]),
+    (dict(), (4, 5, 1), [0, 1, 2, 3]),
+    (dict(), (4, 5), [0, 1, 2]),
+    (dict(), (4, 5), [0, 1, 2, 5]),
+    (dict(), (4, 5), [0, -1, 2, 3]),
+    (dict(ignore_index=-100), (4, 5), [0, -100, 2, 7]),
+    (dict(), (4, 5), [0.0, 1.0, 2.0, 3.0]),
+])
+def test_bad_input_errors_match_reference(kwargs, input_shape, target):
+    z, t = torch.randn(*input_shape), torch.tensor(target)
+    with pytest.raises(ValueError) as ref_error:
+        EF.encouraging_loss_with_stats(z, t, **kwargs)
+    with pytest.raises(ValueError) as fused_error:
+        fused_encouraging_loss_with_stats(z, t, **kwargs)
+    assert str(fused_error.value) == str(ref_error.value)
+
+
+def test_bad_options():
+    z, t = torch.randn(4, 5), torch.tensor([0, 1, 2, 3])
+    bad = [dict(chunk_size=0), dict(backend="numba"), dict(block_size=1000), dict(backend="triton", block_size=8)]
+    if not INTERPRETED:
+        bad.append(dict(backend="triton"))  # CPU tensors need the interpreter
+    for kwargs in bad:
+        with pytest.raises(ValueError):
+            fused_encouraging_loss(z, t, **kwargs)
+
+
+# --------------------------------------------------------------------------- Triton
+TRITON_CASES = [
+    # dtype, V, block_size, kwargs
+    (torch.float32, 3000, 1024, dict(log_end=0.75, label_smoothing=0.1)),  # rows longer than one block
+    (torch.float32, 3000, None, dict(log_end=1.0, label_smoothing=0.1, smoothing_convention="fairseq")),
+    (torch.float32, 300, 128, dict(log_end=0.5, label_smoothing=0.1, bonus_weight=0.7, reduction="sum")),
+    (torch.float32, 300, 64, dict(log_end=0.75, label_smoothing=0.0)),
+    (torch.float32, 300, 64, dict(log_end=0.75, label_smoothing=0.1, bonus_weight=0.0, reduction="sum")),
+    (torch.float32, 300, 128, dict(log_end=0.3, label_smoothing=0.2, input_is_log_probs=True)),
+    (torch.float32, 300, 128, dict(log_end=0.75, label_smoothing=0.1, reduction="none")),
+    (torch.bfloat16, 3000, 1024, dict(log_end=0.75, label_smoothing=0.1)),
+    (torch.float16, 300, 128, dict(log_end=0.75, label_smoothing=0.1, smoothing_convention="fairseq")),
+]
+
+
+def _check_triton(device, dtype, v, block_size, kwargs):
+    z, t = make_logits(v=v, seed=7)
+    z, t = z.to(device), t.to(device)
+    if kwargs.get("input_is_log_probs"):
+        z = torch.log_softmax(z, -1)
+    grad_output = torch.rand(z.size(0), device=device) if kwargs.get("reduction") == "none" else None
+    ref, ref_grad = run(EF.encouraging_loss_with_stats, z, t, dtype, grad_output, ignore_index=PAD, **kwargs)
+    out, grad = run(fused_encouraging_loss_with_stats, z, t, dtype, grad_output, ignore_index=PAD,
+                    backend="triton", block_size=block_size, **kwargs)
+    for name in ref._fields:
+        expected = getattr(ref, name)
+        torch.testing.assert_close(getattr(out, name), expected, rtol=2e-5,
+                                   atol=2e-5 * max(1.0, expected.abs().max().item()), msg=lambda m: f"{name}: {m}")
+    tol = 2e-5 if dtype == torch.float32 else 1e-2
+    torch.testing.assert_close(grad.float(), ref_grad.float(), rtol=0, atol=tol * ref_grad.abs().max().item())
+
+
+@interpreted
+@pytest.mark.parametrize("dtype,v,block_size,kwargs", TRITON_CASES)
+def test_interpreted_triton_kernel(dtype, v, block_size, kwargs):
+    _check_triton("cpu", dtype, v, block_size, kwargs)
+
+
+@interpreted
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_interpreted_triton_all_padding_and_extreme_logits(reduction):
+    z, t = make_logits(n=6, v=200)
+    z[:, 0] = 1e4
+    z[0, t[0]] = 2e4
+    for targets in (t, torch.full_like(t, PAD)):
+        x = z.float().requires_grad_()
+        out = fused_encouraging_loss_with_stats(x, targets, label_smoothing=0.1, ignore_index=PAD,
+                                                reduction=reduction, backend="triton", block_size=64)
+        out.loss.backward()
+        assert all(torch.isfinite(s).all() for s in out) and torch.isfinite(x.grad).all()
+    assert out.loss.item() == 0 and (x.grad == 0).all()
+
+
+def test_triton_interpreted():
+    """Runs the ``interpreted`` tests above in a subprocess with TRITON_INTERPRET=1."""
+    if INTERPRETED:
+        pytest.skip("already interpreted: the tests run directly")
+    pytest.importorskip("triton")
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(el_plugins.__file__)))
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONWARNINGS="ignore",
+               PYTHONPATH=os.pathsep.join([repo] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+                           os.path.abspath(__file__), "-k", "interpreted and not test_triton_interpreted"],
+                          cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-6000:]
+    assert " passed" in proc.stdout and "skipped" not in proc.stdout.splitlines()[-1], proc.stdout[-2000:]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype,v,block_size,kwargs", TRITON_CASES)
+def test_triton_kernel_cuda(dtype, v, block_size, kwargs):
+    pytest.importorskip("triton")
+    _check_triton("cuda", dtype, v, block_size, kwargs)
