@@ -125,9 +125,12 @@ def moses_detokenize(lines: Sequence[str], lang: str) -> List[str]:
 
 
 def _clean_train(src: List[str], tgt: List[str]) -> Tuple[List[str], List[str]]:
-    keep = [(s, t) for s, t in zip(src, tgt)
-            if s.split() and t.split() and len(s.split()) <= MAX_LEN and len(t.split()) <= MAX_LEN
-            and max(len(s.split()), len(t.split())) <= MAX_RATIO * min(len(s.split()), len(t.split())) + 1e-9]
+    """Keep the pairs with 1..MAX_LEN tokens a side and a length ratio of at most MAX_RATIO."""
+    def kept(s: str, t: str) -> bool:
+        ns, nt = len(s.split()), len(t.split())
+        return 1 <= min(ns, nt) and max(ns, nt) <= MAX_LEN and max(ns, nt) <= MAX_RATIO * min(ns, nt) + 1e-9
+
+    keep = [(s, t) for s, t in zip(src, tgt) if kept(s, t)]
     return [s for s, _ in keep], [t for _, t in keep]
 
 
