@@ -40,9 +40,19 @@ def installed_fairseq_smoothing_convention() -> str:
     return "paper" if torch.isclose(loss, paper) else "fairseq"
 
 
+def unwrap_model(model):
+    """The fairseq model inside the wrappers fairseq puts around it for distributed training
+    (ModuleProxyWrapper, legacy and pytorch DDP, fully sharded data parallel): each keeps it as ``.module``."""
+    while not isinstance(model, BaseFairseqModel) and isinstance(getattr(model, "module", None), torch.nn.Module):
+        model = model.module
+    return model
+
+
 def normalizes_with_plain_log_softmax(model) -> bool:
     """True when model.get_normalized_probs(log_probs=True) is log_softmax(net_output[0]): fairseq's own
-    model and decoder methods, no adaptive softmax. Then the fused loss may take the logits directly."""
+    model and decoder methods, no adaptive softmax. Then the fused loss may take the logits directly.
+    Decided on the model inside fairseq's distributed-training wrappers (see :func:`unwrap_model`)."""
+    model = unwrap_model(model)
     decoder = getattr(model, "decoder", None)
     return (isinstance(decoder, FairseqDecoder) and getattr(decoder, "adaptive_softmax", None) is None
             and type(model).get_normalized_probs in (BaseFairseqModel.get_normalized_probs,

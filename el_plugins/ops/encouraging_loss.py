@@ -13,15 +13,19 @@ as it is (as the reference does), and dL/dx_j = -q_j + g_j.
 
 Per row this needs only the log-sum-exp, sum_k log p_k, sum_k b(p_k) and sum_k p_k b'(p_k). The
 forward pass computes them chunk by chunk and writes dL/dz (already divided by the row count for
-``reduction="mean"``) into one (N, V) buffer in the dtype of the input; the backward pass scales
-that buffer by grad_output in place and hands it on. Peak extra memory: that buffer plus a few
+``reduction="mean"``) into one (N, V) buffer of the compute dtype (float32 for float16/bfloat16
+input); the backward pass multiplies that buffer by grad_output (the loss scale of mixed-precision
+training) and only then rounds it to the input's dtype, once, as autograd does: no gradient entry
+that autograd keeps is flushed to zero by rounding before the scale is known. For float32/float64
+input the buffer itself is handed on, scaled in place. Peak extra memory: that buffer plus a few
 chunk-sized float32 temporaries, instead of the (N, V) float32 log-probabilities, their gradient
 and the gradient of the logits that autograd keeps or creates.
 
-The gradient buffer is handed over, not copied, so the op supports one backward pass per forward
-(the usual case). A second backward through the same graph after a grad_output other than 1
-raises torch's "modified by an inplace operation" error; use the reference
-:func:`el_plugins.functional.encouraging_loss_with_stats` for that, and for double backward.
+The buffer is consumed by the backward pass, so the op supports one backward pass per forward (the
+usual case); a second one raises a RuntimeError that says so (it works only while the buffer is intact:
+a grad_output of 1 on the CPU, nothing accumulated into the handed-on gradient), and double backward
+raises torch's once-differentiable error. Use
+``implementation="reference"`` (plain autograd) for those.
 """
 from __future__ import annotations
 
@@ -57,6 +61,12 @@ computed in the gradient buffer itself), three for float16/bfloat16 input."""
 LARGE_P = 0.5
 """The dense terms form 1 - p as 1 - p only for p <= LARGE_P, where it is exact enough; entries
 above it (at most one per row) are computed from log p with -expm1(log p)."""
+
+
+SINGLE_BACKWARD_ONLY = (
+    "the fused encouraging loss computes its gradient in the forward pass and hands it to the one backward "
+    "pass it supports; a second backward pass through the same graph is not supported: compute the loss "
+    "again, or use implementation='reference' (plain autograd: repeated and double backward, gradcheck)")
 
 
 class LossConfig(NamedTuple):
@@ -113,12 +123,24 @@ def _log_sum_exp(x, p, x_target, p_target):
     return lse
 
 
+def _precise_log_p_target(p, p_target, target_column, log_p_target):
+    """log p_y, from 1 - p_y = sum_{k != y} p_k where p_y > 1/2 (the well-classified rows EL is about).
+
+    There x_y - lse (or log p_y) has an absolute error of one float32 ulp, which is a large relative error
+    of 1 - p_y, and so of b(p_y), b'(p_y) and the whole row's gradient (about 1e-3 at p_y = 0.9998); the sum
+    of the other classes' probabilities is exact to a few ulps of itself (the spec's stable form)."""
+    p.scatter_(1, target_column, 0.0)
+    others = p.sum(-1)
+    p.scatter_(1, target_column, p_target.unsqueeze(1))
+    return torch.where(p_target > 0.5, torch.log1p(-others), log_p_target)
+
+
 def _torch_chunk(x, target, keep, sum_x, grad_out, scratch, cfg: LossConfig, scale: float):
     """One chunk of rows: returns (log p_y, sum_k log p_k, sum_k b(p_k)) per row and, when
     ``grad_out`` is given, writes scale * dL/dx of the rows into it (zero on ignored rows).
 
     sum_x: sum_k x_k per row. scratch: (probabilities, work, float copy of x), (n, V) buffers of
-    the compute dtype or None: p goes into ``grad_out`` itself when it has the compute dtype.
+    the compute dtype or None: p goes into ``grad_out`` itself (of the compute dtype) when given.
 
     p = softmax(x) and lse from it: no (n, V) log-probabilities. The dense bonus terms use 1 - p for
     every class: sum_k log(1 - p_k) = log prod_k (1 - p_k), and p_k / (1 - p_k); the few entries
@@ -129,7 +151,7 @@ def _torch_chunk(x, target, keep, sum_x, grad_out, scratch, cfg: LossConfig, sca
     dtype = compute_dtype(x.dtype)
     if x.dtype != dtype:
         x = x_copy.copy_(x)
-    if grad_out is not None and grad_out.dtype == dtype:
+    if grad_out is not None:
         p = grad_out
     rho, q_other, w_target = cfg.bonus_weight, cfg.q_other, cfg.w_target
     target_column = target.unsqueeze(1)
@@ -143,6 +165,8 @@ def _torch_chunk(x, target, keep, sum_x, grad_out, scratch, cfg: LossConfig, sca
         p_target = p.gather(1, target_column).squeeze(1)
         lse = _log_sum_exp(x, p, x_target, p_target)
     log_p_target = x_target - lse
+    if not cfg.input_is_log_probs:
+        log_p_target = _precise_log_p_target(p, p_target, target_column, log_p_target)
     sum_log_p = sum_x - x.size(1) * lse if q_other else None
 
     sum_bonus = p_over_one_minus_p = None
@@ -188,13 +212,12 @@ def _torch_rows(input, target, keep, scale, cfg: LossConfig, compute_grad: bool,
     dtype = compute_dtype(input.dtype)
     rows_per_chunk = chunk_size or max(-(-MIN_CHUNK_ELEMENTS // max(n_cols, 1)), -(-n_rows // MAX_CHUNKS), 1)
     scratch_rows = min(rows_per_chunk, n_rows)
-    grad = torch.empty(input.shape, dtype=input.dtype, device=input.device) if compute_grad else None
+    grad = torch.empty(input.shape, dtype=dtype, device=input.device) if compute_grad else None
 
     def buffer(needed):
         return torch.empty(scratch_rows, n_cols, dtype=dtype, device=input.device) if needed else None
 
-    p_in_grad = compute_grad and input.dtype == dtype
-    scratch = [buffer(not p_in_grad), buffer(cfg.dense_bonus), buffer(input.dtype != dtype)]
+    scratch = [buffer(not compute_grad), buffer(cfg.dense_bonus), buffer(input.dtype != dtype)]
     sum_x = input.sum(-1, dtype=dtype) if cfg.q_other else torch.zeros(n_rows, dtype=dtype, device=input.device)
     pieces = []
     for start in range(0, n_rows, rows_per_chunk):
@@ -252,18 +275,26 @@ class _FusedEncouragingLoss(torch.autograd.Function):
         ctx.mark_non_differentiable(nll_r, bonus_r, p_target_r, past_r)
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(grad)
+        ctx.input_dtype = input.dtype
+        ctx.consumed = False
         return loss_r, nll_r, bonus_r, p_target_r, past_r
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_loss, *unused):
-        (grad,) = ctx.saved_tensors
+        if ctx.consumed:  # scaled in place by an earlier backward pass
+            raise RuntimeError(SINGLE_BACKWARD_ONLY)
+        try:
+            (grad,) = ctx.saved_tensors
+        except RuntimeError as exc:  # handed on as .grad and accumulated into since
+            raise RuntimeError(SINGLE_BACKWARD_ONLY) from exc
         if grad_loss is None or grad is None:
             return (None,) * 9
-        if grad_loss.numel() == 1 and bool(grad_loss == 1):
+        if not grad.is_cuda and grad_loss.numel() == 1 and bool(grad_loss == 1) and grad.dtype == ctx.input_dtype:
             grad_input = grad.detach()  # a new alias of the buffer: autograd can keep it as .grad without a copy
-        else:
-            grad_input = grad.mul_(grad_loss.unsqueeze(-1) if grad_loss.dim() else grad_loss)
+        else:  # the scale first, in the compute dtype; then one rounding to the input's dtype (no host sync)
+            ctx.consumed = True
+            grad_input = grad.mul_(grad_loss.unsqueeze(-1) if grad_loss.dim() else grad_loss).to(ctx.input_dtype)
         return (grad_input,) + (None,) * 8
 
 

@@ -1,0 +1,62 @@
+"""Mixed precision: the fused path's gradient on float16/bfloat16 logits with a loss scale is as precise as
+autograd's, element by element, against the float64 truth.
+
+Routes: timm's --amp (GradScaler: the mean over the batch, times a scale up to 65536) and fairseq's --fp16
+(the sum over tokens, times its dynamic loss scale, 128 at the start)."""
+import pytest
+import torch
+
+from el_plugins import functional as EF
+from el_plugins.ops import fused_encouraging_loss
+
+ROUTES = {
+    # name: (rows, classes, loss kwargs, loss scale)
+    "timm-amp-imagenet": (384, 1000, dict(reduction="mean", log_end=0.75, label_smoothing=0.1), 65536.0),
+    "timm-amp-no-smoothing": (384, 1000, dict(reduction="mean", log_end=1.0), 65536.0),
+    "fairseq-fp16-iwslt": (2048, 8000, dict(reduction="sum", log_end=0.5, label_smoothing=0.1,
+                                            smoothing_convention="fairseq", ignore_index=1), 128.0),
+}
+
+
+def trained_like_logits(rows, classes, seed=0):
+    """Logits of a partly trained classifier: most rows confident in their target, some not, some wrong."""
+    gen = torch.Generator().manual_seed(seed)
+    z = torch.randn(rows, classes, generator=gen, dtype=torch.float64) * 2
+    target = torch.randint(2, classes, (rows,), generator=gen)
+    boost = torch.rand(rows, generator=gen, dtype=torch.float64) * 16 - 2
+    z[torch.arange(rows), target] += boost
+    target[torch.rand(rows, generator=gen) < 0.05] = 1  # padding for the fairseq route
+    return z, target
+
+
+def scaled_gradient(loss_fn, x, target, scale, **kwargs):
+    x = x.detach().requires_grad_()
+    (loss_fn(x, target, **kwargs) * scale).backward()
+    return x.grad.double()
+
+
+def precision(grad, truth, dtype):
+    """(entries autograd would keep that ``grad`` flushes to zero, p99 relative error) over the entries whose
+    true value lies in the dtype's normal range."""
+    normal = truth.abs() >= torch.finfo(dtype).tiny
+    rel = ((grad - truth).abs() / truth.abs())[normal]
+    return normal & (grad == 0), torch.quantile(rel.float()[torch.randperm(rel.numel())[:1 << 24]], 0.99).item()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("route", sorted(ROUTES))
+def test_fused_gradient_as_precise_as_autograd(route, dtype):
+    rows, classes, kwargs, scale = ROUTES[route]
+    z, target = trained_like_logits(rows, classes)
+    x = z.to(dtype)
+    truth = scaled_gradient(EF.encouraging_loss, x.double(), target, scale, **kwargs)
+    autograd = scaled_gradient(EF.encouraging_loss, x, target, scale, **kwargs)
+    fused = scaled_gradient(fused_encouraging_loss, x, target, scale, **kwargs)
+
+    autograd_flushed, autograd_p99 = precision(autograd, truth, dtype)
+    fused_flushed, fused_p99 = precision(fused, truth, dtype)
+    kept_by_autograd = autograd_flushed.logical_not() & (truth.abs() >= torch.finfo(dtype).tiny)
+    assert int((fused_flushed & kept_by_autograd).sum()) == 0
+    assert fused_p99 <= autograd_p99 * 1.05, (fused_p99, autograd_p99)
+    # the gradient reaches the model in the logits' dtype, as autograd's does
+    assert fused.abs().max() > 0
