@@ -1,0 +1,111 @@
+"""The criterion under fairseq's distributed training: the wrappers fairseq puts around a model, and two real
+fairseq-train ranks (gloo, CPU) against one process accumulating the same two batches (--update-freq 2)."""
+import json
+import os
+import re
+import socket
+import subprocess
+
+import pytest
+import torch
+
+from conftest import BIN, TINY_TRANSFORMER
+
+pytest.importorskip("fairseq")
+from fairseq.distributed import ModuleProxyWrapper  # noqa: E402
+from fairseq.distributed.legacy_distributed_data_parallel import LegacyDistributedDataParallel  # noqa: E402
+
+from el_plugins.fairseq_plugin.criterion import CRITERION_NAME, normalizes_with_plain_log_softmax, unwrap_model  # noqa: E402
+from test_fairseq_criterion import build  # noqa: E402
+
+EL_FLAGS = ["--criterion", CRITERION_NAME, "--label-smoothing", "0.1", "--log-end", "0.25"]
+LOGGED = ("loss", "nll_loss", "bonus", "p_target", "past_log_end", "ppl")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def gloo_group(tmp_path_factory):
+    """A one-process gloo group, so that the DDP wrappers can be built in this process."""
+    if not torch.distributed.is_initialized():
+        store = tmp_path_factory.mktemp("gloo") / "store"
+        torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=0, world_size=1)
+    yield torch.distributed.group.WORLD
+
+
+def wrappers(model, group):
+    """Every wrapping fairseq's DistributedFairseqModel builds around a model on these backends."""
+    yield "ModuleProxyWrapper(DistributedDataParallel)", ModuleProxyWrapper(
+        torch.nn.parallel.DistributedDataParallel(model, process_group=group))
+    yield "ModuleProxyWrapper(LegacyDistributedDataParallel)", ModuleProxyWrapper(
+        LegacyDistributedDataParallel(model, process_group=group))
+    try:
+        from fairseq.distributed.fully_sharded_data_parallel import FullyShardedDataParallel
+        yield "FullyShardedDataParallel", FullyShardedDataParallel(model, process_group=group)
+    except (ImportError, ValueError, RuntimeError, AssertionError):  # needs fairscale (and CUDA)
+        pass
+
+
+def test_fused_path_is_chosen_inside_fairseqs_wrappers(toy_data_bin, gloo_group):
+    task, model, criterion, batches = build(toy_data_bin, *EL_FLAGS)
+    assert criterion.implementation == "fused" and normalizes_with_plain_log_softmax(model)
+    sample = batches[0]
+    plain_loss, _, plain_log = criterion(model, sample)
+    seen = []
+    for name, wrapped in wrappers(model, gloo_group):
+        seen.append(name)
+        assert unwrap_model(wrapped) is model, name
+        assert normalizes_with_plain_log_softmax(wrapped), name
+        loss, _, log = criterion(wrapped, sample)
+        assert type(loss.grad_fn).__name__ == "_FusedEncouragingLossBackward", name
+        torch.testing.assert_close(loss, plain_loss, rtol=1e-6, atol=0)
+        for key in ("nll_loss", "el_bonus", "p_target", "n_past_log_end"):
+            torch.testing.assert_close(log[key], plain_log[key], rtol=1e-6, atol=0)
+        loss.backward()
+    assert len(seen) >= 2
+
+
+def train_updates(log):
+    """The per-update train_inner records of a --log-format json --log-interval 1 run."""
+    rows = [json.loads(m) for m in re.findall(r"\| train_inner \| (\{.*\})", log)]
+    assert rows, log[-4000:]
+    return {int(r["num_updates"]): {k: float(r[k]) for k in LOGGED} for r in rows}
+
+
+def fairseq_train(data_bin, save_dir, *extra):
+    return [os.path.join(BIN, "fairseq-train"), str(data_bin), *TINY_TRANSFORMER, *EL_FLAGS,
+            "--dropout", "0", "--optimizer", "adam", "--lr", "0.01", "--max-tokens", "400", "--cpu",
+            "--seed", "1", "--max-update", "12", "--log-format", "json", "--log-interval", "1", "--no-progress-bar",
+            "--num-workers", "0", "--save-dir", str(save_dir), "--no-save", "--disable-validation", *extra]
+
+
+def test_two_ranks_equal_one_process_with_update_freq_2(toy_data_bin, tmp_path):
+    """fairseq's own distributed training, default (fused) implementation: rank r trains on batches r, r+2, ...,
+    one process with --update-freq 2 accumulates the same pairs; the per-update logs must agree."""
+    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
+    port = free_port()
+    ranks = [subprocess.Popen(
+        fairseq_train(toy_data_bin, tmp_path / f"rank{r}", "--distributed-world-size", "2", "--distributed-rank", str(r),
+                      "--distributed-no-spawn", "--distributed-backend", "gloo", "--ddp-backend", "legacy_ddp",
+                      "--distributed-init-method", f"tcp://127.0.0.1:{port}"),
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in (0, 1)]
+    outs = [p.communicate(timeout=600)[0] for p in ranks]
+    for r, (p, out) in enumerate(zip(ranks, outs)):
+        assert p.returncode == 0, f"rank {r} exited {p.returncode}:\n{out[-6000:]}"
+    assert "distributed init (rank 1)" in outs[0] + outs[1], outs[0][-3000:]
+    single = subprocess.run(fairseq_train(toy_data_bin, tmp_path / "single", "--update-freq", "2"), env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+    assert single.returncode == 0, single.stdout[-6000:]
+
+    distributed, accumulated = train_updates(outs[0]), train_updates(single.stdout)
+    assert sorted(distributed) == sorted(accumulated) == list(range(1, 13))
+    for update, want in accumulated.items():
+        got = distributed[update]
+        for key in LOGGED:  # fairseq rounds the logged values to 3 decimals
+            assert got[key] == pytest.approx(want[key], abs=2e-3), (update, key, got, want)
+    # the logs are the summed values: the bonus is negative, p_target a mean probability, past_log_end a fraction
+    assert all(r["bonus"] < 0 and 0 < r["p_target"] < 1 and 0 <= r["past_log_end"] <= 1 for r in distributed.values())
