@@ -62,22 +62,27 @@ def check_choice(value: str, allowed, name: str) -> str:
     return value
 
 
-def check_targets(target: torch.Tensor, num_classes: int, ignore_index: Optional[int]) -> None:
+def check_targets(target: torch.Tensor, num_classes: int, ignore_index: Optional[int], *,
+                  synchronize: bool = True) -> None:
     """Class-index targets must lie in [0, num_classes) (or equal ignore_index).
 
-    Raises a ValueError here rather than letting a gather fail with a device-side assert.
+    synchronize=True: raises a ValueError naming the first bad target (reading it stalls a GPU until
+    its queued work is done). synchronize=False: queues an asynchronous device-side assertion with the
+    same message instead (a RuntimeError when it is reached), so that a training step on a GPU never
+    waits for the host; the fused CUDA path uses it.
     """
     if target.dtype.is_floating_point or target.dtype == torch.bool:
         raise ValueError(f"class-index targets must be an integer tensor, got {target.dtype}")
     bad = (target < 0) | (target >= num_classes)
     if ignore_index is not None:
         bad &= target != ignore_index
-    if bool(bad.any()):
+    allowed = f"targets must be in [0, {num_classes - 1}]" + (
+        f" or equal ignore_index={ignore_index}" if ignore_index is not None else "")
+    if not synchronize:
+        torch._assert_async(bad.any().logical_not(), f"a target is outside the {num_classes} classes: {allowed}")
+    elif bool(bad.any()):
         first = target[bad].flatten()[0].item()
-        raise ValueError(
-            f"target {first} is outside the {num_classes} classes: targets must be in "
-            f"[0, {num_classes - 1}]" + (f" or equal ignore_index={ignore_index}" if ignore_index is not None else "")
-        )
+        raise ValueError(f"target {first} is outside the {num_classes} classes: {allowed}")
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -132,8 +137,9 @@ def smoothing_weights(eps: float, num_classes: int, convention: str):
 
 
 def check_index_loss_args(input, target, *, log_end, label_smoothing, bonus_weight, ignore_index, reduction,
-                          smoothing_convention):
-    """Validate the arguments of a class-index EL (shapes, ranges, targets); returns (log_end, eps, rho)."""
+                          smoothing_convention, synchronize=True):
+    """Validate the arguments of a class-index EL (shapes, ranges, targets); returns (log_end, eps, rho).
+    synchronize: see :func:`check_targets`."""
     log_end = check_log_end(log_end)
     eps = check_label_smoothing(label_smoothing)
     rho = check_bonus_weight(bonus_weight)
@@ -143,7 +149,7 @@ def check_index_loss_args(input, target, *, log_end, label_smoothing, bonus_weig
         raise ValueError(
             f"expected input (N, V) and target (N,), got input {tuple(input.shape)} and target {tuple(target.shape)}"
         )
-    check_targets(target, input.size(1), ignore_index)
+    check_targets(target, input.size(1), ignore_index, synchronize=synchronize)
     return log_end, eps, rho
 
 

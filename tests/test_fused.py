@@ -307,6 +307,52 @@ def test_interpreted_triton_all_padding_and_extreme_logits(reduction):
     assert out.loss.item() == 0 and (x.grad == 0).all()
 
 
+HOST_SYNCS = ("__bool__", "item", "tolist", "__int__", "__float__", "__index__", "nonzero", "numpy")
+
+
+def count_host_syncs(monkeypatch, fn):
+    """Calls of the tensor methods that make the host wait for the device, during fn() (forward and backward)."""
+    calls = []
+    for name in HOST_SYNCS:
+        original = getattr(torch.Tensor, name)
+
+        def counting(self, *args, _original=original, _name=name, **kwargs):
+            calls.append(_name)
+            return _original(self, *args, **kwargs)
+        monkeypatch.setattr(torch.Tensor, name, counting)
+    try:
+        fn()
+    finally:
+        monkeypatch.undo()
+    return calls
+
+
+@interpreted
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_interpreted_triton_path_never_waits_for_the_device(monkeypatch, reduction):
+    """The CUDA path (the Triton backend) reads nothing back to the host: no per-step stall, and no graph
+    break under torch.compile. The torch backend on a CPU does (its target check names the bad value)."""
+    z, t = make_logits(n=8, v=200)
+
+    def step(backend):
+        x = z.float().requires_grad_()
+        out = fused_encouraging_loss_with_stats(x, t, label_smoothing=0.1, ignore_index=PAD, reduction=reduction,
+                                                backend=backend)
+        (out.loss * 128.0).backward()
+
+    assert count_host_syncs(monkeypatch, lambda: step("triton")) == []
+    assert count_host_syncs(monkeypatch, lambda: step("torch"))  # the counter sees host reads where there are some
+
+
+@interpreted
+def test_interpreted_triton_bad_target_is_an_asynchronous_assertion():
+    z, t = make_logits(n=8, v=200)
+    t[3] = 200
+    with pytest.raises(RuntimeError, match=r"a target is outside the 200 classes: targets must be in \[0, 199\] "
+                                           r"or equal ignore_index=1"):
+        fused_encouraging_loss(z.float(), t, ignore_index=PAD, backend="triton")
+
+
 def test_triton_interpreted():
     """Runs the ``interpreted`` tests above in a subprocess with TRITON_INTERPRET=1."""
     if INTERPRETED:

@@ -275,8 +275,7 @@ class _FusedEncouragingLoss(torch.autograd.Function):
         ctx.mark_non_differentiable(nll_r, bonus_r, p_target_r, past_r)
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(grad)
-        ctx.input_dtype = input.dtype
-        ctx.consumed = False
+        ctx.input_dtype, ctx.backend, ctx.consumed = input.dtype, backend, False
         return loss_r, nll_r, bonus_r, p_target_r, past_r
 
     @staticmethod
@@ -290,7 +289,8 @@ class _FusedEncouragingLoss(torch.autograd.Function):
             raise RuntimeError(SINGLE_BACKWARD_ONLY) from exc
         if grad_loss is None or grad is None:
             return (None,) * 9
-        if not grad.is_cuda and grad_loss.numel() == 1 and bool(grad_loss == 1) and grad.dtype == ctx.input_dtype:
+        if (ctx.backend == "torch" and not grad.is_cuda and grad.dtype == ctx.input_dtype and grad_loss.numel() == 1
+                and bool(grad_loss == 1)):
             grad_input = grad.detach()  # a new alias of the buffer: autograd can keep it as .grad without a copy
         else:  # the scale first, in the compute dtype; then one rounding to the input's dtype (no host sync)
             ctx.consumed = True
@@ -338,15 +338,16 @@ def fused_encouraging_loss_with_stats(
     ``triton`` (CPU tensors only under ``TRITON_INTERPRET=1``).
     block_size: columns per block of the Triton kernel, a power of 2 (default min(next_pow2(V), 4096)).
     """
+    backend = _pick_backend(backend, input)
     log_end, eps, rho = check_index_loss_args(
         input, target, log_end=log_end, label_smoothing=label_smoothing, bonus_weight=bonus_weight,
-        ignore_index=ignore_index, reduction=reduction, smoothing_convention=smoothing_convention)
+        ignore_index=ignore_index, reduction=reduction, smoothing_convention=smoothing_convention,
+        synchronize=backend != "triton")  # the GPU path never waits for the host
     if chunk_size is not None and not (isinstance(chunk_size, int) and chunk_size >= 1):
         raise ValueError(f"chunk_size must be a positive number of rows, got {chunk_size!r}")
     if block_size is not None and not (isinstance(block_size, int) and block_size >= 16
                                        and block_size & (block_size - 1) == 0):
         raise ValueError(f"block_size must be a power of 2 >= 16, got {block_size!r}")
-    backend = _pick_backend(backend, input)
     num_classes = input.size(1)
 
     w_target, q_other = smoothing_weights(eps, num_classes, smoothing_convention)
