@@ -1,8 +1,17 @@
-"""fairseq adapter: the criterion ``label_smoothed_encouraging_loss``.
+"""fairseq adapter: the criterion ``label_smoothed_encouraging_loss``, and the fixes el-plugins applies
+to fairseq (``fixes``: keep batch_by_size's last batch, load checkpoints on torch >= 2.6).
 
 Registered automatically when fairseq loads its criteria (see el_plugins._activation); this
 directory also works as ``--user-dir`` (print its path with ``python -m el_plugins.fairseq_plugin``).
-Imports are absolute so that loading it as a user dir does not register the criterion twice.
+Imports are absolute so that loading it as a user dir does not register the criterion twice, and the
+fixes are idempotent for the same reason. A fix switch with an invalid value stops the program, as a
+bad command-line flag would (an exception here would only become a warning in the import hook).
 """
-import el_plugins.fairseq_plugin.checkpoint_loading  # noqa: F401
-import el_plugins.fairseq_plugin.criterion  # noqa: F401
+from el_plugins.fairseq_plugin.fixes import FixSwitchError, apply_fixes
+
+try:
+    apply_fixes()
+except FixSwitchError as exc:
+    raise SystemExit(f"el-plugins: {exc}") from None
+
+import el_plugins.fairseq_plugin.criterion  # noqa: E402,F401
