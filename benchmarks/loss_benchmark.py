@@ -2,6 +2,7 @@
 
     PYTHONPATH=. .venv/bin/python benchmarks/loss_benchmark.py --out benchmarks/results-cpu.json
     PYTHONPATH=. .venv/bin/python benchmarks/loss_benchmark.py --quick          # small shapes, a smoke run
+    .venv/bin/python benchmarks/loss_benchmark.py --markdown benchmarks/results-cpu.json   # the README table
 
 Variants, all on the same (N, V) logits with ~5% padding rows (ignore_index 1), eps = 0.1:
 
@@ -203,6 +204,25 @@ def format_table(rows):
     return "\n".join(out)
 
 
+VARIANT_NAMES = {"autograd_el": "autograd EL", "fused_el": "**fused EL**", "fairseq_ls_ce": "fairseq LS-CE",
+                 "torch_ce": "torch CE (ls 0.1)"}
+
+
+def markdown_table(rows):
+    """The README's table of a results file's rows (the README quotes it as printed here)."""
+    out = ["| dtype | shape | variant | time ms | peak MiB | time / fairseq | memory / fairseq |",
+           "|---|---|---|---:|---:|---:|---:|"]
+    for r in rows:
+        if "error" in r:
+            continue
+        bold = (lambda x: f"**{x}**") if r["variant"] == "fused_el" else (lambda x: x)
+        ratio = (lambda x: "-" if x is None else bold(f"{x:.2f}"))
+        out.append(f"| {r['dtype']} | {r['n']}x{r['v']} | {VARIANT_NAMES.get(r['variant'], r['variant'])} | "
+                   f"{1000 * r['time_s']:.1f} | {r['peak_mib']:.1f} | {ratio(r.get('time_ratio'))} | "
+                   f"{ratio(r.get('mem_ratio'))} |")
+    return "\n".join(out)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", help="write the results as JSON here")
@@ -212,10 +232,18 @@ def main(argv=None):
     parser.add_argument("--shapes", help="comma-separated NxV, e.g. 4096x6632,8192x32000")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--dtypes", help="comma-separated logits dtypes (default: float32,float16 on CPU, "
+                                         "float32,float16,bfloat16 on CUDA)")
+    parser.add_argument("--markdown", metavar="RESULTS_JSON",
+                        help="print the README's table of a results file and exit")
     parser.add_argument("--chunk-size", type=int, default=None, help="rows per chunk of fused_el's torch path")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
+    if args.markdown:
+        with open(args.markdown) as f:
+            print(markdown_table(json.load(f)["results"]))
+        return
     if args.worker:
         spec = json.loads(args.worker)
         task = spec.pop("task")
@@ -229,7 +257,12 @@ def main(argv=None):
     shapes = QUICK_SHAPES if args.quick else FULL_SHAPES
     if args.shapes:
         shapes = tuple(tuple(int(x) for x in s.split("x")) for s in args.shapes.split(","))
-    dtypes = ("float32", "bfloat16") if device == "cuda" else ("float32",)
+    dtypes = ("float32", "float16", "bfloat16") if device == "cuda" else ("float32", "float16")
+    if args.dtypes:
+        dtypes = tuple(d.strip() for d in args.dtypes.split(",") if d.strip())
+        bad = [d for d in dtypes if d not in ("float32", "float16", "bfloat16", "float64")]
+        if bad or not dtypes:
+            parser.error(f"--dtypes takes float32, float16, bfloat16 or float64, got {args.dtypes!r}")
     variants = [v for v in args.variants.split(",") if v]
     rows = []
     load_before = os.getloadavg()
