@@ -18,6 +18,7 @@ the timm loss, the analysis tools) calls these functions.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import NamedTuple, Optional
 
 import torch
@@ -35,25 +36,40 @@ REDUCTIONS = ("none", "sum", "mean")
 
 
 # --------------------------------------------------------------------------- validation
+def real_number(value) -> Optional[float]:
+    """``value`` as a float when it is a real number of any numeric type (int, float, numpy scalars, a
+    one-element torch tensor), else None. Booleans are not numbers here."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1 or value.dtype == torch.bool or value.is_complex():
+            return None
+        return float(value.item())
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):  # numpy's bool_ is not Real
+        return None
+    return float(value)
+
+
 def check_log_end(log_end: float, name: str = "log_end") -> float:
-    if not (isinstance(log_end, (int, float)) and 0.0 < float(log_end) <= 1.0):
+    value = real_number(log_end)
+    if value is None or not 0.0 < value <= 1.0:
         raise ValueError(
-            f"{name} must be in (0, 1] (1 = the normal bonus, < 1 = the conservative bonus, "
+            f"{name} must be in (0, 1], a number (1 = the normal bonus, < 1 = the conservative bonus, "
             f"the paper uses 0.75 or 0.5), got {log_end!r}"
         )
-    return float(log_end)
+    return value
 
 
 def check_label_smoothing(eps: float, name: str = "label_smoothing") -> float:
-    if not (isinstance(eps, (int, float)) and 0.0 <= float(eps) < 1.0):
-        raise ValueError(f"{name} must be in [0, 1), got {eps!r}")
-    return float(eps)
+    value = real_number(eps)
+    if value is None or not 0.0 <= value < 1.0:
+        raise ValueError(f"{name} must be in [0, 1), a number, got {eps!r}")
+    return value
 
 
 def check_bonus_weight(rho: float, name: str = "bonus_weight") -> float:
-    if not (isinstance(rho, (int, float)) and math.isfinite(rho) and float(rho) >= 0.0):
+    value = real_number(rho)
+    if value is None or not (math.isfinite(value) and value >= 0.0):
         raise ValueError(f"{name} must be a finite number >= 0 (0 = plain cross-entropy), got {rho!r}")
-    return float(rho)
+    return value
 
 
 def check_choice(value: str, allowed, name: str) -> str:
@@ -138,8 +154,8 @@ def smoothing_weights(eps: float, num_classes: int, convention: str):
 
 def check_index_loss_args(input, target, *, log_end, label_smoothing, bonus_weight, ignore_index, reduction,
                           smoothing_convention, synchronize=True):
-    """Validate the arguments of a class-index EL (shapes, ranges, targets); returns (log_end, eps, rho).
-    synchronize: see :func:`check_targets`."""
+    """Validate the arguments of a class-index EL (shapes, ranges, targets); returns (log_end, eps, rho,
+    target), the target as int64 (any integer dtype is accepted). synchronize: see :func:`check_targets`."""
     log_end = check_log_end(log_end)
     eps = check_label_smoothing(label_smoothing)
     rho = check_bonus_weight(bonus_weight)
@@ -149,8 +165,10 @@ def check_index_loss_args(input, target, *, log_end, label_smoothing, bonus_weig
         raise ValueError(
             f"expected input (N, V) and target (N,), got input {tuple(input.shape)} and target {tuple(target.shape)}"
         )
+    if target.device != input.device:
+        raise ValueError(f"target is on {target.device} but input on {input.device}: put both on the same device")
     check_targets(target, input.size(1), ignore_index, synchronize=synchronize)
-    return log_end, eps, rho
+    return log_end, eps, rho, target.long()
 
 
 def _check_dense_loss_args(input, target, *, log_end, bonus_weight, reduction, what):
@@ -193,7 +211,7 @@ def encouraging_loss_with_stats(
 
     'mean' divides by the number of rows that are not ignored (0 rows give 0, not NaN).
     """
-    log_end, eps, rho = check_index_loss_args(
+    log_end, eps, rho, target = check_index_loss_args(
         input, target, log_end=log_end, label_smoothing=label_smoothing, bonus_weight=bonus_weight,
         ignore_index=ignore_index, reduction=reduction, smoothing_convention=smoothing_convention)
     num_classes = input.size(1)

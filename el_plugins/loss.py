@@ -46,13 +46,24 @@ class EncouragingLoss(nn.Module):
         self.reduction = EF.check_choice(reduction, EF.REDUCTIONS, 'reduction')
 
     def forward(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        if target.shape == x.shape:
+        """x: (N, C) logits, or (C,) for one unbatched row. target: class indices, an integer tensor of shape
+        (N,) (or () with (C,) logits); or class probabilities, a floating tensor of the logits' shape."""
+        if target.dtype.is_floating_point:
+            if target.shape != x.shape:
+                raise ValueError(
+                    f'a floating-point target is read as class probabilities (Mixup/CutMix) and must have the '
+                    f'logits\' shape {tuple(x.shape)}, got {tuple(target.shape)}; class-index targets must be an '
+                    f'integer tensor of shape {tuple(x.shape[:-1])}')
             return EF.soft_target_encouraging_loss(
                 x, target, log_end=self.log_end, bonus_weight=self.bonus_weight, reduction=self.reduction)
+        unbatched = x.dim() == 1 and target.dim() == 0
+        if unbatched:
+            x, target = x.unsqueeze(0), target.unsqueeze(0)
         loss = fused_encouraging_loss if self.implementation == 'fused' else EF.encouraging_loss
-        return loss(
+        loss = loss(
             x, target, log_end=self.log_end, label_smoothing=self.smoothing, bonus_weight=self.bonus_weight,
             ignore_index=self.ignore_index, reduction=self.reduction, smoothing_convention='paper')
+        return loss.squeeze(0) if unbatched and self.reduction == 'none' else loss
 
     def extra_repr(self) -> str:
         return (f'log_end={self.log_end}, smoothing={self.smoothing}, bonus_weight={self.bonus_weight}, '

@@ -339,7 +339,7 @@ def fused_encouraging_loss_with_stats(
     block_size: columns per block of the Triton kernel, a power of 2 (default min(next_pow2(V), 4096)).
     """
     backend = _pick_backend(backend, input)
-    log_end, eps, rho = check_index_loss_args(
+    log_end, eps, rho, target = check_index_loss_args(
         input, target, log_end=log_end, label_smoothing=label_smoothing, bonus_weight=bonus_weight,
         ignore_index=ignore_index, reduction=reduction, smoothing_convention=smoothing_convention,
         synchronize=backend != "triton")  # the GPU path never waits for the host
