@@ -45,21 +45,25 @@ def test_train_resume_generate_validate_without_user_dir(toy_data_bin, tmp_path)
     assert re.search(r"valid on 'valid' subset \| loss [\d.]+ \| bonus -[\d.]+", val), val[-3000:]
 
 
-def test_hydra_train(toy_data_bin, tmp_path):
+def hydra_config(data_bin, tmp_path, criterion="label_smoothing: 0.1, log_end: 0.5"):
     (tmp_path / "el.yaml").write_text(f"""
 common: {{cpu: true, log_interval: 5, no_progress_bar: true}}
-task: {{_name: translation, data: {toy_data_bin}, source_lang: src, target_lang: en}}
+task: {{_name: translation, data: {data_bin}, source_lang: src, target_lang: en}}
 model:
   _name: transformer
   encoder: {{layers: 1, embed_dim: 32, ffn_embed_dim: 64, attention_heads: 2}}
   decoder: {{layers: 1, embed_dim: 32, ffn_embed_dim: 64, attention_heads: 2}}
-criterion: {{_name: label_smoothed_encouraging_loss, label_smoothing: 0.1, log_end: 0.5}}
+criterion: {{_name: label_smoothed_encouraging_loss, {criterion}}}
 optimizer: {{_name: adam}}
 lr_scheduler: {{_name: fixed}}
 optimization: {{max_update: 6, lr: [0.001]}}
 dataset: {{max_tokens: 800, num_workers: 0}}
 checkpoint: {{save_dir: {tmp_path / 'ckpt'}}}
 """)
+
+
+def test_hydra_train(toy_data_bin, tmp_path):
+    hydra_config(toy_data_bin, tmp_path)
     out = run_cli("fairseq-hydra-train", "--config-dir", tmp_path, "--config-name", "el", cwd=tmp_path).stdout
     assert "'criterion': {'_name': 'label_smoothed_encouraging_loss', 'label_smoothing': 0.1, 'log_end': 0.5" in out
     assert "criterion: LabelSmoothedEncouragingLossCriterion" in out
@@ -91,9 +95,28 @@ def test_out_of_range_option_stops_training_before_it_starts(toy_data_bin, tmp_p
     args = [*TRAIN, "--criterion", "label_smoothed_encouraging_loss", flag, value, "--max-update", "5",
             "--save-dir", tmp_path]
     proc = run_cli("fairseq-train", toy_data_bin, *args, check=False)
-    assert proc.returncode != 0
-    assert re.search(message, proc.stdout), proc.stdout[-2000:]
+    assert proc.returncode == 2
+    assert re.search(message, proc.stdout.strip().splitlines()[-1]), proc.stdout[-2000:]  # the last line, no traceback
     assert "train_inner" not in proc.stdout and not list(tmp_path.glob("*.pt"))
+
+
+@pytest.mark.parametrize("program", ["fairseq-generate", "fairseq-validate"])
+def test_out_of_range_option_is_a_usage_error_in_every_command(toy_data_bin, tmp_path, program):
+    proc = run_cli(program, toy_data_bin, "--task", "translation", "--path", tmp_path / "none.pt",
+                   "--criterion", "label_smoothed_encouraging_loss",
+                   "--log-end", "1.5", "--cpu", check=False)
+    assert proc.returncode == 2
+    assert proc.stdout.strip().splitlines()[-1].startswith(f"{program}: error: argument --log-end: --log-end must be "
+                                                           f"in (0, 1]"), proc.stdout[-2000:]
+
+
+def test_out_of_range_value_in_hydra_yaml_stops_with_the_message_last(toy_data_bin, tmp_path):
+    hydra_config(toy_data_bin, tmp_path, criterion="label_smoothing: 0.1, log_end: 1.5")
+    proc = run_cli("fairseq-hydra-train", "--config-dir", tmp_path, "--config-name", "el", cwd=tmp_path, check=False)
+    assert proc.returncode == 1
+    last = proc.stdout.strip().splitlines()[-1]
+    assert last.startswith("label_smoothed_encouraging_loss: error: --log-end must be in (0, 1]"), proc.stdout[-2000:]
+    assert "Traceback" not in proc.stdout and not (tmp_path / "ckpt" / "checkpoint_last.pt").exists()
 
 
 def test_bad_smoothing_convention_is_refused_by_the_parser(toy_data_bin, tmp_path):

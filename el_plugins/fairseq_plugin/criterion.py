@@ -9,6 +9,7 @@ Per target token, with q the smoothed target and b the (conservative) bonus:
 and :mod:`el_plugins.ops` (the fused, memory-efficient default: it takes the decoder's logits and
 keeps only their gradient, instead of fp32 log-probabilities and autograd intermediates).
 """
+import argparse
 import math
 from dataclasses import dataclass, field
 
@@ -97,8 +98,46 @@ class LabelSmoothedEncouragingLossConfig(FairseqDataclass):
     sentence_avg: bool = II("optimization.sentence_avg")
 
 
+CHECKED_OPTIONS = {"label_smoothing": ("--label-smoothing", EF.check_label_smoothing),
+                   "log_end": ("--log-end", EF.check_log_end),
+                   "bonus_weight": ("--bonus-weight", EF.check_bonus_weight)}
+
+
+def checked_number(flag, check):
+    """An argparse ``type=`` that reads a float and applies el-plugins' range check, so that a bad value is a
+    usage error whose message is the last line fairseq-train/-generate/-validate print."""
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            value = text
+        try:
+            return check(value, flag)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    parse.__name__ = flag  # argparse names the type in some messages
+    return parse
+
+
 @register_criterion(CRITERION_NAME, dataclass=LabelSmoothedEncouragingLossConfig)
 class LabelSmoothedEncouragingLossCriterion(FairseqCriterion):
+    @classmethod
+    def add_args(cls, parser):
+        """fairseq's flags from the config dataclass, with the range checks as their argparse types."""
+        super().add_args(parser)
+        for action in parser._actions:
+            if action.dest in CHECKED_OPTIONS:
+                action.type = checked_number(*CHECKED_OPTIONS[action.dest])
+
+    @classmethod
+    def build_criterion(cls, cfg, task):
+        """A bad value that reached the config without the command line (fairseq-hydra-train's YAML) stops
+        the program with its message as the last line, as a bad flag does, not a traceback."""
+        try:
+            return super().build_criterion(cfg, task)
+        except ValueError as exc:
+            raise SystemExit(f"{CRITERION_NAME}: error: {exc}") from None
+
     def __init__(self, task, sentence_avg, label_smoothing, log_end=0.75, bonus_weight=1.0,
                  smoothing_convention="fairseq", el_implementation="fused", ignore_prefix_size=0,
                  report_accuracy=False):
