@@ -325,6 +325,45 @@ def test_launcher_usage_errors(tmp_path):
     assert proc.returncode != 0 and "does not look like timm's train.py" in proc.stdout
 
 
+@pytest.mark.parametrize("config,message", [
+    ("loss: EL\n", r"loss: 'EL' \(from the config file\) is not an allowed --loss: choose from .*'el'"),
+    ("loss: bogus\n", r"loss: 'bogus' \(from the config file\) is not an allowed --loss"),
+    ("loss: el\nlog_end: true\n", r"--log-end \(log_end\) must be in \(0, 1\], a number .* got True"),
+    ("loss: ce\nlog_end: 7\n", r"--log-end \(log_end\) must be in \(0, 1\]"),
+])
+@pytest.mark.parametrize("new_style", [True, False])
+def test_launcher_checks_config_yaml_values_as_the_command_line(tmp_path, digits_folder, new_style, config, message):
+    """set_defaults (how train.py applies -c config.yaml) bypasses argparse's checks: a wrong-case or unknown
+    loss trained with cross-entropy while args.yaml said otherwise."""
+    train_py, out = write_train_py(tmp_path, new_style), tmp_path / "out"
+    (tmp_path / "cfg.yaml").write_text(config)
+    proc = run_cli("el-timm-train", train_py, digits_folder, "-c", tmp_path / "cfg.yaml", "--output", out, check=False)
+    assert proc.returncode == 2, proc.stdout[-2000:]
+    import re
+    assert re.search(message, proc.stdout), proc.stdout[-2000:]
+    assert not out.exists()
+
+
+def test_launcher_runs_nothing_of_a_script_that_is_not_train_py(tmp_path):
+    """A data script given by mistake is refused from its source, before any of it executes."""
+    marker = tmp_path / "executed"
+    (tmp_path / "make_data.py").write_text(f"import argparse\nopen({str(marker)!r}, 'w').write('ran')\n"
+                                           "parser = argparse.ArgumentParser()\ndef main():\n    pass\n")
+    proc = run_cli("el-timm-train", tmp_path / "make_data.py", "--loss", "el", check=False)
+    assert proc.returncode != 0 and not marker.exists()
+    assert "does not look like timm's train.py (no import of timm, no --smoothing option" in proc.stdout
+    assert "expected timm's train.py" in proc.stdout
+
+
+def test_launcher_refuses_timms_validate_py_with_a_hint(tmp_path):
+    (tmp_path / "validate.py").write_text("import argparse\nimport timm\nparser = argparse.ArgumentParser()\n"
+                                          "parser.add_argument('--model')\ndef main():\n    pass\n")
+    proc = run_cli("el-timm-train", tmp_path / "validate.py", "--loss", "el", check=False)
+    assert proc.returncode != 0 and "AttributeError" not in proc.stdout
+    assert "no --smoothing option: not a training script" in proc.stdout
+    assert "timm's validate.py evaluates a model: run it directly" in proc.stdout
+
+
 def test_launcher_as_module_for_torchrun(tmp_path, digits_folder):
     """torchrun ... -m el_plugins.timm_plugin.launcher train.py ...: the same entry through runpy."""
     train_py, out = write_train_py(tmp_path, False), tmp_path / "out"

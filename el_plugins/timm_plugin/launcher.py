@@ -26,6 +26,8 @@ _logger = logging.getLogger("el_plugins.timm")
 
 
 def _number_or_text(text):
+    if isinstance(text, bool):  # YAML's true/false: not a number here
+        return text
     try:
         return float(text)
     except (TypeError, ValueError):
@@ -46,9 +48,42 @@ def _bonus_weight_arg(text):
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+NOT_TRAIN_PY = "el-timm-train: {path} does not look like timm's train.py ({why}); expected timm's train.py " \
+               "(pytorch-image-models), which has a module-level argparse `parser` with --smoothing and a `main()`"
+
+
+def check_train_script_source(path):
+    """Look at the script's source without running it: timm's train.py (any version) imports timm, builds a
+    module-level argparse ``parser`` with a ``--smoothing`` option and defines ``main()``. Anything else is
+    refused before a line of it runs (a data script given by mistake must not execute)."""
+    import ast
+
+    try:
+        with open(path, "rb") as f:
+            tree = ast.parse(f.read(), filename=path)
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise SystemExit(NOT_TRAIN_PY.format(path=path, why=f"it cannot be read as Python: {exc}")) from None
+    top_names = {target.id for node in tree.body if isinstance(node, ast.Assign)
+                 for target in ast.walk(node) if isinstance(target, ast.Name) and isinstance(target.ctx, ast.Store)}
+    functions = {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}
+    imports_timm = any(isinstance(node, (ast.Import, ast.ImportFrom)) and any(
+        (alias.name if isinstance(node, ast.Import) else (node.module or "")).split(".")[0] == "timm"
+        for alias in node.names) for node in ast.walk(tree))
+    options = {node.value for node in ast.walk(tree) if isinstance(node, ast.Constant) and isinstance(node.value, str)
+               and node.value.startswith("--")}
+    missing = [what for what, ok in (("no import of timm", imports_timm), ("no module-level `parser`", "parser" in top_names),
+                                     ("no `main()`", "main" in functions),
+                                     ("no --smoothing option: not a training script", "--smoothing" in options)) if not ok]
+    if missing:
+        hint = ". timm's validate.py evaluates a model: run it directly" if os.path.basename(path) == "validate.py" else ""
+        raise SystemExit(NOT_TRAIN_PY.format(path=path, why=", ".join(missing)) + hint)
+
+
 def load_train_script(path):
-    """Import train.py from ``path`` as a module (its ``if __name__ == '__main__'`` block does not run)."""
+    """Import train.py from ``path`` as a module (its ``if __name__ == '__main__'`` block does not run),
+    after :func:`check_train_script_source` found it shaped like timm's train.py."""
     path = os.path.abspath(path)
+    check_train_script_source(path)
     sys.path.insert(0, os.path.dirname(path))
     spec = importlib.util.spec_from_file_location("timm_train_script", path)
     module = importlib.util.module_from_spec(spec)
@@ -67,15 +102,24 @@ def _mixup_active(args):
 
 
 def check_and_apply(args, parser, module, own_loss_option):
-    """Validate the EL options of parsed train.py args and make training use EL (no-op unless --loss el)."""
-    if getattr(args, "loss", None) != "el":
-        return
+    """Validate the EL options of parsed train.py args and make training use EL (no-op unless --loss el).
+
+    Values from a ``-c config.yaml`` reach args through set_defaults, which argparse never checks: the loss
+    is checked against the --loss choices here, and log_end / el_bonus_weight are checked whatever the loss,
+    since they are recorded in the run's args.yaml."""
+    loss_action = parser._option_string_actions["--loss"]
+    if loss_action.choices is not None and args.loss is not None and args.loss not in loss_action.choices:
+        parser.error(f"loss: {args.loss!r} (from the config file) is not an allowed --loss: choose from "
+                     f"{', '.join(map(repr, loss_action.choices))}")
     try:
-        args.log_end = EF.check_log_end(_number_or_text(args.log_end), "--log-end (log_end)")
-        args.el_bonus_weight = EF.check_bonus_weight(_number_or_text(args.el_bonus_weight),
-                                                     "--el-bonus-weight (el_bonus_weight)")
+        log_end = EF.check_log_end(_number_or_text(args.log_end), "--log-end (log_end)")
+        bonus_weight = EF.check_bonus_weight(_number_or_text(args.el_bonus_weight),
+                                             "--el-bonus-weight (el_bonus_weight)")
     except ValueError as exc:
         parser.error(str(exc))
+    if getattr(args, "loss", None) != "el":
+        return
+    args.log_end, args.el_bonus_weight = log_end, bonus_weight
     for flag in ("jsd_loss", "bce_loss"):
         if getattr(args, flag, False):
             parser.error(f"--loss el cannot be combined with --{flag.replace('_', '-')}: EL replaces the training loss "
