@@ -50,6 +50,26 @@ def test_el_bleu_score_command(tmp_path):
     assert proc.returncode == 2 and "--hyp: no such file" in proc.stdout
 
 
+@pytest.mark.parametrize("option", ["--hyp", "--ref", "--raw-ref"])
+def test_el_bleu_names_the_file_and_line_of_non_utf8_bytes(tmp_path, option):
+    files = {"--hyp": tmp_path / "h.txt", "--ref": tmp_path / "r.txt", "--raw-ref": tmp_path / "raw.txt"}
+    for path in files.values():
+        path.write_text("the cat sat\nhello world\n")
+    files[option].write_bytes(b"the cat sat\nhello w\xf6rld\n")  # Latin-1, not UTF-8
+    proc = run_cli("el-bleu", "score", *[x for kv in files.items() for x in kv], check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stdout
+    assert f"el-bleu: {files[option]}, line 2, column 8: byte 0xf6 is not UTF-8 text" in proc.stdout
+
+
+def test_el_bleu_refuses_blank_references_and_warns_on_blank_hypotheses(tmp_path):
+    (tmp_path / "blank.txt").write_text("\n\n  \n")
+    (tmp_path / "text.txt").write_text("a b c\nd e f\ng h i\n")
+    proc = run_cli("el-bleu", "score", "--hyp", tmp_path / "text.txt", "--ref", tmp_path / "blank.txt", check=False)
+    assert proc.returncode == 1 and "all 3 references are blank lines" in proc.stdout
+    proc = run_cli("el-bleu", "score", "--hyp", tmp_path / "blank.txt", "--ref", tmp_path / "text.txt")
+    assert "warning: all 3 hypotheses are blank lines, so BLEU is 0" in proc.stdout
+
+
 def test_parse_generate_output_orders_and_checks():
     text = "S-1\tb\nT-1\ty z\nH-1\t-0.5\ty z\nS-0\ta\nT-0\tx\nH-0\t-0.1\tx\nGenerate test with beam=5: BLEU4 = 42.10, ...\n"
     assert bleu.parse_generate_output(text) == (["x", "y z"], ["x", "y z"], 42.10)
@@ -91,6 +111,7 @@ def test_recipe_gpus_cpu_and_overrides():
     (dict(log_end=1.5), r"--log-end must be in \(0, 1\]"),
     (dict(loss="focal"), "--loss must be one of 'ce', 'el'"),
     (dict(max_update=0), "--max-update must be >= 1"),
+    (dict(loss="ce", log_end=0.3), "--log-end 0.3 applies to --loss el only"),
 ])
 def test_recipe_bad_values(kwargs, message):
     kwargs = dict(dict(loss="el"), **kwargs)

@@ -59,7 +59,7 @@ def run_translation(out, splits, src, tgt, *, cpu=True, max_update=400, vocab_si
         run_dir = os.path.join(out, loss)
         os.makedirs(run_dir, exist_ok=True)
         cmd = recipe.train_command("toy", data_bin, os.path.join(run_dir, "checkpoints"), loss=loss, seed=seed,
-                                   cpu=cpu, max_update=max_update, log_end=log_end)
+                                   cpu=cpu, max_update=max_update, log_end=log_end if loss == "el" else None)
         curve = train_with_progress(cmd, os.path.join(run_dir, "train.log"), max_update, f"[translation] train {name}")
         paths = select_checkpoints(os.path.join(run_dir, "checkpoints"), num_epoch=average_last)
         averaged = os.path.join(run_dir, f"average_last{len(paths)}.pt")

@@ -15,19 +15,20 @@ install), for current torch and with safer input/output handling:
   ``--path`` reads the result like any checkpoint.
 * Inputs whose parameter names, shapes or dtypes differ, too few checkpoints, a missing file and an
   output that is one of the inputs are refused with a message (no traceback). The output is written
-  atomically (temp file in its directory, fsync, ``os.replace``); nothing partial is ever left.
+  atomically (el_plugins.files: ``OUTPUT.el-partial-PID`` beside it, fsync, ``os.replace``); an error,
+  Ctrl-C or SIGTERM removes the partial file, and the next run removes one left by a kill -9.
 
 Imports only torch and the standard library (torch lazily, so ``--help`` and usage errors are instant).
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import re
 import sys
-import tempfile
 from typing import Any, Dict, List, Optional, Sequence
+
+from el_plugins.files import atomic_write
 
 PROG = "el-average-checkpoints"
 EPOCH_PATTERN = re.compile(r"checkpoint(\d+)\.pt")
@@ -205,38 +206,12 @@ def _names(names, limit=8):
 
 # ------------------------------------------------------------------------------------------- writing
 def save_atomic(state: Dict[str, Any], path: str) -> None:
-    """torch.save ``state`` to ``path`` atomically: a temp file in the same directory, flushed and
-    fsynced, then os.replace. On any error or interrupt the temp file is removed and a previous
-    ``path`` is left untouched."""
+    """torch.save ``state`` to ``path`` all-or-nothing (:func:`el_plugins.files.atomic_write`): on any error,
+    Ctrl-C or SIGTERM no partial file is left and a previous ``path`` is untouched."""
     import torch
 
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; give it the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):  # make the rename itself durable
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+    with atomic_write(path, "wb") as f:
+        torch.save(state, f)
 
 
 def check_output(output: str, inputs: Sequence[str]) -> None:

@@ -11,12 +11,13 @@
 ``generate`` runs the real fairseq-generate (beam 5 by default) and scores its output.
 """
 import argparse
-import json
 import os
 import re
 import subprocess
 import sys
 from typing import List, Optional, Sequence
+
+from el_plugins.files import read_lines, write_json, write_lines
 
 _LINE = re.compile(r"^([STHD])-(\d+)\t(.*)$")
 
@@ -43,6 +44,11 @@ def _check_lengths(hyps, refs):
         raise ValueError(f"{len(hyps)} hypotheses but {len(refs)} references: they must pair up line by line")
     if not hyps:
         raise ValueError("no hypotheses to score")
+    if not any(ref.strip() for ref in refs):
+        raise ValueError(f"all {len(refs)} references are blank lines: there is nothing to score against "
+                         "(wrong file?)")
+    if not any(hyp.strip() for hyp in hyps):
+        print(f"el-bleu: warning: all {len(hyps)} hypotheses are blank lines, so BLEU is 0", file=sys.stderr)
 
 
 def parse_generate_output(text: str):
@@ -99,16 +105,6 @@ def generate(data_bin: str, path: str, *, beam: int = 5, subset: str = "test", p
     return proc.stdout
 
 
-def _read(path):
-    with open(path, encoding="utf-8") as f:
-        return [line.rstrip("\n") for line in f]
-
-
-def _write_json(path, obj):
-    with open(path + ".tmp", "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(path + ".tmp", path)
-
 
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="el-bleu", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -136,8 +132,8 @@ def main(argv=None):
             ap.error(f"--{name.replace('_', '-')}: no such file {value!r}")
     if args.command == "generate" and args.beam < 1:
         ap.error(f"--beam must be >= 1, got {args.beam}")
-    raw = _read(args.raw_ref) if args.raw_ref else None
     try:
+        raw = read_lines(args.raw_ref) if args.raw_ref else None
         if args.command == "generate":
             out = generate(args.data_bin, args.path, beam=args.beam, subset=args.gen_subset,
                            post_process=args.post_process, cpu=args.cpu, max_tokens=args.max_tokens)
@@ -147,11 +143,10 @@ def main(argv=None):
             if args.out:
                 os.makedirs(args.out, exist_ok=True)
                 for name, lines in (("hyp.tok.txt", hyps), ("ref.tok.txt", refs)):
-                    with open(os.path.join(args.out, name), "w", encoding="utf-8") as f:
-                        f.writelines(line + "\n" for line in lines)
-                _write_json(os.path.join(args.out, "bleu.json"), result)
+                    write_lines(os.path.join(args.out, name), lines)
+                write_json(os.path.join(args.out, "bleu.json"), result)
         else:
-            result = score(_read(args.hyp), _read(args.ref), args.lang, raw)
+            result = score(read_lines(args.hyp), read_lines(args.ref), args.lang, raw)
     except (ValueError, RuntimeError) as exc:
         print(f"el-bleu: {exc}", file=sys.stderr)
         return 1

@@ -16,6 +16,8 @@ import sys
 import tarfile
 from typing import Dict, List, Sequence, Tuple
 
+from el_plugins.files import read_lines, write_lines
+
 Splits = Dict[str, Tuple[List[str], List[str]]]
 
 # The paper's two corpora. IWSLT'14 De-En follows fairseq's prepare-iwslt14.sh (lower-cased, valid =
@@ -35,16 +37,6 @@ MAX_LEN, MAX_RATIO = 175, 1.5  # training pairs kept (in tokens), as fairseq's p
 _SEG = re.compile(r"<seg[^>]*>(.*)</seg>", re.IGNORECASE)
 
 
-def _write_lines(path: str, lines: Sequence[str]) -> None:
-    """Write atomically: a killed run leaves the old file or none, never half of one."""
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        f.writelines(line.rstrip("\n") + "\n" for line in lines)
-    os.replace(path + ".tmp", path)
-
-
-def _read_lines(path: str) -> List[str]:
-    with open(path, encoding="utf-8") as f:
-        return [line.rstrip("\n") for line in f]
 
 
 # --------------------------------------------------------------------------- IWSLT release files
@@ -70,7 +62,7 @@ def _find(root: str, pattern: str) -> str:
 def read_train_tags(path: str) -> List[str]:
     """Training text of an IWSLT train.tags file: talk metadata lines dropped, title/description text kept."""
     lines = []
-    for line in _read_lines(path):
+    for line in read_lines(path):
         s = line.strip()
         m = re.fullmatch(r"<(title|description)>(.*)</\1>", s)
         if m:
@@ -81,7 +73,7 @@ def read_train_tags(path: str) -> List[str]:
 
 
 def read_xml_segments(path: str) -> List[str]:
-    return [m.group(1).strip() for m in map(_SEG.search, _read_lines(path)) if m]
+    return [m.group(1).strip() for m in map(_SEG.search, read_lines(path)) if m]
 
 
 def read_iwslt_release(release_dir: str, corpus: str) -> Splits:
@@ -149,12 +141,12 @@ def prepare_parallel_corpus(splits: Splits, out: str, src: str, tgt: str, *, voc
     tokenized = {split: (moses_tokenize(s, src, lowercase), moses_tokenize(t, tgt, lowercase))
                  for split, (s, t) in splits.items()}
     tokenized["train"] = _clean_train(*tokenized["train"])
-    _write_lines(os.path.join(text, f"test.tok.{tgt}"), tokenized["test"][1])
-    _write_lines(os.path.join(text, f"test.raw.{tgt}"), splits["test"][1])
-    _write_lines(os.path.join(text, f"test.raw.{src}"), splits["test"][0])
+    write_lines(os.path.join(text, f"test.tok.{tgt}"), tokenized["test"][1])
+    write_lines(os.path.join(text, f"test.raw.{tgt}"), splits["test"][1])
+    write_lines(os.path.join(text, f"test.raw.{src}"), splits["test"][0])
 
     spm_input = os.path.join(text, "spm-train.txt")
-    _write_lines(spm_input, tokenized["train"][0] + tokenized["train"][1])
+    write_lines(spm_input, tokenized["train"][0] + tokenized["train"][1])
     spm.SentencePieceTrainer.train(
         input=spm_input, model_prefix=os.path.join(out, "spm"), vocab_size=vocab_size, model_type="bpe",
         character_coverage=1.0, hard_vocab_limit=False, num_threads=max(1, workers),
@@ -163,7 +155,7 @@ def prepare_parallel_corpus(splits: Splits, out: str, src: str, tgt: str, *, voc
     sp = spm.SentencePieceProcessor(model_file=os.path.join(out, "spm.model"))
     for split, (s, t) in tokenized.items():
         for lang, lines in ((src, s), (tgt, t)):
-            _write_lines(os.path.join(text, f"{split}.{lang}"), [" ".join(p) for p in sp.encode(lines, out_type=str)])
+            write_lines(os.path.join(text, f"{split}.{lang}"), [" ".join(p) for p in sp.encode(lines, out_type=str)])
 
     data_bin = os.path.join(out, "data-bin")
     cmd = [os.path.join(os.path.dirname(sys.executable), "fairseq-preprocess"), "--source-lang", src,

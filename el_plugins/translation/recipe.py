@@ -54,6 +54,9 @@ def train_command(recipe: str, data_bin: str, save_dir: str, *, loss: str, seed:
     if recipe not in RECIPES:
         raise ValueError(f"--recipe must be one of {', '.join(sorted(RECIPES))}, got {recipe!r}")
     EF.check_choice(loss, LOSSES, "--loss")
+    if loss == "ce" and log_end is not None:
+        raise ValueError(f"--log-end {log_end} applies to --loss el only; --loss ce trains fairseq's "
+                         "label_smoothed_cross_entropy, which has no log_end")
     r = RECIPES[recipe]
     log_end = EF.check_log_end(r["log_end"] if log_end is None else log_end, "--log-end")
     if not (isinstance(gpus, int) and gpus >= 1):
