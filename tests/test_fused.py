@@ -4,6 +4,7 @@ The Triton kernel is tested on CPU tensors under Triton's interpreter: TRITON_IN
 set before triton is first imported, so test_triton_interpreted runs the tests marked ``interpreted``
 below in a subprocess with it set (they are skipped in a normal run).
 """
+import math
 import os
 import subprocess
 import sys
@@ -252,6 +253,38 @@ def test_bad_options():
     for kwargs in bad:
         with pytest.raises(ValueError):
             fused_encouraging_loss(z, t, **kwargs)
+
+
+def logits_near_the_clamp(seed, n=256, v=50, wrong_class=False):
+    """Rows whose largest class (the target, or a wrong class) has 1 - p within a factor 1.2 of the bonus's
+    1e-5 clamp, where b'(p) jumps from -1e5 to 0 and float32 rounding of 1 - p decides the branch."""
+    gen = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, v, generator=gen, dtype=torch.float64)
+    target = torch.randint(0, v, (n,), generator=gen)
+    col = (target + 1) % v if wrong_class else target
+    gap = EF.BONUS_CLAMP * torch.exp((torch.rand(n, generator=gen, dtype=torch.float64) * 2 - 1) * math.log(1.2))
+    others = z.clone()
+    others[torch.arange(n), col] = -math.inf
+    z[torch.arange(n), col] = torch.logsumexp(others, -1) + torch.log((1 - gap) / gap)
+    return z.float(), target
+
+
+@pytest.mark.parametrize("wrong_class", [False, True])
+@pytest.mark.parametrize("seed", range(4))
+def test_float32_gradient_near_the_clamp_at_least_as_accurate_as_reference(seed, wrong_class):
+    x, t = logits_near_the_clamp(seed, wrong_class=wrong_class)
+    kwargs = dict(log_end=1.0, label_smoothing=0.1, reduction="sum")
+
+    def grad(fn, inp):
+        inp = inp.detach().requires_grad_()
+        fn(inp, t, **kwargs).backward()
+        return inp.grad.double()
+
+    truth = grad(EF.encouraging_loss, x.double())
+    scale = truth.abs().max()
+    reference_error = ((grad(EF.encouraging_loss, x) - truth).abs().max() / scale).item()
+    fused_error = ((grad(fused_encouraging_loss, x) - truth).abs().max() / scale).item()
+    assert fused_error <= reference_error and fused_error < 1e-3, (fused_error, reference_error)
 
 
 # --------------------------------------------------------------------------- Triton

@@ -135,6 +135,25 @@ def _precise_log_p_target(p, p_target, target_column, log_p_target):
     return torch.where(p_target > 0.5, torch.log1p(-others), log_p_target)
 
 
+def _large_log_p(p, x, lse, rows, cols, target, log_p_target, input_is_log_probs):
+    """log p at the (rows, cols) entries with large p, precise near p = 1 as :func:`_precise_log_p_target`
+    makes log p_y: the target's own value where the entry is the target, else (a confidently wrong class,
+    rare) from the sum of the row's other probabilities where p > 1/2."""
+    log_p = x[rows, cols] - lse.index_select(0, rows)
+    if input_is_log_probs:
+        return log_p
+    is_target = cols == target.index_select(0, rows)
+    log_p = torch.where(is_target, log_p_target.index_select(0, rows), log_p)
+    wrong = (~is_target).nonzero().squeeze(1)
+    if wrong.numel():
+        wrong_rows, wrong_cols = rows.index_select(0, wrong), cols.index_select(0, wrong).unsqueeze(1)
+        sub = p.index_select(0, wrong_rows)
+        p_large = sub.gather(1, wrong_cols).squeeze(1)
+        others = sub.scatter_(1, wrong_cols, 0.0).sum(-1)
+        log_p[wrong] = torch.where(p_large > 0.5, torch.log1p(-others), log_p.index_select(0, wrong))
+    return log_p
+
+
 def _torch_chunk(x, target, keep, sum_x, grad_out, scratch, cfg: LossConfig, scale: float):
     """One chunk of rows: returns (log p_y, sum_k log p_k, sum_k b(p_k)) per row and, when
     ``grad_out`` is given, writes scale * dL/dx of the rows into it (zero on ignored rows).
@@ -172,7 +191,7 @@ def _torch_chunk(x, target, keep, sum_x, grad_out, scratch, cfg: LossConfig, sca
     sum_bonus = p_over_one_minus_p = None
     if cfg.dense_bonus:
         rows, cols = _large_p_positions(p, p.amax(-1), p_target, target, min(LARGE_P, cfg.log_end))
-        log_p_large = x[rows, cols] - lse.index_select(0, rows)
+        log_p_large = _large_log_p(p, x, lse, rows, cols, target, log_p_target, cfg.input_is_log_probs)
         one = torch.ones((), dtype=dtype, device=x.device)
         one_minus_p = torch.add(one, p, alpha=-1.0, out=work)
         one_minus_p[rows, cols] = 1.0
@@ -184,9 +203,13 @@ def _torch_chunk(x, target, keep, sum_x, grad_out, scratch, cfg: LossConfig, sca
 
     if grad_out is not None:
         slope_target = bonus_slope_times_p(log_p_target, cfg.log_end)
-        total_g = rho * w_target * slope_target  # G = rho sum_k q_k p_k b'(p_k)
+        q_target = w_target + q_other
+        g_target = rho * q_target * slope_target  # g_y = rho q_y p_y b'(p_y)
+        g_others = torch.zeros_like(g_target)  # sum_{k != y} g_k
         if cfg.dense_bonus:
-            total_g = total_g - rho * q_other * p_over_one_minus_p.sum(-1)
+            p_over_one_minus_p.scatter_(1, target_column, 0.0)  # (the target's column is written below)
+            g_others = -rho * q_other * p_over_one_minus_p.sum(-1)
+        total_g = g_target + g_others  # G = sum_k g_k
         # every class: p_j (1 - G) - q_o + rho q_o p_j b'(p_j)    (logits)
         #                          - q_o + rho q_o p_j b'(p_j)    (log-probabilities)
         # times the scale, and 0 on ignored rows
@@ -195,13 +218,17 @@ def _torch_chunk(x, target, keep, sum_x, grad_out, scratch, cfg: LossConfig, sca
         if cfg.dense_bonus:
             other = torch.addcmul(other, p_over_one_minus_p, (row_scale * (-rho * q_other)).unsqueeze(1),
                                   out=p_over_one_minus_p)
-        # the target: add -w_y + rho w_y p_y b'(p_y), computed in full precision and written once
-        grad_target = (-q_other - w_target + rho * (w_target + q_other) * slope_target) * row_scale
+        # the target, computed in full precision and written once: -q_y + g_y (log-probabilities), or
+        # p_y - q_y + g_y - p_y G = (1 - q_y) - (1 - p_y) + g_y (1 - p_y) - p_y sum_{k != y} g_k (logits),
+        # free of the cancellation between g_y and p_y G (both ~1 / (1 - p_y)) near the 1e-5 clamp
         if cfg.input_is_log_probs:
+            grad_target = (g_target - q_target) * row_scale
             grad_out.copy_(other.expand_as(grad_out))
         else:
+            one_minus_p_target = -torch.expm1(log_p_target)
+            grad_target = ((1.0 - q_target) - one_minus_p_target + g_target * one_minus_p_target
+                           - torch.exp(log_p_target) * g_others) * row_scale
             row_factor = (1.0 - total_g) * row_scale
-            grad_target = grad_target + torch.exp(log_p_target) * row_factor
             torch.addcmul(other, p, row_factor.unsqueeze(1), out=grad_out)
         grad_out.scatter_(1, target_column, grad_target.unsqueeze(1).to(grad_out.dtype))
     return log_p_target, sum_log_p, sum_bonus
