@@ -22,9 +22,12 @@ def test_registered_by_plain_import_of_fairseq():
     assert CRITERION_REGISTRY[CRITERION_NAME] is LabelSmoothedEncouragingLossCriterion
 
 
-def test_default_smoothing_convention_is_installed_fairseqs():
-    # fairseq >= 0.12 spreads eps over the V - 1 non-target classes
-    assert str(LabelSmoothedEncouragingLossConfig().smoothing_convention) == "fairseq"
+def test_default_smoothing_convention_is_installed_fairseqs(toy_data_bin):
+    # 'auto', resolved when the criterion is built: fairseq >= 0.12 spreads eps over the V - 1 non-target classes
+    assert str(LabelSmoothedEncouragingLossConfig().smoothing_convention) == "auto"
+    _, _, el, _ = build(toy_data_bin, "--criterion", CRITERION_NAME, "--label-smoothing", "0.1")
+    assert el.smoothing_convention == "fairseq"
+    assert isinstance(el, LabelSmoothedCrossEntropyCriterion)  # built on fairseq's own criterion
 
 
 def build(data_bin, *criterion_args, seed=3):

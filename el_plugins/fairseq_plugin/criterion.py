@@ -5,9 +5,11 @@ encouraging-loss bonus (Zhao et al., AAAI 2022, https://arxiv.org/abs/2110.06537
 
 Per target token, with q the smoothed target and b the (conservative) bonus:
 ``loss = sum_k q_k (-log p_k + rho b(p_k))``; ``--bonus-weight 0`` is fairseq's
-``label_smoothed_cross_entropy`` (bit for bit with ``--el-implementation reference``). The math lives in :mod:`el_plugins.functional` (the reference)
-and :mod:`el_plugins.ops` (the fused, memory-efficient default: it takes the decoder's logits and
-keeps only their gradient, instead of fp32 log-probabilities and autograd intermediates).
+``label_smoothed_cross_entropy`` (bit for bit with ``--el-implementation reference``). It subclasses
+fairseq's LabelSmoothedCrossEntropyCriterion and its config; only ``compute_loss`` differs. The math
+lives in :mod:`el_plugins.functional` (the reference) and :mod:`el_plugins.ops` (the fused,
+memory-efficient default: it takes the decoder's logits and keeps only their gradient, instead of
+fp32 log-probabilities and autograd intermediates).
 """
 import argparse
 import math
@@ -15,13 +17,14 @@ from dataclasses import dataclass, field
 
 import torch
 from fairseq import utils
-from fairseq.criterions import FairseqCriterion, register_criterion
-from fairseq.dataclass import ChoiceEnum, FairseqDataclass
+from fairseq.criterions import register_criterion
+from fairseq.criterions.label_smoothed_cross_entropy import (LabelSmoothedCrossEntropyCriterion,
+                                                             LabelSmoothedCrossEntropyCriterionConfig)
+from fairseq.dataclass import ChoiceEnum
 from fairseq.models import BaseFairseqModel
 from fairseq.models.fairseq_decoder import FairseqDecoder
 from fairseq.models.transformer import TransformerModelBase
 from fairseq.logging import metrics
-from omegaconf import II
 
 from el_plugins import functional as EF
 from el_plugins.ops import fused_encouraging_loss_with_stats
@@ -63,16 +66,16 @@ def normalizes_with_plain_log_softmax(model) -> bool:
             and type(decoder).get_normalized_probs_scriptable is FairseqDecoder.get_normalized_probs_scriptable)
 
 
-SMOOTHING_CONVENTION_CHOICES = ChoiceEnum(list(EF.SMOOTHING_CONVENTIONS))
+SMOOTHING_CONVENTION_CHOICES = ChoiceEnum(["auto", *EF.SMOOTHING_CONVENTIONS])
 IMPLEMENTATIONS = ("fused", "reference")
 IMPLEMENTATION_CHOICES = ChoiceEnum(list(IMPLEMENTATIONS))
 
 
 @dataclass
-class LabelSmoothedEncouragingLossConfig(FairseqDataclass):
-    label_smoothing: float = field(
-        default=0.0, metadata={"help": "epsilon for label smoothing, in [0, 1); 0 means no label smoothing"}
-    )
+class LabelSmoothedEncouragingLossConfig(LabelSmoothedCrossEntropyCriterionConfig):
+    """fairseq's label_smoothed_cross_entropy options (--label-smoothing, --report-accuracy,
+    --ignore-prefix-size, sentence_avg) and EL's own."""
+
     log_end: float = field(
         default=0.75,
         metadata={"help": "where the bonus log(1-p) turns into its tangent, in (0, 1]: 1 is the normal "
@@ -82,10 +85,10 @@ class LabelSmoothedEncouragingLossConfig(FairseqDataclass):
         default=1.0, metadata={"help": "weight rho of the bonus, >= 0; 0 gives label_smoothed_cross_entropy"}
     )
     smoothing_convention: SMOOTHING_CONVENTION_CHOICES = field(
-        default=installed_fairseq_smoothing_convention(),
-        metadata={"help": "how smoothing spreads epsilon: 'fairseq' = eps/(V-1) off the target (fairseq >= 0.12, "
-                          "the default when that is the installed fairseq), 'paper' = eps/V on every class "
-                          "(fairseq 0.10, timm, the paper's reference code)"},
+        default="auto",
+        metadata={"help": "how smoothing spreads epsilon: 'fairseq' = eps/(V-1) off the target (fairseq >= 0.12), "
+                          "'paper' = eps/V on every class (fairseq 0.10, timm, the paper's reference code); "
+                          "'auto' (default): the installed fairseq's own convention"},
     )
     el_implementation: IMPLEMENTATION_CHOICES = field(
         default="fused",
@@ -93,9 +96,6 @@ class LabelSmoothedEncouragingLossConfig(FairseqDataclass):
                           "intermediates (less memory); 'reference': plain autograd on fairseq's log-probabilities, "
                           "with --bonus-weight 0 bit-for-bit label_smoothed_cross_entropy"},
     )
-    report_accuracy: bool = field(default=False, metadata={"help": "report accuracy metric"})
-    ignore_prefix_size: int = field(default=0, metadata={"help": "Ignore first N tokens"})
-    sentence_avg: bool = II("optimization.sentence_avg")
 
 
 CHECKED_OPTIONS = {"label_smoothing": ("--label-smoothing", EF.check_label_smoothing),
@@ -120,7 +120,26 @@ def checked_number(flag, check):
 
 
 @register_criterion(CRITERION_NAME, dataclass=LabelSmoothedEncouragingLossConfig)
-class LabelSmoothedEncouragingLossCriterion(FairseqCriterion):
+class LabelSmoothedEncouragingLossCriterion(LabelSmoothedCrossEntropyCriterion):
+    """fairseq's label_smoothed_cross_entropy with EL's loss in ``compute_loss``; ``forward``,
+    ``compute_accuracy`` and the metrics are fairseq's, plus EL's own logged terms (bonus, p_target,
+    past_log_end, all summable across workers)."""
+
+    def __init__(self, task, sentence_avg, label_smoothing, log_end=0.75, bonus_weight=1.0,
+                 smoothing_convention="auto", el_implementation="fused", ignore_prefix_size=0,
+                 report_accuracy=False):
+        if ignore_prefix_size < 0:
+            raise ValueError(f"--ignore-prefix-size must be >= 0, got {ignore_prefix_size}")
+        super().__init__(task, sentence_avg, EF.check_label_smoothing(label_smoothing, "--label-smoothing"),
+                         ignore_prefix_size=ignore_prefix_size, report_accuracy=report_accuracy)
+        self.log_end = EF.check_log_end(log_end, "--log-end")
+        self.bonus_weight = EF.check_bonus_weight(bonus_weight, "--bonus-weight")
+        convention = EF.check_choice(str(smoothing_convention), ("auto", *EF.SMOOTHING_CONVENTIONS),
+                                     "--smoothing-convention")
+        self.smoothing_convention = installed_fairseq_smoothing_convention() if convention == "auto" else convention
+        self.implementation = EF.check_choice(str(el_implementation), IMPLEMENTATIONS, "--el-implementation")
+        self._el_logging = {}
+
     @classmethod
     def add_args(cls, parser):
         """fairseq's flags from the config dataclass, with the range checks as their argparse types."""
@@ -138,53 +157,13 @@ class LabelSmoothedEncouragingLossCriterion(FairseqCriterion):
         except ValueError as exc:
             raise SystemExit(f"{CRITERION_NAME}: error: {exc}") from None
 
-    def __init__(self, task, sentence_avg, label_smoothing, log_end=0.75, bonus_weight=1.0,
-                 smoothing_convention="fairseq", el_implementation="fused", ignore_prefix_size=0,
-                 report_accuracy=False):
-        super().__init__(task)
-        self.sentence_avg = sentence_avg
-        self.eps = EF.check_label_smoothing(label_smoothing, "--label-smoothing")
-        self.log_end = EF.check_log_end(log_end, "--log-end")
-        self.bonus_weight = EF.check_bonus_weight(bonus_weight, "--bonus-weight")
-        self.smoothing_convention = EF.check_choice(
-            str(smoothing_convention), EF.SMOOTHING_CONVENTIONS, "--smoothing-convention")
-        self.implementation = EF.check_choice(str(el_implementation), IMPLEMENTATIONS, "--el-implementation")
-        if ignore_prefix_size < 0:
-            raise ValueError(f"--ignore-prefix-size must be >= 0, got {ignore_prefix_size}")
-        self.ignore_prefix_size = ignore_prefix_size
-        self.report_accuracy = report_accuracy
-
     def forward(self, model, sample, reduce=True):
-        """Returns (loss, sample_size, logging_output), as fairseq's label_smoothed_cross_entropy."""
-        net_output = model(**sample["net_input"])
-        scores, target, are_log_probs = self.get_scores_and_target(model, net_output, sample)
-        out = self.compute_terms(scores, target, reduce=reduce, input_is_log_probs=are_log_probs)
-        sample_size = sample["target"].size(0) if self.sentence_avg else sample["ntokens"]
-        logging_output = {
-            "loss": out.loss.data,
-            "nll_loss": out.nll_loss.data,
-            "el_bonus": out.bonus.data,
-            "p_target": out.target_prob.data,
-            "n_past_log_end": out.past_log_end.data,
-            "ntokens": sample["ntokens"],
-            "nsentences": sample["target"].size(0),
-            "sample_size": sample_size,
-        }
-        if self.report_accuracy:
-            n_correct, total = self.compute_accuracy(scores, target)
-            logging_output["n_correct"] = utils.item(n_correct.data)
-            logging_output["total"] = utils.item(total.data)
-        return out.loss, sample_size, logging_output
+        """fairseq's (loss, sample_size, logging_output), with EL's terms added to the logging output."""
+        loss, sample_size, logging_output = super().forward(model, sample, reduce=reduce)
+        logging_output.update(self._el_logging)
+        return loss, sample_size, logging_output
 
-    def get_lprobs_and_target(self, model, net_output, sample):
-        lprobs = model.get_normalized_probs(net_output, log_probs=True)
-        target = model.get_targets(sample, net_output)
-        if self.ignore_prefix_size > 0:
-            lprobs = lprobs[:, self.ignore_prefix_size:, :].contiguous()
-            target = target[:, self.ignore_prefix_size:].contiguous()
-        return lprobs.view(-1, lprobs.size(-1)), target.view(-1)
-
-    def get_scores_and_target(self, model, net_output, sample):
+    def get_logits_and_target(self, model, net_output, sample):
         """(scores, target, are_log_probs): the decoder's raw logits for the fused implementation when its
         normalization is the plain log-softmax (no adaptive softmax, no override), else fairseq's log-probs."""
         if self.implementation == "fused" and normalizes_with_plain_log_softmax(model):
@@ -196,49 +175,36 @@ class LabelSmoothedEncouragingLossCriterion(FairseqCriterion):
         return lprobs, target, True
 
     def compute_terms(self, scores, target, reduce=True, input_is_log_probs=True) -> EF.EncouragingLossOutput:
-        terms = fused_encouraging_loss_with_stats if self.implementation == "fused" else EF.encouraging_loss_with_stats
-        return terms(
+        """EL of (tokens, V) scores (logits, or log-probabilities) with this criterion's settings, summed over
+        the non-padding tokens (or per token with ``reduce=False``)."""
+        loss_fn = fused_encouraging_loss_with_stats if self.implementation == "fused" else EF.encouraging_loss_with_stats
+        return loss_fn(
             scores, target, log_end=self.log_end, label_smoothing=self.eps, bonus_weight=self.bonus_weight,
             ignore_index=self.padding_idx, reduction="sum" if reduce else "none",
             smoothing_convention=self.smoothing_convention, input_is_log_probs=input_is_log_probs,
         )
 
     def compute_loss(self, model, net_output, sample, reduce=True):
-        """(loss, nll_loss), the interface of fairseq's label_smoothed_cross_entropy."""
-        scores, target, are_log_probs = self.get_scores_and_target(model, net_output, sample)
+        """(loss, nll_loss), the interface of fairseq's label_smoothed_cross_entropy; EL's logged terms
+        (el_bonus, p_target, n_past_log_end) are kept for :meth:`forward`'s logging output."""
+        scores, target, are_log_probs = self.get_logits_and_target(model, net_output, sample)
         out = self.compute_terms(scores, target, reduce=reduce, input_is_log_probs=are_log_probs)
+        self._el_logging = {"el_bonus": out.bonus.data, "p_target": out.target_prob.data,
+                            "n_past_log_end": out.past_log_end.data}
         return out.loss, out.nll_loss
-
-    def compute_accuracy(self, scores, target):
-        mask = target.ne(self.padding_idx)
-        n_correct = torch.sum(scores.argmax(1).masked_select(mask).eq(target.masked_select(mask)))
-        return n_correct, torch.sum(mask)
 
     @classmethod
     def reduce_metrics(cls, logging_outputs) -> None:
-        """Aggregate logging outputs (summed across workers). loss, nll_loss and bonus in bits."""
+        """fairseq's metrics, plus bonus (bits per sample_size unit, like loss), p_target and past_log_end
+        (per target token)."""
+        super().reduce_metrics(logging_outputs)
+
         def total(key):
             return utils.item(sum(log.get(key, 0) for log in logging_outputs))
 
         sample_size, ntokens = total("sample_size"), total("ntokens")
         if sample_size > 0:
-            metrics.log_scalar("loss", total("loss") / sample_size / math.log(2), sample_size, round=3)
             metrics.log_scalar("bonus", total("el_bonus") / sample_size / math.log(2), sample_size, round=3)
         if ntokens > 0:
-            metrics.log_scalar("nll_loss", total("nll_loss") / ntokens / math.log(2), ntokens, round=3)
-            metrics.log_derived("ppl", lambda meters: utils.get_perplexity(meters["nll_loss"].avg))
             metrics.log_scalar("p_target", total("p_target") / ntokens, ntokens, round=3)
             metrics.log_scalar("past_log_end", total("n_past_log_end") / ntokens, ntokens, round=3)
-        n_total = total("total")
-        if n_total > 0:
-            metrics.log_scalar("total", n_total)
-            metrics.log_scalar("n_correct", total("n_correct"))
-            metrics.log_derived(
-                "accuracy",
-                lambda meters: round(meters["n_correct"].sum * 100.0 / meters["total"].sum, 3)
-                if meters["total"].sum > 0 else float("nan"),
-            )
-
-    @staticmethod
-    def logging_outputs_can_be_summed() -> bool:
-        return True
