@@ -44,7 +44,8 @@ def precision(grad, truth, dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("route", sorted(ROUTES))
+@pytest.mark.parametrize("route", [pytest.param(r, marks=pytest.mark.slow) if ROUTES[r][0] * ROUTES[r][1] > 10**7 else r
+                                   for r in sorted(ROUTES)])
 def test_fused_gradient_as_precise_as_autograd(route, dtype):
     rows, classes, kwargs, scale = ROUTES[route]
     z, target = trained_like_logits(rows, classes)
