@@ -214,6 +214,30 @@ def test_second_backward_after_scaled_grad_output_raises():
         loss.backward()
 
 
+def test_fused_limits_say_what_is_supported():
+    """A third backward (after .grad accumulated into the handed-on buffer), gradcheck with reduction='none'
+    (one backward per output with different grad_outputs), double backward: a message naming the reference,
+    not torch's generic in-place error, a Jacobian mismatch or a silently missing second derivative."""
+    z, t = make_logits()
+    x = z.requires_grad_()
+    loss = fused_encouraging_loss(x, t, label_smoothing=0.1, ignore_index=PAD, reduction="sum")
+    loss.backward(retain_graph=True)
+    loss.backward(retain_graph=True)  # x.grad += buffer: accumulated into the buffer itself
+    with pytest.raises(RuntimeError, match="second backward pass .* not supported.*implementation='reference'"):
+        loss.backward()
+
+    small, small_t = make_logits(n=5, v=7)
+
+    def per_row(inp):
+        return fused_encouraging_loss(inp, small_t, label_smoothing=0.1, ignore_index=PAD, reduction="none")
+
+    with pytest.raises(RuntimeError, match="not supported.*implementation='reference'"):
+        torch.autograd.gradcheck(per_row, (small.requires_grad_(),))
+    x = z.detach().requires_grad_()
+    with pytest.raises(RuntimeError, match="no second derivative .*implementation='reference'"):
+        torch.autograd.grad(fused_encouraging_loss(x, t, reduction="sum"), x, create_graph=True)
+
+
 def test_stats_carry_no_gradient():
     z, t = make_logits()
     out = fused_encouraging_loss_with_stats(z.requires_grad_(), t, label_smoothing=0.1, ignore_index=PAD)

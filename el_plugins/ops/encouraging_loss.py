@@ -23,8 +23,8 @@ and the gradient of the logits that autograd keeps or creates.
 
 The buffer is consumed by the backward pass, so the op supports one backward pass per forward (the
 usual case); a second one raises a RuntimeError that says so (it works only while the buffer is intact:
-a grad_output of 1 on the CPU, nothing accumulated into the handed-on gradient), and double backward
-raises torch's once-differentiable error. Use
+a grad_output of 1 on the CPU, nothing accumulated into the handed-on gradient); backward with
+create_graph=True (double backward) raises one too. Use
 ``implementation="reference"`` (plain autograd) for those.
 """
 from __future__ import annotations
@@ -67,6 +67,11 @@ SINGLE_BACKWARD_ONLY = (
     "the fused encouraging loss computes its gradient in the forward pass and hands it to the one backward "
     "pass it supports; a second backward pass through the same graph is not supported: compute the loss "
     "again, or use implementation='reference' (plain autograd: repeated and double backward, gradcheck)")
+
+
+NO_DOUBLE_BACKWARD = (
+    "the fused encouraging loss has no second derivative (backward with create_graph=True, double backward, "
+    "gradient penalties through the loss): use implementation='reference' (plain autograd) for those")
 
 
 class LossConfig(NamedTuple):
@@ -306,10 +311,11 @@ class _FusedEncouragingLoss(torch.autograd.Function):
         return loss_r, nll_r, bonus_r, p_target_r, past_r
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_loss, *unused):
         if ctx.consumed:  # scaled in place by an earlier backward pass
             raise RuntimeError(SINGLE_BACKWARD_ONLY)
+        if torch.is_grad_enabled():  # backward(create_graph=True): the gradient would have no gradient itself
+            raise RuntimeError(NO_DOUBLE_BACKWARD)
         try:
             (grad,) = ctx.saved_tensors
         except RuntimeError as exc:  # handed on as .grad and accumulated into since
