@@ -18,6 +18,7 @@ import sys
 from typing import List, Optional
 
 from el_plugins.analysis.report import PLOT_FILES, AnalysisError
+from el_plugins.devices import add_device_argument
 
 
 def _typed(convert, valid, allowed):
@@ -50,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--log-end", type=_log_end, default=0.75, metavar="P",
                    help="rows with p_y > P count as well-classified (default: 0.75)")
     g.add_argument("--bins", type=_positive_int, default=15, metavar="N", help="ECE confidence bins (default: 15)")
-    g.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    add_device_argument(g)
     g.add_argument("--batch-size", type=_positive_int, default=None, metavar="N",
                    help="images per batch (timm, default 64) / max sentences per batch (fairseq)")
     g.add_argument("--max-batches", type=_positive_int, default=None, metavar="N",

@@ -8,18 +8,9 @@ from typing import List
 
 import torch
 
-from el_plugins.analysis.report import AnalysisError, resolve_device as _device
+from el_plugins.analysis.report import AnalysisError, checked_device
 from el_plugins.analysis.streaming import StreamingAnalysis
-
-
-def _move(sample, device):
-    if isinstance(sample, torch.Tensor):
-        return sample.to(device, non_blocking=True)
-    if isinstance(sample, dict):
-        return {k: _move(v, device) for k, v in sample.items()}
-    if isinstance(sample, (list, tuple)):
-        return type(sample)(_move(v, device) for v in sample)
-    return sample
+from el_plugins.devices import move_to_device, prepare_model
 
 
 def load(path: str, data: str):
@@ -65,7 +56,7 @@ def evaluate(model, task, split: str, analysis: StreamingAnalysis, device, *, ma
             break
         if not sample or "net_input" not in sample:
             continue
-        sample = _move(sample, device)
+        sample = move_to_device(sample, device)
         net_output = model(**sample["net_input"])
         logits = net_output[0]
         target = model.get_targets(sample, net_output)
@@ -77,11 +68,11 @@ def evaluate(model, task, split: str, analysis: StreamingAnalysis, device, *, ma
 def run(args, names: List[str]):
     if not os.path.isdir(args.data):
         raise AnalysisError(f"--data {args.data}: no such folder (a fairseq-preprocess output, data-bin)")
-    device = _device(args.device)
+    device = checked_device(args.device)
     runs, skipped = {}, {}
     for path, name in zip(args.checkpoint, names):
         model, task = load(path, args.data)
-        model.float().to(device).eval()
+        prepare_model(model, device, dtype=torch.float32)
         analysis = StreamingAnalysis(log_end=args.log_end, n_bins=args.bins)
         skipped[name] = evaluate(model, task, args.split, analysis, device, max_tokens=args.max_tokens,
                                  batch_size=args.batch_size, desc=f"{name} {args.split}", progress=args.progress,

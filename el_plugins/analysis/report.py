@@ -26,17 +26,15 @@ class AnalysisError(Exception):
     """A bad input that el-analyze reports as one clear line (exit status 2)."""
 
 
-def resolve_device(name: str):
-    """torch.device(name), or an AnalysisError saying why it cannot be used here."""
-    import torch
+def checked_device(name):
+    """``el_plugins.devices.resolve_device(name)``, its ValueError as an AnalysisError (for ``run(args)``
+    called with a ``--device`` that did not come through the parser)."""
+    from el_plugins.devices import resolve_device
 
     try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise AnalysisError(f"--device {name}: {exc}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise AnalysisError(f"--device {name}: CUDA is not available here (use --device cpu)")
-    return device
+        return resolve_device(name)
+    except ValueError as exc:
+        raise AnalysisError(str(exc)) from None
 
 
 # --------------------------------------------------------------------------- report.json

@@ -11,8 +11,9 @@ import torch
 
 from el_plugins.checkpoints import allow_training_checkpoint_globals
 
-from el_plugins.analysis.report import AnalysisError, resolve_device as _device
+from el_plugins.analysis.report import AnalysisError, checked_device
 from el_plugins.analysis.streaming import StreamingAnalysis
+from el_plugins.devices import move_to_device, prepare_model
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 STATE_DICT_KEYS = ("state_dict", "model", "module", "net")
@@ -184,7 +185,7 @@ def evaluate(model, loader, analysis: StreamingAnalysis, device, *, ood: bool, d
                                                unit="batch", leave=False)):
         if max_batches is not None and i >= max_batches:
             break
-        logits = model(images.to(device, non_blocking=True))
+        logits = model(move_to_device(images, device))
         if ood:
             analysis.update_ood(logits)
         else:
@@ -196,7 +197,7 @@ def run(args, names: List[str]):
     check_image_folder(args.data, "--data", need_classes=True)
     if args.ood_data:
         check_image_folder(args.ood_data, "--ood-data", need_classes=False)
-    device = _device(args.device)
+    device = checked_device(args.device)
     model_kwargs = parse_model_kwargs(args.model_kwargs)
     states = [load_checkpoint_state_dict(p, args.use_ema, args.trust_checkpoint) for p in args.checkpoint]
 
@@ -232,7 +233,7 @@ def run(args, names: List[str]):
     ood = ImageList(args.ood_data, transform) if args.ood_data else None
     loader_kw = dict(batch_size=args.batch_size, shuffle=False, num_workers=args.workers,
                      pin_memory=device.type == "cuda")
-    model.to(device).eval()
+    prepare_model(model, device)
 
     runs = {}
     for (state, _), path, name in zip(states, args.checkpoint, names):

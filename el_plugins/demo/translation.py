@@ -3,6 +3,9 @@
 prepare (sentencepiece) -> fairseq-preprocess -> fairseq-train LS-CE and EL (el-translation-train's
 command, recipe 'toy') -> el-average-checkpoints -> fairseq-generate beam 5 + el-bleu scoring ->
 token-level valid nll / target probability / margins with el_plugins.analysis.
+
+One ``device`` for all of it: fairseq-train and fairseq-generate get ``--cpu`` unless it is a CUDA
+device (for cuda:N they see only that GPU); the analysis moves the averaged model and its batches to it.
 """
 import os
 import re
@@ -10,10 +13,12 @@ import subprocess
 import sys
 import time
 
+import torch
 from tqdm import tqdm
 
 from el_plugins.analysis import StreamingAnalysis
 from el_plugins.analysis.fairseq_eval import evaluate, load
+from el_plugins.devices import prepare_model, resolve_device, subprocess_env
 from el_plugins.translation import bleu, recipe
 from el_plugins.translation.average_checkpoints import average_checkpoints, save_atomic, select_checkpoints
 from el_plugins.translation.prepare import prepare_parallel_corpus
@@ -22,12 +27,12 @@ LOSS_NAMES = {"ce": "LS-CE", "el": "EL"}
 _VALID = re.compile(r"\| valid on 'valid' subset \|.*")
 
 
-def train_with_progress(cmd, log_path, total_updates, desc):
+def train_with_progress(cmd, log_path, total_updates, desc, env=None):
     """Run fairseq-train, mirror its output to log_path, show a progress bar; per-epoch validation rows."""
     curve = []
     with open(log_path, "w") as log, tqdm(total=total_updates, desc=desc, unit="upd", file=sys.stderr,
                                           dynamic_ncols=True) as bar:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         for line in proc.stdout:
             log.write(line)
             m = re.search(r"num_updates[= ](\d+)", line)
@@ -43,9 +48,21 @@ def train_with_progress(cmd, log_path, total_updates, desc):
     return curve
 
 
-def run_translation(out, splits, src, tgt, *, cpu=True, max_update=400, vocab_size=600, average_last=5, seed=1,
+def analyze_checkpoint(path, data_bin, device, analysis, *, split="valid", max_tokens=4000, desc=None, progress=True):
+    """Teacher-forced token analysis of one checkpoint over ``split``, fed into ``analysis``: the model
+    (in float32, eval mode) and its batches both go to ``device``. Returns the model."""
+    device = torch.device(device)
+    model, task = load(path, data_bin)
+    prepare_model(model, device, dtype=torch.float32)
+    evaluate(model, task, split, analysis, device, max_tokens=max_tokens, batch_size=None, desc=desc, progress=progress)
+    return model
+
+
+def run_translation(out, splits, src, tgt, *, device="cpu", max_update=400, vocab_size=600, average_last=5, seed=1,
                     log_end=0.5, eval_max_tokens=4000):
     """Returns {'data': ..., 'runs': {name: metrics}, 'curves': {name: [...]}, 'margins': {name: np.ndarray}}."""
+    device = resolve_device(device)
+    cpu, env = device.type != "cuda", subprocess_env(device)
     t0 = time.time()
     print(f"[translation] preparing {len(splits['train'][0])} training pairs (sentencepiece {vocab_size}, fairseq-preprocess)",
           file=sys.stderr, flush=True)
@@ -60,19 +77,18 @@ def run_translation(out, splits, src, tgt, *, cpu=True, max_update=400, vocab_si
         os.makedirs(run_dir, exist_ok=True)
         cmd = recipe.train_command("toy", data_bin, os.path.join(run_dir, "checkpoints"), loss=loss, seed=seed,
                                    cpu=cpu, max_update=max_update, log_end=log_end if loss == "el" else None)
-        curve = train_with_progress(cmd, os.path.join(run_dir, "train.log"), max_update, f"[translation] train {name}")
+        curve = train_with_progress(cmd, os.path.join(run_dir, "train.log"), max_update, f"[translation] train {name}",
+                                    env=env)
         paths = select_checkpoints(os.path.join(run_dir, "checkpoints"), num_epoch=average_last)
         averaged = os.path.join(run_dir, f"average_last{len(paths)}.pt")
         save_atomic(average_checkpoints(paths), averaged)
-        gen = bleu.generate(data_bin, averaged, beam=5, cpu=cpu)
+        gen = bleu.generate(data_bin, averaged, beam=5, cpu=cpu, env=env)
         hyps, refs, fairseq_bleu = bleu.parse_generate_output(gen)
         with open(raw_refs, encoding="utf-8") as f:
             scores = bleu.score(hyps, refs, tgt, [line.rstrip("\n") for line in f])
-        model, task = load(averaged, data_bin)
-        model.float().eval()
         analysis = StreamingAnalysis(log_end=log_end)
-        evaluate(model, task, "valid", analysis, "cpu" if cpu else "cuda", max_tokens=eval_max_tokens, batch_size=None,
-                 desc=f"[translation] analyze {name}", progress=True)
+        analyze_checkpoint(averaged, data_bin, device, analysis, max_tokens=eval_max_tokens,
+                           desc=f"[translation] analyze {name}")
         summary = analysis.summary()
         margins[name] = analysis.arrays()["id"]["margin"]
         result["curves"][name] = curve

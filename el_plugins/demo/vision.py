@@ -9,6 +9,7 @@ from tqdm import tqdm
 
 from el_plugins.analysis import StreamingAnalysis
 from el_plugins.demo.digits import write_digits_image_folder
+from el_plugins.devices import move_to_device, resolve_device
 
 MODEL = "test_resnet"
 
@@ -26,24 +27,34 @@ def _evaluate(model, loader, device, log_end):
     model.eval()
     analysis = StreamingAnalysis(log_end=log_end)
     for x, y in loader:
-        analysis.update(model(x.to(device)), y.to(device))
+        x, y = move_to_device((x, y), device)
+        analysis.update(model(x), y)
     model.train()
     return analysis
 
 
-def train_digits(loss_type, data_root, out_dir, *, epochs=10, device="cpu", seed=0, log_end=0.75, lr=2e-3):
-    """Train one model; returns (metrics dict, per-epoch curve, validation margins array)."""
+def make_task(loss_type, device, log_end=0.75):
+    """(model, timm ClassificationTask) of one run, both on ``device``: the task's ``device`` argument
+    only places its criterion, so the task (model included) is moved, as timm's train.py moves its model."""
     import timm
-    from timm.optim import create_optimizer_v2
     from timm.task import ClassificationTask
 
-    torch.manual_seed(seed)
     device = torch.device(device)
-    train_loader = _loader(data_root, "train", True, 64)
-    val_loader = _loader(data_root, "validation", False, 256)
     model = timm.create_model(MODEL, num_classes=10)
     kwargs = dict(loss_type=loss_type, el_log_end=log_end) if loss_type == "el" else dict(loss_type=loss_type)
-    task = ClassificationTask(model, criterion_kwargs=kwargs, device=device)
+    task = move_to_device(ClassificationTask(model, criterion_kwargs=kwargs, device=device), device)
+    return model, task
+
+
+def train_digits(loss_type, data_root, out_dir, *, epochs=10, device="cpu", seed=0, log_end=0.75, lr=2e-3):
+    """Train one model; returns (metrics dict, per-epoch curve, validation margins array)."""
+    from timm.optim import create_optimizer_v2
+
+    torch.manual_seed(seed)
+    device = resolve_device(device)
+    train_loader = _loader(data_root, "train", True, 64)
+    val_loader = _loader(data_root, "validation", False, 256)
+    model, task = make_task(loss_type, device, log_end)
     optimizer = create_optimizer_v2(task.get_trainable_module(), opt="adamw", lr=lr, weight_decay=0.05)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=epochs * len(train_loader))
     curve, t0 = [], time.time()
@@ -53,7 +64,8 @@ def train_digits(loss_type, data_root, out_dir, *, epochs=10, device="cpu", seed
         for epoch in range(1, epochs + 1):
             total, count = 0.0, 0
             for x, y in train_loader:
-                loss = task(x.to(device), y.to(device))["loss"]
+                x, y = move_to_device((x, y), device)
+                loss = task(x, y)["loss"]
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()

@@ -89,8 +89,9 @@ def score(hyps_tok: List[str], refs_tok: List[str], lang: str, raw_refs: Optiona
 
 
 def generate(data_bin: str, path: str, *, beam: int = 5, subset: str = "test", post_process: str = "sentencepiece",
-             cpu: bool = False, max_tokens: int = 8000, extra: Sequence[str] = ()) -> str:
-    """Run fairseq-generate; returns its stdout (raises with the tail of its output if it fails)."""
+             cpu: bool = False, max_tokens: int = 8000, extra: Sequence[str] = (), env=None) -> str:
+    """Run fairseq-generate (in ``env``, default this process's environment); returns its stdout
+    (raises with the tail of its output if it fails)."""
     cmd = [os.path.join(os.path.dirname(sys.executable), "fairseq-generate"), data_bin, "--path", path,
            "--beam", str(beam), "--gen-subset", subset, "--max-tokens", str(max_tokens), "--num-workers", "0",
            # fairseq-fixed 0.12.3.1 drops the last len % 8 sentences with the default multiple of 8
@@ -99,7 +100,7 @@ def generate(data_bin: str, path: str, *, beam: int = 5, subset: str = "test", p
         cmd += ["--post-process", post_process]
     if cpu:
         cmd.append("--cpu")
-    proc = subprocess.run([*cmd, *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.run([*cmd, *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"fairseq-generate failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}")
     return proc.stdout
