@@ -181,12 +181,20 @@ def _check_dense_loss_args(input, target, *, log_end, bonus_weight, reduction, w
     return log_end, rho
 
 
-def _reduce(x: torch.Tensor, reduction: str, count: torch.Tensor) -> torch.Tensor:
+def reduce_rows(x: torch.Tensor, reduction: str, count: torch.Tensor) -> torch.Tensor:
+    """Per-row values reduced: 'sum', 'mean' (divided by ``count``, at least 1: no rows give 0, not NaN), 'none'."""
     if reduction == "sum":
         return x.sum()
     if reduction == "mean":
         return x.sum() / count.clamp(min=1)
     return x
+
+
+IMPLEMENTATIONS = ("auto", "fused", "reference")
+"""How :func:`encouraging_loss_with_stats` computes: ``fused`` (el_plugins.ops: loss and gradient in one
+pass, the gradient kept instead of (N, V) float32 intermediates; a Triton kernel on CUDA, chunked torch
+elsewhere), ``reference`` (plain autograd; supports repeated and double backward), ``auto`` (fused, except
+for float64 input on a GPU, which has no kernel)."""
 
 
 def encouraging_loss_with_stats(
@@ -200,17 +208,35 @@ def encouraging_loss_with_stats(
     reduction: str = "mean",
     smoothing_convention: str = "paper",
     input_is_log_probs: bool = False,
+    implementation: str = "auto",
 ) -> EncouragingLossOutput:
-    """Label-smoothed EL for class-index targets, with the terms that show EL at work.
+    """Label-smoothed EL for class-index targets, with the terms that show EL at work: the one public
+    entry point, as ``F.cross_entropy`` is; ``implementation`` (see :data:`IMPLEMENTATIONS`) chooses how.
 
     input: (N, V) logits (or log-probabilities with ``input_is_log_probs``), any float dtype.
-    target: (N,) class indices; rows equal to ``ignore_index`` contribute nothing.
+    target: (N,) class indices (any integer dtype); rows equal to ``ignore_index`` contribute nothing.
     With q_y, q_o from :func:`smoothing_weights` (q = w_y * onehot(y) + q_o):
 
         L = w_y (-log p_y + rho b(p_y)) + q_o sum_k (-log p_k + rho b(p_k))
 
     'mean' divides by the number of rows that are not ignored (0 rows give 0, not NaN).
     """
+    check_choice(implementation, IMPLEMENTATIONS, "implementation")
+    kwargs = dict(log_end=log_end, label_smoothing=label_smoothing, bonus_weight=bonus_weight,
+                  ignore_index=ignore_index, reduction=reduction, smoothing_convention=smoothing_convention,
+                  input_is_log_probs=input_is_log_probs)
+    if implementation == "auto":
+        implementation = "reference" if input.dtype == torch.float64 and input.device.type != "cpu" else "fused"
+    if implementation == "fused":
+        from el_plugins.ops import fused_encouraging_loss_with_stats
+
+        return fused_encouraging_loss_with_stats(input, target, **kwargs)
+    return _reference_encouraging_loss_with_stats(input, target, **kwargs)
+
+
+def _reference_encouraging_loss_with_stats(input, target, *, log_end, label_smoothing, bonus_weight, ignore_index,
+                                           reduction, smoothing_convention, input_is_log_probs):
+    """The reference: plain autograd on float32 (or wider) log-probabilities."""
     log_end, eps, rho, target = check_index_loss_args(
         input, target, log_end=log_end, label_smoothing=label_smoothing, bonus_weight=bonus_weight,
         ignore_index=ignore_index, reduction=reduction, smoothing_convention=smoothing_convention)
@@ -227,18 +253,18 @@ def encouraging_loss_with_stats(
     lp_target = lprobs.gather(-1, safe_target).squeeze(-1)
     nll = (-lp_target).masked_fill(~keep, 0.0)
     count = keep.sum()
-    nll_r = _reduce(nll, reduction, count)
+    nll_r = reduce_rows(nll, reduction, count)
     loss = w_target * nll_r
     if q_other:
         smooth = (-lprobs.sum(-1)).masked_fill(~keep, 0.0)
-        loss = loss + q_other * _reduce(smooth, reduction, count)
+        loss = loss + q_other * reduce_rows(smooth, reduction, count)
     el_bonus = torch.zeros_like(nll_r)
     if rho:
         b_target = bonus_from_log_prob(lp_target, log_end).masked_fill(~keep, 0.0)
-        el_bonus = w_target * _reduce(b_target, reduction, count)
+        el_bonus = w_target * reduce_rows(b_target, reduction, count)
         if q_other:
             b_all = bonus_from_log_prob(lprobs, log_end).sum(-1).masked_fill(~keep, 0.0)
-            el_bonus = el_bonus + q_other * _reduce(b_all, reduction, count)
+            el_bonus = el_bonus + q_other * reduce_rows(b_all, reduction, count)
         el_bonus = rho * el_bonus
         loss = loss + el_bonus
 
@@ -246,12 +272,12 @@ def encouraging_loss_with_stats(
         p_target = torch.exp(lp_target).masked_fill(~keep, 0.0)
         past = ((p_target > log_end) & keep).to(p_target.dtype)
     return EncouragingLossOutput(
-        loss, nll_r, el_bonus, _reduce(p_target, reduction, count), _reduce(past, reduction, count)
+        loss, nll_r, el_bonus, reduce_rows(p_target, reduction, count), reduce_rows(past, reduction, count)
     )
 
 
 def encouraging_loss(input: torch.Tensor, target: torch.Tensor, **kwargs) -> torch.Tensor:
-    """Label-smoothed EL for class-index targets; see :func:`encouraging_loss_with_stats`."""
+    """Label-smoothed EL for class-index targets: the loss of :func:`encouraging_loss_with_stats` (same arguments)."""
     return encouraging_loss_with_stats(input, target, **kwargs).loss
 
 
@@ -272,7 +298,7 @@ def soft_target_encouraging_loss(
     if rho:
         per_class = per_class + rho * bonus_from_log_prob(lprobs, log_end)
     loss = (target.to(lprobs.dtype) * per_class).sum(-1)
-    return _reduce(loss, reduction, torch.tensor(loss.numel(), device=loss.device))
+    return reduce_rows(loss, reduction, torch.tensor(loss.numel(), device=loss.device))
 
 
 def binary_encouraging_loss(

@@ -14,9 +14,6 @@ import torch
 import torch.nn as nn
 
 from el_plugins import functional as EF
-from el_plugins.ops import fused_encouraging_loss
-
-IMPLEMENTATIONS = ('fused', 'reference')
 
 
 class EncouragingLoss(nn.Module):
@@ -31,14 +28,15 @@ class EncouragingLoss(nn.Module):
         bonus_weight: rho >= 0; 0 is (label-smoothed) cross-entropy.
         ignore_index: class-index targets equal to it contribute nothing (None: no such index).
         reduction: 'mean' over rows, 'sum', or 'none' for per-row losses.
-        implementation: 'fused' (default; class-index targets: loss and gradient in one pass, no
-            float32 (N, C) intermediates kept) or 'reference' (plain autograd). Soft targets use the reference.
+        implementation: for class-index targets, 'auto' (default), 'fused' (loss and gradient in one pass,
+            no float32 (N, C) intermediates kept) or 'reference' (plain autograd); see
+            el_plugins.functional.IMPLEMENTATIONS. Soft targets use the reference.
     """
 
     def __init__(self, log_end: float = 0.75, smoothing: float = 0., bonus_weight: float = 1.,
-                 ignore_index=None, reduction: str = 'mean', implementation: str = 'fused'):
+                 ignore_index=None, reduction: str = 'mean', implementation: str = 'auto'):
         super().__init__()
-        self.implementation = EF.check_choice(implementation, IMPLEMENTATIONS, 'implementation')
+        self.implementation = EF.check_choice(implementation, EF.IMPLEMENTATIONS, 'implementation')
         self.log_end = EF.check_log_end(log_end)
         self.smoothing = EF.check_label_smoothing(smoothing, 'smoothing')
         self.bonus_weight = EF.check_bonus_weight(bonus_weight)
@@ -59,10 +57,10 @@ class EncouragingLoss(nn.Module):
         unbatched = x.dim() == 1 and target.dim() == 0
         if unbatched:
             x, target = x.unsqueeze(0), target.unsqueeze(0)
-        loss = fused_encouraging_loss if self.implementation == 'fused' else EF.encouraging_loss
-        loss = loss(
+        loss = EF.encouraging_loss(
             x, target, log_end=self.log_end, label_smoothing=self.smoothing, bonus_weight=self.bonus_weight,
-            ignore_index=self.ignore_index, reduction=self.reduction, smoothing_convention='paper')
+            ignore_index=self.ignore_index, reduction=self.reduction, smoothing_convention='paper',
+            implementation=self.implementation)
         return loss.squeeze(0) if unbatched and self.reduction == 'none' else loss
 
     def extra_repr(self) -> str:

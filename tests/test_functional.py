@@ -1,4 +1,5 @@
 """The EL math (el_plugins.functional) against the spec, autograd and its closed-form gradient."""
+import functools
 import math
 
 import pytest
@@ -6,6 +7,9 @@ import torch
 import torch.nn.functional as F
 
 from el_plugins import functional as EF
+
+reference_loss = functools.partial(EF.encouraging_loss, implementation="reference")
+reference_loss_with_stats = functools.partial(EF.encouraging_loss_with_stats, implementation="reference")
 
 
 def spec_logits():
@@ -27,7 +31,7 @@ SPEC_TABLE = [
 @pytest.mark.parametrize("convention,log_end,rho,expected", SPEC_TABLE)
 def test_spec_worked_example(convention, log_end, rho, expected):
     z, t = spec_logits()
-    out = EF.encouraging_loss_with_stats(z, t, log_end=log_end, label_smoothing=0.1, bonus_weight=rho,
+    out = reference_loss_with_stats(z, t, log_end=log_end, label_smoothing=0.1, bonus_weight=rho,
                                          ignore_index=1, reduction="sum", smoothing_convention=convention)
     assert out.loss.item() == pytest.approx(expected, abs=1e-11)
     assert out.nll_loss.item() == pytest.approx(3.409925482129, abs=1e-11)
@@ -36,7 +40,7 @@ def test_spec_worked_example(convention, log_end, rho, expected):
 
 def test_spec_timm_mean_example():
     z, t = spec_logits()
-    loss = EF.encouraging_loss(z, t, log_end=0.75, label_smoothing=0.1, reduction="mean")
+    loss = reference_loss(z, t, log_end=0.75, label_smoothing=0.1, reduction="mean")
     assert loss.item() == pytest.approx(0.701847684127, abs=1e-11)
 
 
@@ -69,7 +73,7 @@ def dense_reference(z, t, log_end, eps, rho, convention, ignore_index=None):
 @pytest.mark.parametrize("log_end", [1.0, 0.75, 0.5])
 def test_matches_dense_formula_per_row(convention, log_end):
     z, t = spec_logits()
-    got = EF.encouraging_loss(z, t, log_end=log_end, label_smoothing=0.1, bonus_weight=0.7, ignore_index=1,
+    got = reference_loss(z, t, log_end=log_end, label_smoothing=0.1, bonus_weight=0.7, ignore_index=1,
                               reduction="none", smoothing_convention=convention)
     want = dense_reference(z, t, log_end, 0.1, 0.7, convention, ignore_index=1)
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
@@ -95,7 +99,7 @@ def test_autograd_matches_closed_form_gradient(convention, log_end, eps):
     torch.manual_seed(1)
     z = (torch.randn(16, 9, dtype=torch.float64) * 2.5).requires_grad_()
     t = torch.randint(0, 9, (16,))
-    EF.encouraging_loss(z, t, log_end=log_end, label_smoothing=eps, reduction="sum",
+    reference_loss(z, t, log_end=log_end, label_smoothing=eps, reduction="sum",
                         smoothing_convention=convention).backward()
     torch.testing.assert_close(z.grad, closed_form_grad(z.detach(), t, log_end, eps, 1.0, convention),
                                rtol=1e-10, atol=1e-12)
@@ -108,7 +112,7 @@ def test_gradcheck_class_index(convention, log_end):
     z = (torch.randn(7, 5, dtype=torch.float64) * 2).requires_grad_()
     t = torch.tensor([0, 4, 2, 1, 3, 1, 0])
     assert torch.autograd.gradcheck(
-        lambda x: EF.encouraging_loss(x, t, log_end=log_end, label_smoothing=0.1, ignore_index=1,
+        lambda x: reference_loss(x, t, log_end=log_end, label_smoothing=0.1, ignore_index=1,
                                       reduction="none", smoothing_convention=convention), (z,))
 
 
@@ -116,7 +120,7 @@ def test_gradient_is_ce_gradient_scaled_per_row_without_smoothing():
     """eps = 0, rho = 1: w (p - onehot) with w = 1/(1 - p_y) on the log branch, 1 + p_y/(1 - LE) past LE."""
     z = torch.tensor([[1.0, 0.0, -1.0], [6.0, 0.0, 0.0]], dtype=torch.float64, requires_grad=True)
     t = torch.tensor([0, 0])
-    EF.encouraging_loss(z, t, log_end=0.75, reduction="sum").backward()
+    reference_loss(z, t, log_end=0.75, reduction="sum").backward()
     p = z.detach().softmax(-1)
     ce_grad = p - F.one_hot(t, 3)
     p_y = p[:, 0]
@@ -141,7 +145,7 @@ def test_bonus_values_and_continuity():
 
 def test_bonus_weight_zero_is_label_smoothed_cross_entropy():
     z, t = spec_logits()
-    got = EF.encouraging_loss(z, t, label_smoothing=0.1, bonus_weight=0.0, reduction="mean")
+    got = reference_loss(z, t, label_smoothing=0.1, bonus_weight=0.0, reduction="mean")
     torch.testing.assert_close(got, F.cross_entropy(z, t, label_smoothing=0.1), rtol=1e-12, atol=0)
 
 
@@ -149,7 +153,7 @@ def test_bonus_weight_zero_is_label_smoothed_cross_entropy():
 def test_all_padding_gives_zero_not_nan(reduction):
     z = torch.randn(4, 7, requires_grad=True)
     t = torch.full((4,), 1)
-    out = EF.encouraging_loss_with_stats(z, t, label_smoothing=0.1, ignore_index=1, reduction=reduction)
+    out = reference_loss_with_stats(z, t, label_smoothing=0.1, ignore_index=1, reduction=reduction)
     assert torch.all(out.loss == 0) and torch.all(out.target_prob == 0)
     out.loss.sum().backward()
     assert torch.all(z.grad == 0)
@@ -157,7 +161,7 @@ def test_all_padding_gives_zero_not_nan(reduction):
 
 def test_empty_batch_gives_zero():
     z = torch.zeros(0, 7, requires_grad=True)
-    loss = EF.encouraging_loss(z, torch.zeros(0, dtype=torch.long), reduction="mean")
+    loss = reference_loss(z, torch.zeros(0, dtype=torch.long), reduction="mean")
     assert loss.item() == 0.0
 
 
@@ -175,7 +179,7 @@ def test_empty_batch_gives_zero():
 def test_bad_options_raise_clear_errors(kwargs, message):
     z, t = spec_logits()
     with pytest.raises(ValueError, match=message):
-        EF.encouraging_loss(z, t, **kwargs)
+        reference_loss(z, t, **kwargs)
 
 
 @pytest.mark.parametrize("bad", [11, -1, 100])
@@ -183,20 +187,20 @@ def test_target_outside_vocabulary_is_an_error(bad):
     z, t = spec_logits()
     t[3] = bad
     with pytest.raises(ValueError, match=rf"target {bad} is outside the 11 classes: targets must be in \[0, 10\]"):
-        EF.encouraging_loss(z, t)
+        reference_loss(z, t)
 
 
 def test_ignore_index_outside_vocabulary_is_allowed():
     z, t = spec_logits()
     t[0] = -100
-    loss = EF.encouraging_loss(z, t, ignore_index=-100, reduction="none")
+    loss = reference_loss(z, t, ignore_index=-100, reduction="none")
     assert loss[0] == 0 and torch.isfinite(loss).all()
 
 
 def test_float_targets_are_rejected_for_index_loss():
     z, _ = spec_logits()
     with pytest.raises(ValueError, match="class-index targets must be an integer tensor"):
-        EF.encouraging_loss(z, torch.zeros(6))
+        reference_loss(z, torch.zeros(6))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
@@ -212,7 +216,7 @@ def test_extreme_logits_give_finite_loss_and_gradients(dtype, log_end):
     t = torch.tensor([3, 8, 5, 0])  # row 1 and 3: confidently wrong
     z = z.to(dtype).requires_grad_()
     for eps in (0.0, 0.1):
-        out = EF.encouraging_loss_with_stats(z, t, log_end=log_end, label_smoothing=eps, reduction="sum")
+        out = reference_loss_with_stats(z, t, log_end=log_end, label_smoothing=eps, reduction="sum")
         assert out.loss.dtype == torch.float32
         assert torch.isfinite(out.loss), (dtype, eps, out.loss)
         (grad,) = torch.autograd.grad(out.loss, z)
@@ -221,8 +225,8 @@ def test_extreme_logits_give_finite_loss_and_gradients(dtype, log_end):
 
 def test_low_precision_is_computed_in_float32():
     z, t = spec_logits()
-    ref = EF.encouraging_loss(z.float().bfloat16().float(), t, label_smoothing=0.1)
-    got = EF.encouraging_loss(z.float().bfloat16(), t, label_smoothing=0.1)
+    ref = reference_loss(z.float().bfloat16().float(), t, label_smoothing=0.1)
+    got = reference_loss(z.float().bfloat16(), t, label_smoothing=0.1)
     assert got.dtype == torch.float32
     torch.testing.assert_close(got, ref)
 
@@ -233,12 +237,12 @@ def test_soft_targets_match_formula_and_index_targets():
     one_hot = F.one_hot(t, 11).double()
     torch.testing.assert_close(
         EF.soft_target_encouraging_loss(z, one_hot, log_end=0.75, reduction="none"),
-        EF.encouraging_loss(z, t, log_end=0.75, reduction="none"), rtol=1e-12, atol=1e-12)
+        reference_loss(z, t, log_end=0.75, reduction="none"), rtol=1e-12, atol=1e-12)
     # smoothed one-hot as a soft target = paper-convention smoothing
     smooth = one_hot * 0.9 + 0.1 / 11
     torch.testing.assert_close(
         EF.soft_target_encouraging_loss(z, smooth, log_end=0.75),
-        EF.encouraging_loss(z, t, log_end=0.75, label_smoothing=0.1), rtol=1e-12, atol=1e-12)
+        reference_loss(z, t, log_end=0.75, label_smoothing=0.1), rtol=1e-12, atol=1e-12)
     # a genuine mixture (Mixup of two rows)
     mix = 0.7 * one_hot + 0.3 * one_hot.roll(1, 0)
     want = 0.7 * dense_reference(z, t, 0.75, 0.0, 1.0, "paper") + 0.3 * dense_reference(z, t.roll(1), 0.75, 0.0, 1.0, "paper")

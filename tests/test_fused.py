@@ -4,6 +4,7 @@ The Triton kernel is tested on CPU tensors under Triton's interpreter: TRITON_IN
 set before triton is first imported, so test_triton_interpreted runs the tests marked ``interpreted``
 below in a subprocess with it set (they are skipped in a normal run).
 """
+import functools
 import math
 import os
 import subprocess
@@ -15,6 +16,9 @@ import torch
 import el_plugins
 from el_plugins import functional as EF
 from el_plugins.ops import fused_encouraging_loss, fused_encouraging_loss_with_stats
+
+reference_loss = functools.partial(EF.encouraging_loss, implementation="reference")
+reference_loss_with_stats = functools.partial(EF.encouraging_loss_with_stats, implementation="reference")
 
 PAD = 1
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
@@ -54,7 +58,7 @@ def run(fn, z, t, dtype, grad_output=None, **kwargs):
 
 
 def assert_matches_reference(z, t, dtype=torch.float64, grad_output=None, **kwargs):
-    ref, ref_grad = run(EF.encouraging_loss_with_stats, z, t, dtype, grad_output, **kwargs)
+    ref, ref_grad = run(reference_loss_with_stats, z, t, dtype, grad_output, **kwargs)
     out, grad = run(fused_encouraging_loss_with_stats, z, t, dtype, grad_output, **kwargs)
     (rtol, atol), grad_tol = TOLERANCES[dtype]
     for name in ref._fields:
@@ -119,7 +123,7 @@ def test_input_is_log_probs(dtype, rho, convention):
     assert_matches_reference(torch.log_softmax(z, -1), t, dtype, **kwargs)
     # ... and through a log_softmax in front of the loss
     grads = []
-    for fn in (EF.encouraging_loss_with_stats, fused_encouraging_loss_with_stats):
+    for fn in (reference_loss_with_stats, fused_encouraging_loss_with_stats):
         x = z.to(dtype).requires_grad_()
         fn(torch.log_softmax(x, -1), t, **kwargs).loss.backward()
         grads.append(x.grad)
@@ -145,7 +149,7 @@ def test_no_ignore_index_and_no_grad():
     with torch.no_grad():
         out = fused_encouraging_loss(z.requires_grad_(), t, label_smoothing=0.1)
     assert out.grad_fn is None
-    assert out.item() == pytest.approx(EF.encouraging_loss(z.detach(), t, label_smoothing=0.1).item(), abs=1e-12)
+    assert out.item() == pytest.approx(reference_loss(z.detach(), t, label_smoothing=0.1).item(), abs=1e-12)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
@@ -170,7 +174,7 @@ def test_extreme_logits(dtype, log_end):
 @pytest.mark.parametrize("chunk_size", [1, 5, 36, 37, 100])
 def test_chunk_boundaries(chunk_size):
     z, t = make_logits()
-    ref, ref_grad = run(EF.encouraging_loss_with_stats, z, t, torch.float64, log_end=0.75, label_smoothing=0.1,
+    ref, ref_grad = run(reference_loss_with_stats, z, t, torch.float64, log_end=0.75, label_smoothing=0.1,
                         ignore_index=PAD)
     out, grad = run(fused_encouraging_loss_with_stats, z, t, torch.float64, log_end=0.75, label_smoothing=0.1,
                     ignore_index=PAD, chunk_size=chunk_size, backend="torch")
@@ -263,7 +267,7 @@ def test_stats_carry_no_gradient():
 def test_bad_input_errors_match_reference(kwargs, input_shape, target):
     z, t = torch.randn(*input_shape), torch.tensor(target)
     with pytest.raises(ValueError) as ref_error:
-        EF.encouraging_loss_with_stats(z, t, **kwargs)
+        reference_loss_with_stats(z, t, **kwargs)
     with pytest.raises(ValueError) as fused_error:
         fused_encouraging_loss_with_stats(z, t, **kwargs)
     assert str(fused_error.value) == str(ref_error.value)
@@ -304,9 +308,9 @@ def test_float32_gradient_near_the_clamp_at_least_as_accurate_as_reference(seed,
         fn(inp, t, **kwargs).backward()
         return inp.grad.double()
 
-    truth = grad(EF.encouraging_loss, x.double())
+    truth = grad(reference_loss, x.double())
     scale = truth.abs().max()
-    reference_error = ((grad(EF.encouraging_loss, x) - truth).abs().max() / scale).item()
+    reference_error = ((grad(reference_loss, x) - truth).abs().max() / scale).item()
     fused_error = ((grad(fused_encouraging_loss, x) - truth).abs().max() / scale).item()
     assert fused_error <= reference_error and fused_error < 1e-3, (fused_error, reference_error)
 
@@ -332,7 +336,7 @@ def _check_triton(device, dtype, v, block_size, kwargs):
     if kwargs.get("input_is_log_probs"):
         z = torch.log_softmax(z, -1)
     grad_output = torch.rand(z.size(0), device=device) if kwargs.get("reduction") == "none" else None
-    ref, ref_grad = run(EF.encouraging_loss_with_stats, z, t, dtype, grad_output, ignore_index=PAD, **kwargs)
+    ref, ref_grad = run(reference_loss_with_stats, z, t, dtype, grad_output, ignore_index=PAD, **kwargs)
     out, grad = run(fused_encouraging_loss_with_stats, z, t, dtype, grad_output, ignore_index=PAD,
                     backend="triton", block_size=block_size, **kwargs)
     for name in ref._fields:
@@ -430,3 +434,17 @@ def test_triton_interpreted():
 def test_triton_kernel_cuda(dtype, v, block_size, kwargs):
     pytest.importorskip("triton")
     _check_triton("cuda", dtype, v, block_size, kwargs)
+
+
+def test_one_public_function_dispatches():
+    """el_plugins.functional.encouraging_loss_with_stats is the one entry point; implementation= chooses."""
+    z, t = make_logits()
+    kinds = {}
+    for implementation in EF.IMPLEMENTATIONS:
+        x = z.float().requires_grad_()
+        out = EF.encouraging_loss_with_stats(x, t, label_smoothing=0.1, ignore_index=PAD, implementation=implementation)
+        kinds[implementation] = type(out.loss.grad_fn).__name__
+    assert kinds["auto"] == kinds["fused"] == "_FusedEncouragingLossBackward"
+    assert kinds["reference"] != kinds["fused"]
+    with pytest.raises(ValueError, match="implementation must be one of 'auto', 'fused', 'reference', got 'triton'"):
+        EF.encouraging_loss(z, t, implementation="triton")

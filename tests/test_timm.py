@@ -380,10 +380,10 @@ def test_fused_module_equals_reference_module():
     z = (torch.randn(33, 10, dtype=torch.float64) * 4).requires_grad_()
     t = torch.randint(0, 10, (33,))
     fused, reference = EncouragingLoss(smoothing=0.1), EncouragingLoss(smoothing=0.1, implementation="reference")
-    assert fused.implementation == "fused"
+    assert fused.implementation == "auto"
     (g_fused,) = torch.autograd.grad(fused(z, t), z)
     (g_ref,) = torch.autograd.grad(reference(z, t), z)
     torch.testing.assert_close(fused(z, t), reference(z, t), rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(g_fused, g_ref, rtol=1e-10, atol=1e-12)
-    with pytest.raises(ValueError, match="implementation must be one of 'fused', 'reference'"):
+    with pytest.raises(ValueError, match="implementation must be one of 'auto', 'fused', 'reference'"):
         EncouragingLoss(implementation="triton")

@@ -27,7 +27,6 @@ from fairseq.models.transformer import TransformerModelBase
 from fairseq.logging import metrics
 
 from el_plugins import functional as EF
-from el_plugins.ops import fused_encouraging_loss_with_stats
 
 CRITERION_NAME = "label_smoothed_encouraging_loss"
 
@@ -40,7 +39,8 @@ def installed_fairseq_smoothing_convention() -> str:
     lprobs = torch.log(torch.tensor([[0.5, 0.25, 0.25]], dtype=torch.float64))
     loss, _ = label_smoothed_nll_loss(lprobs, torch.tensor([0]), 0.3, ignore_index=None, reduce=True)
     paper = EF.encouraging_loss(lprobs, torch.tensor([0]), label_smoothing=0.3, bonus_weight=0.0,
-                                reduction="sum", smoothing_convention="paper", input_is_log_probs=True)
+                                reduction="sum", smoothing_convention="paper", input_is_log_probs=True,
+                                implementation="reference")
     return "paper" if torch.isclose(loss, paper) else "fairseq"
 
 
@@ -67,8 +67,7 @@ def normalizes_with_plain_log_softmax(model) -> bool:
 
 
 SMOOTHING_CONVENTION_CHOICES = ChoiceEnum(["auto", *EF.SMOOTHING_CONVENTIONS])
-IMPLEMENTATIONS = ("fused", "reference")
-IMPLEMENTATION_CHOICES = ChoiceEnum(list(IMPLEMENTATIONS))
+IMPLEMENTATION_CHOICES = ChoiceEnum(list(EF.IMPLEMENTATIONS))
 
 
 @dataclass
@@ -91,10 +90,11 @@ class LabelSmoothedEncouragingLossConfig(LabelSmoothedCrossEntropyCriterionConfi
                           "'auto' (default): the installed fairseq's own convention"},
     )
     el_implementation: IMPLEMENTATION_CHOICES = field(
-        default="fused",
-        metadata={"help": "'fused': loss and gradient in one pass over the logits, no fp32 (tokens x vocab) "
-                          "intermediates (less memory); 'reference': plain autograd on fairseq's log-probabilities, "
-                          "with --bonus-weight 0 bit-for-bit label_smoothed_cross_entropy"},
+        default="auto",
+        metadata={"help": "'fused': loss and gradient in one pass over the decoder's logits, no fp32 (tokens x "
+                          "vocab) intermediates (less memory); 'reference': plain autograd on fairseq's "
+                          "log-probabilities, with --bonus-weight 0 bit-for-bit label_smoothed_cross_entropy; "
+                          "'auto' (default): fused, except for float64 on a GPU"},
     )
 
 
@@ -126,7 +126,7 @@ class LabelSmoothedEncouragingLossCriterion(LabelSmoothedCrossEntropyCriterion):
     past_log_end, all summable across workers)."""
 
     def __init__(self, task, sentence_avg, label_smoothing, log_end=0.75, bonus_weight=1.0,
-                 smoothing_convention="auto", el_implementation="fused", ignore_prefix_size=0,
+                 smoothing_convention="auto", el_implementation="auto", ignore_prefix_size=0,
                  report_accuracy=False):
         if ignore_prefix_size < 0:
             raise ValueError(f"--ignore-prefix-size must be >= 0, got {ignore_prefix_size}")
@@ -137,7 +137,7 @@ class LabelSmoothedEncouragingLossCriterion(LabelSmoothedCrossEntropyCriterion):
         convention = EF.check_choice(str(smoothing_convention), ("auto", *EF.SMOOTHING_CONVENTIONS),
                                      "--smoothing-convention")
         self.smoothing_convention = installed_fairseq_smoothing_convention() if convention == "auto" else convention
-        self.implementation = EF.check_choice(str(el_implementation), IMPLEMENTATIONS, "--el-implementation")
+        self.implementation = EF.check_choice(str(el_implementation), EF.IMPLEMENTATIONS, "--el-implementation")
         self._el_logging = {}
 
     @classmethod
@@ -164,9 +164,9 @@ class LabelSmoothedEncouragingLossCriterion(LabelSmoothedCrossEntropyCriterion):
         return loss, sample_size, logging_output
 
     def get_logits_and_target(self, model, net_output, sample):
-        """(scores, target, are_log_probs): the decoder's raw logits for the fused implementation when its
+        """(scores, target, are_log_probs): the decoder's raw logits (unless --el-implementation reference) when its
         normalization is the plain log-softmax (no adaptive softmax, no override), else fairseq's log-probs."""
-        if self.implementation == "fused" and normalizes_with_plain_log_softmax(model):
+        if self.implementation != "reference" and normalizes_with_plain_log_softmax(model):
             logits, target = net_output[0], model.get_targets(sample, net_output)
             if self.ignore_prefix_size > 0:
                 logits, target = logits[:, self.ignore_prefix_size:, :], target[:, self.ignore_prefix_size:]
@@ -177,11 +177,11 @@ class LabelSmoothedEncouragingLossCriterion(LabelSmoothedCrossEntropyCriterion):
     def compute_terms(self, scores, target, reduce=True, input_is_log_probs=True) -> EF.EncouragingLossOutput:
         """EL of (tokens, V) scores (logits, or log-probabilities) with this criterion's settings, summed over
         the non-padding tokens (or per token with ``reduce=False``)."""
-        loss_fn = fused_encouraging_loss_with_stats if self.implementation == "fused" else EF.encouraging_loss_with_stats
-        return loss_fn(
+        return EF.encouraging_loss_with_stats(
             scores, target, log_end=self.log_end, label_smoothing=self.eps, bonus_weight=self.bonus_weight,
             ignore_index=self.padding_idx, reduction="sum" if reduce else "none",
             smoothing_convention=self.smoothing_convention, input_is_log_probs=input_is_log_probs,
+            implementation=self.implementation,
         )
 
     def compute_loss(self, model, net_output, sample, reduce=True):

@@ -38,7 +38,7 @@ import torch
 from el_plugins.functional import (
     BONUS_CLAMP,
     EncouragingLossOutput,
-    _reduce,
+    reduce_rows,
     bonus_from_log_prob,
     check_choice,
     check_index_loss_args,
@@ -296,13 +296,13 @@ class _FusedEncouragingLoss(torch.autograd.Function):
             loss = w_target * nll - q_other * sum_log_p + bonus_rows
 
         def reduce(rows):
-            return _reduce(rows.masked_fill(~keep, 0.0), reduction, count)
+            return reduce_rows(rows.masked_fill(~keep, 0.0), reduction, count)
 
         loss_r, nll_r = reduce(loss), reduce(nll)
         bonus_r = reduce(bonus_rows) if rho else torch.zeros_like(nll_r)
         p_target = torch.exp(log_p_target).masked_fill(~keep, 0.0)
         past = ((p_target > cfg.log_end) & keep).to(p_target.dtype)
-        p_target_r, past_r = _reduce(p_target, reduction, count), _reduce(past, reduction, count)
+        p_target_r, past_r = reduce_rows(p_target, reduction, count), reduce_rows(past, reduction, count)
 
         ctx.mark_non_differentiable(nll_r, bonus_r, p_target_r, past_r)
         ctx.set_materialize_grads(False)
