@@ -414,6 +414,41 @@ def test_interpreted_triton_bad_target_is_an_asynchronous_assertion():
         fused_encouraging_loss(z.float(), t, ignore_index=PAD, backend="triton")
 
 
+@interpreted
+@pytest.mark.parametrize("wrong_class", [False, True])
+def test_interpreted_triton_gradient_near_the_clamp(wrong_class):
+    x, t = logits_near_the_clamp(0, n=64, wrong_class=wrong_class)
+    kwargs = dict(log_end=1.0, label_smoothing=0.1, reduction="sum")
+
+    def grad(fn, inp, **extra):
+        inp = inp.detach().requires_grad_()
+        fn(inp, t, **kwargs, **extra).backward()
+        return inp.grad.double()
+
+    truth = grad(reference_loss, x.double())
+    scale = truth.abs().max()
+    reference_error = ((grad(reference_loss, x) - truth).abs().max() / scale).item()
+    triton_error = ((grad(fused_encouraging_loss, x, backend="triton") - truth).abs().max() / scale).item()
+    assert triton_error <= reference_error, (triton_error, reference_error)
+    # the target near the clamp is exact; a confidently wrong class near it is as (im)precise as the reference
+    assert wrong_class or triton_error < 1e-3, triton_error
+
+
+@interpreted
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_interpreted_triton_mixed_precision(dtype):
+    from test_mixed_precision import precision, scaled_gradient, trained_like_logits
+
+    z, target = trained_like_logits(96, 1000)
+    x, kwargs, scale = z.to(dtype), dict(reduction="mean", log_end=0.75, label_smoothing=0.1), 65536.0
+    truth = scaled_gradient(reference_loss, x.double(), target, scale, **kwargs)
+    autograd_flushed, autograd_p99 = precision(scaled_gradient(reference_loss, x, target, scale, **kwargs), truth, dtype)
+    fused_flushed, fused_p99 = precision(
+        scaled_gradient(fused_encouraging_loss, x, target, scale, backend="triton", **kwargs), truth, dtype)
+    assert int((fused_flushed & ~autograd_flushed).sum()) == 0
+    assert fused_p99 <= autograd_p99 * 1.05, (fused_p99, autograd_p99)
+
+
 def test_triton_interpreted():
     """Runs the ``interpreted`` tests above in a subprocess with TRITON_INTERPRET=1."""
     if INTERPRETED:

@@ -1,12 +1,14 @@
 """The Triton kernel of the fused encouraging loss: one program per row, three passes over V.
 
-    pass 1  lse = log sum_k exp(z_k)            (online max and rescaled sum, BLOCK columns at a time)
-    pass 2  sum_k log p_k, sum_k b(p_k), sum_k p_k b'(p_k)
+    pass 1  lse = log sum_k exp(z_k), and 1 - p_y = sum_{k != y} p_k   (online max and rescaled sums)
+    pass 2  sum_k log p_k, sum_k b(p_k), sum_{k != y} p_k b'(p_k)
     pass 3  dL/dz_j = (p_j - q_j) + g_j - p_j G,  g_j = rho q_j p_j b'(p_j),  G = sum_k g_k
 
-(with log-probability input: no pass 1, and dL/dx_j = -q_j + g_j). Loads any float dtype,
-accumulates in float32, writes the gradient in the input's dtype, already multiplied by the
-reduction's scale (1 / number of rows for "mean"). Imported only when the Triton backend is used;
+(with log-probability input: no pass 1, and dL/dx_j = -q_j + g_j). The target's terms use pass 1's
+1 - p_y, precise near p_y = 1, and its gradient entry is written without the cancellation of g_y
+against p_y G (as the torch path does). Loads any float dtype, accumulates in float32, writes the
+gradient in float32 (the caller applies the loss scale, then rounds once to the input's dtype),
+already multiplied by the reduction's scale (1 / number of rows for "mean"). Imported only when the Triton backend is used;
 set TRITON_INTERPRET=1 before the first import of triton to run it on CPU tensors.
 """
 from __future__ import annotations
@@ -73,23 +75,36 @@ def encouraging_loss_kernel(
                              mask=offsets < n_cols)
             return
 
-    # pass 1: log-sum-exp
+    # pass 1: log-sum-exp, and the sum over the other classes (1 - p_y = sum_{k != y} p_k, precise near p_y = 1)
     lse = 0.0
+    log_p_target = tl.load(x_row + target).to(tl.float32)
     if not LOG_PROBS:
         running_max = float("-inf")
         running_sum = 0.0
+        running_other = 0.0
         for start in range(0, n_cols, BLOCK):
             offsets = start + columns
             x = tl.load(x_row + offsets, mask=offsets < n_cols, other=float("-inf")).to(tl.float32)
             new_max = tl.maximum(running_max, tl.max(x, axis=0))
-            running_sum = running_sum * tl.exp(running_max - new_max) + tl.sum(tl.exp(x - new_max), axis=0)
+            rescale = tl.exp(running_max - new_max)
+            e = tl.exp(x - new_max)
+            running_sum = running_sum * rescale + tl.sum(e, axis=0)
+            running_other = running_other * rescale + tl.sum(tl.where(offsets != target, e, 0.0), axis=0)
             running_max = new_max
         lse = running_max + tl.log(running_sum)
+        one_minus_p_target = running_other / running_sum
+        # log p_y = log1p(-u), u = 1 - p_y, where p_y > 1/2 (Triton has no log1p: w = 1 - u rounded,
+        # log1p(-u) = log(w) * -u / (w - 1), exact to a few ulps; -u itself where w rounds to 1)
+        u = one_minus_p_target
+        w = 1.0 - u
+        log1p_minus_u = tl.where(w == 1.0, -u, tl.log(w) * (-u) / (w - 1.0))
+        log_p_target = tl.where(u < 0.5, log1p_minus_u, log_p_target - lse)
+    bonus_target, slope_target = _bonus_and_slope(log_p_target, log_end, log_one_minus_log_end, CLAMP, TAIL)
 
-    # pass 2: sum_k log p_k, sum_k b(p_k), sum_k p_k b'(p_k)
+    # pass 2: sum_k log p_k, sum_k b(p_k), sum_{k != y} p_k b'(p_k) (the target's terms from pass 1's precise p_y)
     sum_log_p = 0.0
     sum_bonus = 0.0
-    sum_slope = 0.0
+    sum_slope_others = 0.0
     if SMOOTHING:
         for start in range(0, n_cols, BLOCK):
             offsets = start + columns
@@ -97,12 +112,13 @@ def encouraging_loss_kernel(
             log_p = tl.load(x_row + offsets, mask=mask, other=0.0).to(tl.float32) - lse
             sum_log_p += tl.sum(tl.where(mask, log_p, 0.0), axis=0)
             if DENSE_BONUS:
+                others = mask & (offsets != target)
                 bonus, slope = _bonus_and_slope(log_p, log_end, log_one_minus_log_end, CLAMP, TAIL)
-                sum_bonus += tl.sum(tl.where(mask, bonus, 0.0), axis=0)
-                sum_slope += tl.sum(tl.where(mask, slope, 0.0), axis=0)
+                sum_bonus += tl.sum(tl.where(others, bonus, 0.0), axis=0)
+                sum_slope_others += tl.sum(tl.where(others, slope, 0.0), axis=0)
+        if DENSE_BONUS:
+            sum_bonus += bonus_target
 
-    log_p_target = tl.load(x_row + target).to(tl.float32) - lse
-    bonus_target, slope_target = _bonus_and_slope(log_p_target, log_end, log_one_minus_log_end, CLAMP, TAIL)
     bonus_row = rho * (w_target * bonus_target + q_other * sum_bonus)
     tl.store(log_p_target_ptr + row, log_p_target)
     tl.store(nll_ptr + row, -log_p_target)
@@ -112,7 +128,18 @@ def encouraging_loss_kernel(
     # pass 3: the gradient, times the reduction's scale
     if COMPUTE_GRAD:
         scale = tl.load(scale_ptr).to(tl.float32)
-        total_g = rho * (w_target * slope_target + q_other * sum_slope)
+        q_target = w_target + q_other
+        g_target = rho * q_target * slope_target
+        g_others = rho * q_other * sum_slope_others
+        total_g = g_target + g_others
+        p_target = tl.exp(log_p_target)
+        one_minus_p = 1.0 - p_target
+        if not LOG_PROBS:
+            one_minus_p = one_minus_p_target
+        # the target's entry without the cancellation of g_y against p_y G near the clamp (see the torch path)
+        grad_target = g_target - q_target
+        if not LOG_PROBS:
+            grad_target = (1.0 - q_target) - one_minus_p + g_target * one_minus_p - p_target * g_others
         for start in range(0, n_cols, BLOCK):
             offsets = start + columns
             mask = offsets < n_cols
@@ -123,7 +150,7 @@ def encouraging_loss_kernel(
             if DENSE_BONUS:
                 bonus, slope = _bonus_and_slope(log_p, log_end, log_one_minus_log_end, CLAMP, TAIL)
                 grad += rho * q_other * slope
-            grad = tl.where(offsets == target, grad - w_target + rho * w_target * slope_target, grad)
+            grad = tl.where(offsets == target, grad_target, grad)
             tl.store(grad_row + offsets, (grad * scale).to(grad_ptr.dtype.element_ty), mask=mask)
 
 
@@ -138,7 +165,8 @@ def encouraging_loss_rows(input, target, ignore_index, scale, cfg, compute_grad,
         input = input.contiguous()
     block = block_size or min(triton.next_power_of_2(max(n_cols, 1)), MAX_BLOCK)
     row_stats = torch.empty(4, n_rows, dtype=torch.float32, device=input.device)
-    grad = torch.empty(input.shape, dtype=input.dtype, device=input.device) if compute_grad else None
+    grad = (torch.empty(input.shape, dtype=torch.promote_types(input.dtype, torch.float32), device=input.device)
+            if compute_grad else None)  # the compute dtype: the loss scale is applied before rounding (backward)
     if n_rows:
         encouraging_loss_kernel[(n_rows,)](
             input, input.stride(0), grad if compute_grad else input, grad.stride(0) if compute_grad else 0,
