@@ -1,10 +1,23 @@
 """el-plugins: the encouraging loss (Zhao et al., AAAI 2022) for fairseq and timm.
 
-Layout (framework-free core first, thin adapters after):
-  el_plugins.functional     the EL math on torch tensors (the one implementation)
-  el_plugins.loss           torch.nn modules around it (EncouragingLoss, ...), timm-style
-  el_plugins.fairseq_plugin the fairseq criterion ``label_smoothed_encouraging_loss``
-  el_plugins.timm_plugin    ``'el'`` in timm's loss factory, and the train.py launcher
+Layout (framework-free core first, thin adapters after, tools last):
+  el_plugins.functional         the EL math, torch only: the one public loss function
+                                (encouraging_loss_with_stats, implementation= auto/fused/reference, where
+                                the implementation is chosen), the reference form, validation, the bonus
+  el_plugins.ops                the fused kernels: chunked torch path and the Triton kernel
+  el_plugins.loss               torch.nn modules (EncouragingLoss, BinaryEncouragingLoss), timm-style
+  el_plugins.fairseq_plugin     the fairseq criterion ``label_smoothed_encouraging_loss`` and the
+                                fixes applied to fairseq on activation (fixes.py)
+  el_plugins.timm_plugin        ``'el'`` in timm's loss factory, and the el-timm-train launcher
+  el_plugins.checkpoints        torch >= 2.6 loading of fairseq / timm checkpoints
+  el_plugins.files              all-or-nothing file writes and UTF-8 line reading, for every command
+  el_plugins.devices            the one --device option: check it, move models and batches
+  el_plugins.analysis           margins, energy, ECE, OOD metrics and el-analyze
+  el_plugins.translation        IWSLT preparation, recipes, checkpoint averaging, BLEU (el-* commands)
+  el_plugins.demo               el-demo, its generated toy corpus and digits folder
+  el_plugins.data               el-data: real MNIST / Fashion-MNIST from registry packages, checked
+  el_plugins.reproduce          el-reproduce mnist: the paper's MNIST tables on the real data
+  el_plugins._activation        the import hook run from el_plugins.pth
 
 Importing this package imports nothing else (it is imported at interpreter start-up by
 el_plugins.pth to install the activation hook, see el_plugins._activation).
