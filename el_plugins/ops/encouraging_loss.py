@@ -369,7 +369,7 @@ def fused_encouraging_loss_with_stats(
     chunk_size: rows per chunk of the torch path (default: N / 4 rows, at least 1M elements).
     backend: ``auto`` (Triton for CUDA float32/16/bfloat16 tensors, torch otherwise), ``torch``,
     ``triton`` (CPU tensors only under ``TRITON_INTERPRET=1``).
-    block_size: columns per block of the Triton kernel, a power of 2 (default min(next_pow2(V), 4096)).
+    block_size: columns per block of the Triton kernel, a power of 2 (default min(next_pow2(V), 2048)).
     """
     backend = _pick_backend(backend, input)
     log_end, eps, rho, target = check_index_loss_args(
