@@ -4,6 +4,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 
@@ -297,7 +298,7 @@ def test_el_analyze_timm_ce_vs_el(digits_runs, tmp_path):
         assert (out / name).read_bytes()[:8] == PNG_MAGIC, name
     assert sorted(report["plots"]) == sorted(p.name for p in out.glob("*.png"))
     assert (out / "table.md").read_text().startswith("| | CE | EL |")
-    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
+    assert not [p for p in out.iterdir() if p.name.startswith(".") or ".el-partial-" in p.name]  # no temporaries left
 
 
 def _expect_error(capsys, argv, *patterns):
@@ -344,6 +345,89 @@ def test_el_analyze_timm_clear_errors(digits_runs, tmp_path, capsys):
     _expect_error(capsys, [*base, "--checkpoint", d["el"], "--data", d["val"], "--log-end", "1.5"],
                   "--log-end: must be a number in (0, 1], got 1.5")
     assert not out.exists()  # nothing half-written
+
+
+def _small_copy(src, dst, per_class=4):
+    """``per_class`` images of every class folder of ``src``, copied to ``dst``."""
+    for cls in sorted(os.listdir(src)):
+        (dst / cls).mkdir(parents=True)
+        for name in sorted(os.listdir(src / cls))[:per_class]:
+            shutil.copy(src / cls / name, dst / cls / name)
+
+
+def _cut_in_half(path):
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])
+
+
+def test_el_analyze_timm_skips_unreadable_images(digits_runs, tmp_path, capsys):
+    from PIL import Image
+
+    d = digits_runs
+    data, ood, out = tmp_path / "data", tmp_path / "ood", tmp_path / "report"
+    _small_copy(d["val"], data)
+    ood.mkdir()
+    for i in range(6):
+        shutil.copy(d["ood"] / f"{i:04d}.png", ood / f"{i:04d}.png")
+    bad_png = sorted((data / "digit3").iterdir())[0]
+    bad_jpeg = data / "digit5" / "cut.jpg"
+    Image.open(sorted((data / "digit5").iterdir())[0]).convert("RGB").save(bad_jpeg)
+    bad_ood = ood / "0002.png"
+    for path in (bad_png, bad_jpeg, bad_ood):
+        _cut_in_half(path)
+    n_good = len(list(data.rglob("*.png"))) - 1
+
+    # a worker process reads the images: the skipped files must come back from it
+    proc = el_analyze("timm", *TIMM_ARGS, "--workers", "1", "--checkpoint", d["ce"], d["el"], "--names", "CE", "EL",
+                      "--data", data, "--ood-data", ood, "--out", out)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    for path in (bad_png, bad_jpeg, bad_ood):
+        assert proc.stderr.count(f"skipped unreadable image {path}") == 1, proc.stderr[-4000:]  # once, not per run
+    assert "truncated" in proc.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["skipped_images"] == {"data": 2, "ood_data": 1,
+                                        "files": sorted(map(os.path.abspath, (bad_png, bad_jpeg, bad_ood)))}
+    for run in report["runs"].values():
+        assert run["rows"] == n_good and run["ood"]["rows"] == 5
+    table = {line.rsplit(None, 2)[0]: line.split()[-2:] for line in proc.stdout.splitlines()[1:] if line.strip()}
+    assert table["unreadable images skipped"] == ["2", "2"], proc.stdout
+    assert table["OOD unreadable images skipped"] == ["1", "1"], proc.stdout
+
+    # every image of a folder unreadable: refused, naming the folder and a file
+    for path in ood.iterdir():
+        _cut_in_half(path)
+    base = ["timm", *TIMM_ARGS, "--checkpoint", d["el"], "--out", out / "again"]
+    _expect_error(capsys, [*base, "--data", data, "--ood-data", ood],
+                  f"--ood-data {ood}: none of its images could be read (6 tried, e.g. {ood / '0000.png'}: OSError")
+    for path in data.rglob("*.*"):
+        _cut_in_half(path)
+    first = sorted((data / "digit0").iterdir())[0]
+    _expect_error(capsys, [*base, "--data", data], f"--data {data}: none of its images could be read", f"e.g. {first}: ")
+    assert not (out / "again").exists()
+
+
+def test_el_analyze_usage_errors_before_any_work(tmp_path, capsys):
+    ckpt, data, ood = tmp_path / "model.pth", tmp_path / "val", tmp_path / "other"
+    ckpt.write_bytes(b"never loaded")
+    for folder in (data / "a", ood):
+        folder.mkdir(parents=True)
+    base = ["timm", "--model", MODEL, "--checkpoint", ckpt]
+    a_file = tmp_path / "report.json"
+    a_file.write_text("{}")
+    for out in (a_file, a_file / "sub"):
+        _expect_error(capsys, [*base, "--data", data, "--out", out], f"--out {out}: ", "is a file, not a folder")
+        _expect_error(capsys, ["fairseq", "--checkpoint", ckpt, "--data", data, "--out", out], "is a file, not a folder")
+
+    (tmp_path / "link").symlink_to(data)
+    for same in (data, f"{data}/", tmp_path / "link", tmp_path / "val" / ".." / "val"):
+        _expect_error(capsys, [*base, "--data", data, "--ood-data", same, "--out", tmp_path / "r"],
+                      f"--ood-data {same} is the same folder as --data {data}",
+                      "in-distribution and out-of-distribution data must differ")
+    _expect_error(capsys, [*base, "--data", data, "--ood-data", data / "a", "--out", tmp_path / "r"],
+                  f"--ood-data {data / 'a'} is inside --data {data}")
+    _expect_error(capsys, [*base, "--data", data / "a", "--ood-data", data, "--out", tmp_path / "r"],
+                  f"--data {data / 'a'} is inside --ood-data {data}")
+    assert not (tmp_path / "r").exists()
 
 
 # --------------------------------------------------------------------------- el-analyze fairseq

@@ -28,7 +28,7 @@ def test_demo_quick_writes_results_and_plots(tmp_path):
     assert {p.split("/")[-1] for p in results["plots"]} == {"learning_curves.png", "margins_translation.png",
                                                            "margins_vision.png"}
     assert "tokenized BLEU-4" in stdout and "mean logit margin" in stdout
-    assert not list(out.rglob("*.tmp"))
+    assert not list(out.rglob("*.tmp")) and not list(out.rglob("*.el-partial-*"))
 
 
 def test_demo_rejects_bad_options(tmp_path):
@@ -36,6 +36,13 @@ def test_demo_rejects_bad_options(tmp_path):
     assert proc.returncode == 2 and "--parts takes a comma-separated subset of translation, vision" in proc.stdout
     proc = run_cli("el-demo", "--updates", "0", "--out", tmp_path, check=False)
     assert proc.returncode == 2 and "--updates must be >= 1" in proc.stdout
+    a_file = tmp_path / "results.json"
+    a_file.write_text("{}")
+    for out in (a_file, a_file / "sub"):  # refused while parsing, before any work
+        proc = run_cli("el-demo", "--out", out, check=False)
+        assert proc.returncode == 2 and f"el-demo: error: --out {out}: " in proc.stdout, proc.stdout
+        assert "is a file, not a folder" in proc.stdout
+        assert "Traceback" not in proc.stdout and a_file.read_text() == "{}"
     proc = run_cli("el-demo", "--data", tmp_path / "nope", "--out", tmp_path, check=False)
     assert proc.returncode == 2 and "--data: no such folder" in proc.stdout
     (tmp_path / "own").mkdir()

@@ -7,7 +7,9 @@
 
 Writes report_dir/report.json (one entry per run), table.md and PNG plots (margins, energy on the
 data, p_y, reliability diagram; with OOD data the min. energy histograms and ROC curves), and
-prints a side-by-side table. Nothing is written unless every run succeeds.
+prints a side-by-side table. Nothing is written unless every run succeeds. An image that cannot be
+read (truncated, not an image) is skipped with a warning naming it, and counted in the report; a
+folder of which no image can be read is refused.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import os
 import sys
 from typing import List, Optional
 
-from el_plugins.analysis.report import PLOT_FILES, AnalysisError
+from el_plugins.analysis.report import PLOT_FILES, AnalysisError, output_folder_problem
 from el_plugins.devices import add_device_argument
 
 
@@ -114,6 +116,24 @@ def run_names(checkpoints: List[str], names: Optional[List[str]], parser) -> Lis
     return [f"{i + 1}:{b}" for i, b in enumerate(base)]
 
 
+def data_overlap(data: str, ood: str) -> Optional[str]:
+    """How the --ood-data folder overlaps --data (the same folder by any path, or one inside the other), or None."""
+    try:
+        if os.path.samefile(data, ood):
+            return f"--ood-data {ood} is the same folder as --data {data}"
+    except OSError:  # one of them is missing: the back end says so
+        pass
+    real_data, real_ood = os.path.realpath(data), os.path.realpath(ood)
+    if real_data == real_ood:
+        return f"--ood-data {ood} is the same folder as --data {data}"
+    common = os.path.commonpath([real_data, real_ood])
+    if common == real_data:
+        return f"--ood-data {ood} is inside --data {data}"
+    if common == real_ood:
+        return f"--data {data} is inside --ood-data {ood}"
+    return None
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -122,8 +142,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     for path in args.checkpoint:
         if not os.path.isfile(path):
             sub.error(f"--checkpoint {path}: no such file")
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        sub.error(f"--out {args.out}: exists and is not a folder")
+    problem = output_folder_problem(args.out)
+    if problem:
+        sub.error(f"--out {args.out}: {problem} (give a folder to write the report into)")
+    if getattr(args, "ood_data", None):
+        overlap = data_overlap(args.data, args.ood_data)
+        if overlap:
+            sub.error(f"{overlap}: in-distribution and out-of-distribution data must differ")
     if args.batch_size is None and args.mode == "timm":
         args.batch_size = 64
 

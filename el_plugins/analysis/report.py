@@ -1,12 +1,13 @@
 """report.json, the plots and the side-by-side table of el-analyze; written all-or-nothing."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import tempfile
 from typing import Dict, List, Optional, Tuple
 
 from el_plugins.analysis.streaming import StreamingAnalysis
+from el_plugins.files import atomic_write
 
 CONVENTIONS = {
     "margin": "z_y - max_{k != y} z_k (logits z, target y); > 0 iff correctly classified",
@@ -64,8 +65,11 @@ def table_rows(report: dict) -> List[Tuple[str, List[str]]]:
     def stat(field, key):
         return [_num((r.get(field) or {}).get(key)) for r in runs]
 
-    rows = [
-        (unit, [str(r["rows"]) for r in runs]),
+    skipped = report.get("skipped_images") or {}
+    rows = [(unit, [str(r["rows"]) for r in runs])]
+    if skipped.get("data"):
+        rows.append((f"unreadable {unit} skipped", [str(skipped["data"])] * len(runs)))
+    rows += [
         ("accuracy %", [_pct(r["accuracy"]) for r in runs]),
         (f"well-classified % (p_y > {log_end:g})", [_pct(r["well_classified_fraction"]) for r in runs]),
         ("NLL (nats)", [_num(r["nll"]) for r in runs]),
@@ -82,6 +86,8 @@ def table_rows(report: dict) -> List[Tuple[str, List[str]]]:
     if any(r.get("ood") for r in runs):
         tpr_pct = round(100 * next(r["ood"]["tpr"] for r in runs if r.get("ood")))
         rows.append((f"OOD {unit}", [str(r["ood"]["rows"]) if r.get("ood") else "-" for r in runs]))
+        if skipped.get("ood_data"):
+            rows.append((f"OOD unreadable {unit} skipped", [str(skipped["ood_data"])] * len(runs)))
         rows.append(("OOD min energy mean", [_num(r["ood"]["min_energy"]["mean"]) if r.get("ood") else "-" for r in runs]))
         for score, label in (("min_energy", "min energy"), ("free_energy", "free energy"), ("max_prob", "max prob")):
             rows.append((f"OOD AUROC % ({label})",
@@ -148,30 +154,26 @@ def render_plots(runs: Dict[str, Tuple[str, StreamingAnalysis]], what: str, ood_
 
 # --------------------------------------------------------------------------- writing
 def write_outputs(out_dir: str, files: Dict[str, bytes], remove_stale: Optional[List[str]] = None) -> None:
-    """Write every file through a temporary file and os.replace; report.json last."""
+    """Write every file to a temporary beside it (:func:`el_plugins.files.atomic_write`); the temporaries
+    are renamed over the outputs only when all of them are written, report.json last."""
     os.makedirs(out_dir, exist_ok=True)
-    umask = os.umask(0)
-    os.umask(umask)
-    order = sorted(files, key=lambda f: f == "report.json")
-    temps = {}
-    try:
-        for name in order:
-            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=out_dir)
-            temps[name] = tmp
-            with os.fdopen(fd, "wb") as f:
-                f.write(files[name])
-            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the files the usual mode
-        for name in order:
-            os.replace(temps.pop(name), os.path.join(out_dir, name))
-    finally:
-        for tmp in temps.values():
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
+    with contextlib.ExitStack() as stack:  # the contexts exit, and rename, in reverse order
+        for name in sorted(files, key=lambda f: f == "report.json", reverse=True):
+            stack.enter_context(atomic_write(os.path.join(out_dir, name), "wb")).write(files[name])
     for name in remove_stale or ():
         if name not in files and os.path.isfile(os.path.join(out_dir, name)):
             os.unlink(os.path.join(out_dir, name))
+
+
+def output_folder_problem(path) -> Optional[str]:
+    """Why ``path`` cannot be an output folder (it, or a folder above it, is a file), or None."""
+    given, path = path, os.path.abspath(path)
+    while not os.path.lexists(path):
+        path = os.path.dirname(path)
+    if os.path.isdir(path):
+        return None
+    what = "a file" if os.path.exists(path) else "a broken link"
+    return f"is {what}, not a folder" if path == os.path.abspath(given) else f"{path} is {what}, not a folder"
 
 
 def report_files(report: dict, plots: Dict[str, bytes]) -> Dict[str, bytes]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ast
+import logging
 import os
 import pickle
 import sys
@@ -18,6 +19,7 @@ from el_plugins.devices import move_to_device, prepare_model
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 STATE_DICT_KEYS = ("state_dict", "model", "module", "net")
 EMA_KEYS = ("state_dict_ema", "model_ema")
+logger = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------- data
@@ -54,20 +56,38 @@ def check_image_folder(root: str, flag: str, need_classes: bool) -> None:
 
 
 class ImageList(torch.utils.data.Dataset):
-    """All images under a folder, label 0 (OOD data needs no classes)."""
+    """(path, label) samples as (image, label, None); an image that cannot be read (truncated, not an
+    image, ...) as (None, label, (path, why)), so that the error leaves a worker process as data."""
 
-    def __init__(self, root: str, transform):
-        self.paths, self.transform = list_images(root), transform
+    def __init__(self, samples: List[Tuple[str, int]], transform):
+        self.samples, self.transform = samples, transform
 
     def __len__(self):
-        return len(self.paths)
+        return len(self.samples)
 
     def __getitem__(self, i):
         from PIL import Image
 
-        with open(self.paths[i], "rb") as f:
-            img = Image.open(f).convert("RGB")
-        return self.transform(img), 0
+        path, label = self.samples[i]
+        try:
+            with Image.open(path) as f:
+                img = f.convert("RGB")
+        except Exception as exc:  # OSError, PIL.UnidentifiedImageError, DecompressionBombError, ...
+            return None, label, (os.path.abspath(path), f"{type(exc).__name__}: {exc}")
+        return self.transform(img), label, None
+
+
+def collate_readable(items):
+    """(images, targets, [(path, why) of each unreadable image]); images and targets are None when no
+    image of the batch could be read."""
+    from torch.utils.data import default_collate
+
+    readable = [(x, y) for x, y, _ in items if x is not None]
+    unreadable = [bad for _, _, bad in items if bad is not None]
+    if not readable:
+        return None, None, unreadable
+    images, targets = default_collate(readable)
+    return images, targets, unreadable
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -177,19 +197,37 @@ def build_transform(model, args):
 
 @torch.inference_mode()
 def evaluate(model, loader, analysis: StreamingAnalysis, device, *, ood: bool, desc: str, progress: bool,
-             max_batches: Optional[int] = None) -> None:
+             max_batches: Optional[int] = None, skipped: Optional[Dict[str, str]] = None) -> None:
+    """Feed the logits of every readable image; unreadable ones go into ``skipped`` ({path: why}), each
+    logged as a warning the first time."""
     from tqdm import tqdm
 
+    skipped = {} if skipped is None else skipped
     total = len(loader) if max_batches is None else min(len(loader), max_batches)
-    for i, (images, targets) in enumerate(tqdm(loader, desc=desc, total=total, file=sys.stderr, disable=None if progress else True,
-                                               unit="batch", leave=False)):
+    for i, (images, targets, unreadable) in enumerate(tqdm(loader, desc=desc, total=total, file=sys.stderr,
+                                                           disable=None if progress else True, unit="batch",
+                                                           leave=False)):
         if max_batches is not None and i >= max_batches:
             break
+        for path, why in unreadable:
+            if path not in skipped:
+                skipped[path] = why
+                logger.warning("el-analyze: skipped unreadable image %s (%s)", path, why)
+        if images is None:
+            continue
         logits = model(move_to_device(images, device))
         if ood:
             analysis.update_ood(logits)
         else:
             analysis.update(logits, targets.to(logits.device))
+
+
+def _check_readable(rows: int, skipped: Dict[str, str], flag: str, root: str) -> None:
+    """Refuse a folder of which not one image could be read."""
+    if rows == 0 and skipped:
+        path, why = next(iter(skipped.items()))
+        raise AnalysisError(f"{flag} {root}: none of its images could be read ({len(skipped)} tried, "
+                            f"e.g. {path}: {why})")
 
 
 def run(args, names: List[str]):
@@ -227,24 +265,27 @@ def run(args, names: List[str]):
         check_state_dict(model, state, path, args.model, num_classes)
     transform, data_cfg = build_transform(model, args)
     try:
-        data = ImageFolder(args.data, transform=transform)
+        data = ImageList(ImageFolder(args.data).samples, transform)
     except (FileNotFoundError, OSError) as exc:
         raise AnalysisError(f"--data {args.data}: {exc}") from None
-    ood = ImageList(args.ood_data, transform) if args.ood_data else None
+    ood = ImageList([(p, 0) for p in list_images(args.ood_data)], transform) if args.ood_data else None
     loader_kw = dict(batch_size=args.batch_size, shuffle=False, num_workers=args.workers,
-                     pin_memory=device.type == "cuda")
+                     pin_memory=device.type == "cuda", collate_fn=collate_readable)
     prepare_model(model, device)
 
-    runs = {}
+    runs, skipped = {}, {"data": {}, "ood_data": {}}
     for (state, _), path, name in zip(states, args.checkpoint, names):
         model.load_state_dict(state)
         analysis = StreamingAnalysis(log_end=args.log_end, n_bins=args.bins)
         evaluate(model, torch.utils.data.DataLoader(data, **loader_kw), analysis, device, ood=False,
                  desc=f"{name} {os.path.basename(os.path.normpath(args.data))}", progress=args.progress,
-                 max_batches=args.max_batches)
+                 max_batches=args.max_batches, skipped=skipped["data"])
+        _check_readable(analysis.rows, skipped["data"], "--data", args.data)
         if ood is not None:
             evaluate(model, torch.utils.data.DataLoader(ood, **loader_kw), analysis, device, ood=True,
-                     desc=f"{name} OOD", progress=args.progress, max_batches=args.max_batches)
+                     desc=f"{name} OOD", progress=args.progress, max_batches=args.max_batches,
+                     skipped=skipped["ood_data"])
+            _check_readable(analysis.ood_rows, skipped["ood_data"], "--ood-data", args.ood_data)
         runs[name] = (os.path.abspath(path), analysis)
 
     meta = {
@@ -257,5 +298,7 @@ def run(args, names: List[str]):
         "row_unit": "images",
         "weights": {name: source for (_, source), name in zip(states, names)},
         "transform": {k: (list(v) if isinstance(v, tuple) else v) for k, v in data_cfg.items()},
+        "skipped_images": {"data": len(skipped["data"]), "ood_data": len(skipped["ood_data"]) if ood is not None else None,
+                           "files": sorted({**skipped["data"], **skipped["ood_data"]})},
     }
     return runs, meta

@@ -21,11 +21,14 @@ import time
 import warnings
 
 from el_plugins.devices import add_device_argument
+from el_plugins.files import atomic_write, write_text
 
 PARTS = ("translation", "vision")
 
 
 def parse_args(argv):
+    from el_plugins.analysis.report import output_folder_problem
+
     ap = argparse.ArgumentParser(prog="el-demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
     add_device_argument(ap)
@@ -46,6 +49,9 @@ def parse_args(argv):
     for name in ("updates", "vocab_size", "vision_epochs"):
         if getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    problem = output_folder_problem(args.out)
+    if problem:
+        ap.error(f"--out {args.out}: {problem} (give a folder to write the results into)")
     if args.data and not os.path.isdir(args.data):
         ap.error(f"--data: no such folder {args.data!r}")
     if args.quick:
@@ -105,18 +111,14 @@ def write_outputs(out, results, margins):
     for part, runs in margins.items():
         files[f"margins_{part}.png"] = histogram_png(runs, *titles[part])
     for name, content in files.items():
-        path = os.path.join(plots, name)
-        if isinstance(content, bytes):
-            with open(path + ".tmp", "wb") as f:
+        with atomic_write(os.path.join(plots, name), "wb") as f:
+            if isinstance(content, bytes):
                 f.write(content)
-        else:
-            content.savefig(path + ".tmp", format="png", dpi=120)
-        os.replace(path + ".tmp", path)
+            else:
+                content.savefig(f, format="png", dpi=120)
     results["plots"] = sorted(os.path.join("plots", n) for n in files)
     path = os.path.join(out, "results.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump(results, f, indent=2)
-    os.replace(path + ".tmp", path)
+    write_text(path, json.dumps(results, indent=2))
     return path
 
 

@@ -4,6 +4,8 @@ import os
 
 import numpy as np
 
+from el_plugins.files import write_text
+
 
 def write_digits_image_folder(root: str, size: int = 32, val_fraction: float = 0.25, seed: int = 0) -> dict:
     """Upscale the digits to size x size RGB PNGs; returns {'train': n, 'validation': n, 'classes': 10}.
@@ -31,7 +33,7 @@ def write_digits_image_folder(root: str, size: int = 32, val_fraction: float = 0
             for i in part:
                 pixels = (digits.images[i] * (255.0 / 16.0)).astype(np.uint8)
                 img = Image.fromarray(pixels, mode="L").resize((size, size), Image.BILINEAR).convert("RGB")
-                img.save(os.path.join(folder, f"{i:04d}.png"))
+                img.save(os.path.join(folder, f"{i:04d}.png"))  # the folder counts once .complete is written
     if write:
-        open(done_marker, "w").close()
+        write_text(done_marker, "")
     return dict(counts, classes=10)

@@ -12,6 +12,8 @@ import os
 import random
 from typing import List, Tuple
 
+from el_plugins.files import write_lines
+
 # noun: (English, gender m/f/n, irregular English plural or None)
 NOUNS = {
     "hund": ("dog", "m", None), "kater": ("tomcat", "m", None), "vogel": ("bird", "m", None),
@@ -115,7 +117,4 @@ def write_corpus(out_dir: str, sizes=(("train", 6000), ("valid", 400), ("test", 
     os.makedirs(out_dir, exist_ok=True)
     for split, (s, t) in make_splits(sizes, seed).items():
         for lang, lines in ((src, s), (tgt, t)):
-            path = os.path.join(out_dir, f"{split}.{lang}")
-            with open(path + ".tmp", "w") as f:
-                f.writelines(line + "\n" for line in lines)
-            os.replace(path + ".tmp", path)
+            write_lines(os.path.join(out_dir, f"{split}.{lang}"), lines)

@@ -10,6 +10,7 @@ from tqdm import tqdm
 from el_plugins.analysis import StreamingAnalysis
 from el_plugins.demo.digits import write_digits_image_folder
 from el_plugins.devices import move_to_device, resolve_device
+from el_plugins.files import atomic_write
 
 MODEL = "test_resnet"
 
@@ -80,8 +81,8 @@ def train_digits(loss_type, data_root, out_dir, *, epochs=10, device="cpu", seed
     summary = analysis.summary()
     os.makedirs(out_dir, exist_ok=True)
     checkpoint = os.path.join(out_dir, "model.pth")
-    torch.save(model.state_dict(), checkpoint + ".tmp")
-    os.replace(checkpoint + ".tmp", checkpoint)
+    with atomic_write(checkpoint, "wb") as f:
+        torch.save(model.state_dict(), f)
     metrics = {"model": MODEL, "criterion": type(task.criterion).__name__, "epochs": epochs,
                "test_accuracy": summary["accuracy"], "margin_mean": summary["margin"]["mean"],
                "margin_median": summary["margin"]["median"], "target_prob_mean": summary["target_prob"]["mean"],
