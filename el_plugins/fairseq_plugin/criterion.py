@@ -66,7 +66,8 @@ def normalizes_with_plain_log_softmax(model) -> bool:
             and type(decoder).get_normalized_probs_scriptable is FairseqDecoder.get_normalized_probs_scriptable)
 
 
-SMOOTHING_CONVENTION_CHOICES = ChoiceEnum(["auto", *EF.SMOOTHING_CONVENTIONS])
+SMOOTHING_CONVENTION_OPTIONS = ("auto", *EF.SMOOTHING_CONVENTIONS)  # auto: the installed fairseq's
+SMOOTHING_CONVENTION_CHOICES = ChoiceEnum(list(SMOOTHING_CONVENTION_OPTIONS))
 IMPLEMENTATION_CHOICES = ChoiceEnum(list(EF.IMPLEMENTATIONS))
 
 
@@ -134,8 +135,7 @@ class LabelSmoothedEncouragingLossCriterion(LabelSmoothedCrossEntropyCriterion):
                          ignore_prefix_size=ignore_prefix_size, report_accuracy=report_accuracy)
         self.log_end = EF.check_log_end(log_end, "--log-end")
         self.bonus_weight = EF.check_bonus_weight(bonus_weight, "--bonus-weight")
-        convention = EF.check_choice(str(smoothing_convention), ("auto", *EF.SMOOTHING_CONVENTIONS),
-                                     "--smoothing-convention")
+        convention = EF.check_choice(str(smoothing_convention), SMOOTHING_CONVENTION_OPTIONS, "--smoothing-convention")
         self.smoothing_convention = installed_fairseq_smoothing_convention() if convention == "auto" else convention
         self.implementation = EF.check_choice(str(el_implementation), EF.IMPLEMENTATIONS, "--el-implementation")
         self._el_logging = {}

@@ -128,22 +128,22 @@ def _log_sum_exp(x, p, x_target, p_target):
     return lse
 
 
-def _precise_log_p_target(p, p_target, target_column, log_p_target):
-    """log p_y, from 1 - p_y = sum_{k != y} p_k where p_y > 1/2 (the well-classified rows EL is about).
+def _precise_log_p(p, column, p_column, log_p_column):
+    """log p at one column per row, from 1 - p = sum of the row's other probabilities where p > 1/2 (for the
+    target: the well-classified rows EL is about); ``log_p_column`` elsewhere. ``p`` is left as it was.
 
-    There x_y - lse (or log p_y) has an absolute error of one float32 ulp, which is a large relative error
-    of 1 - p_y, and so of b(p_y), b'(p_y) and the whole row's gradient (about 1e-3 at p_y = 0.9998); the sum
-    of the other classes' probabilities is exact to a few ulps of itself (the spec's stable form)."""
-    p.scatter_(1, target_column, 0.0)
+    There x - lse (or log p) has an absolute error of one float32 ulp, which is a large relative error of
+    1 - p, and so of b(p), b'(p) and the whole row's gradient (about 1e-3 at p = 0.9998); the sum of the
+    other classes' probabilities is exact to a few ulps of itself (the spec's stable form)."""
+    p.scatter_(1, column, 0.0)
     others = p.sum(-1)
-    p.scatter_(1, target_column, p_target.unsqueeze(1))
-    return torch.where(p_target > 0.5, torch.log1p(-others), log_p_target)
+    p.scatter_(1, column, p_column.unsqueeze(1))
+    return torch.where(p_column > 0.5, torch.log1p(-others), log_p_column)
 
 
 def _large_log_p(p, x, lse, rows, cols, target, log_p_target, input_is_log_probs):
-    """log p at the (rows, cols) entries with large p, precise near p = 1 as :func:`_precise_log_p_target`
-    makes log p_y: the target's own value where the entry is the target, else (a confidently wrong class,
-    rare) from the sum of the row's other probabilities where p > 1/2."""
+    """log p at the (rows, cols) entries with large p, precise near p = 1 (:func:`_precise_log_p`): the
+    target's own value where the entry is the target, else (a confidently wrong class, rare) computed so."""
     log_p = x[rows, cols] - lse.index_select(0, rows)
     if input_is_log_probs:
         return log_p
@@ -153,9 +153,8 @@ def _large_log_p(p, x, lse, rows, cols, target, log_p_target, input_is_log_probs
     if wrong.numel():
         wrong_rows, wrong_cols = rows.index_select(0, wrong), cols.index_select(0, wrong).unsqueeze(1)
         sub = p.index_select(0, wrong_rows)
-        p_large = sub.gather(1, wrong_cols).squeeze(1)
-        others = sub.scatter_(1, wrong_cols, 0.0).sum(-1)
-        log_p[wrong] = torch.where(p_large > 0.5, torch.log1p(-others), log_p.index_select(0, wrong))
+        log_p[wrong] = _precise_log_p(sub, wrong_cols, sub.gather(1, wrong_cols).squeeze(1),
+                                      log_p.index_select(0, wrong))
     return log_p
 
 
@@ -190,7 +189,7 @@ def _torch_chunk(x, target, keep, sum_x, grad_out, scratch, cfg: LossConfig, sca
         lse = _log_sum_exp(x, p, x_target, p_target)
     log_p_target = x_target - lse
     if not cfg.input_is_log_probs:
-        log_p_target = _precise_log_p_target(p, p_target, target_column, log_p_target)
+        log_p_target = _precise_log_p(p, target_column, p_target, log_p_target)
     sum_log_p = sum_x - x.size(1) * lse if q_other else None
 
     sum_bonus = p_over_one_minus_p = None
