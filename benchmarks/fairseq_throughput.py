@@ -6,7 +6,8 @@
 Prepares the demo's toy corpus once (sentencepiece + fairseq-preprocess), then runs the real
 fairseq-train for each criterion (LS-CE, EL fused, EL reference) with the toy recipe, alternating
 them ``--repeats`` times, and reads fairseq's own train ``wps`` (target words per second over the
-epoch-level log lines, warm-up epoch excluded). Prints medians and the ratio to LS-CE; writes JSON.
+epoch-level log lines, warm-up epoch excluded). Prints medians and the ratio to LS-CE; writes JSON. ``--markdown FILE.json`` prints the README's
+table of a results file without running anything.
 """
 import argparse
 import json
@@ -18,7 +19,8 @@ import subprocess
 import sys
 import tempfile
 
-from el_plugins.demo.toy_corpus import make_splits
+from el_plugins.files import write_json
+from el_plugins.testing.toy_corpus import make_splits
 from el_plugins.translation import recipe
 from el_plugins.translation.prepare import prepare_parallel_corpus
 
@@ -27,6 +29,17 @@ VARIANTS = {
     "EL (fused)": ("el", ["--el-implementation", "fused"]),
     "EL (reference)": ("el", ["--el-implementation", "reference"]),
 }
+README_NAMES = {"LS-CE": "`label_smoothed_cross_entropy`", "EL (fused)": "EL, fused (default)",
+                "EL (reference)": "EL, `--el-implementation reference`"}
+
+
+def markdown_table(result: dict) -> str:
+    """The README's table of a results file: median words/s, the range over repeats, the ratio to LS-CE."""
+    lines = ["| criterion | words/s, median | min-max over repeats | ratio to LS-CE |", "|---|---:|---:|---:|"]
+    for name, row in result["results"].items():
+        lines.append(f"| {README_NAMES.get(name, name)} | {row['wps_median']:.0f} | "
+                     f"{min(row['wps_all']):.0f}-{max(row['wps_all']):.0f} | {row['ratio_to_ls_ce']:.2f} |")
+    return "\n".join(lines) + "\n"
 
 
 def words_per_second(log: str) -> float:
@@ -43,7 +56,12 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     ap.add_argument("--out", default=None, help="JSON output (default: benchmarks/fairseq-throughput-<device>.json)")
+    ap.add_argument("--markdown", metavar="RESULTS_JSON", help="print the README table of a results file and exit")
     args = ap.parse_args(argv)
+    if args.markdown:
+        with open(args.markdown, encoding="utf-8") as f:
+            print(markdown_table(json.load(f)), end="")
+        return
     if args.updates < 20 or args.repeats < 1:
         ap.error("--updates must be >= 20 and --repeats >= 1")
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), f"fairseq-throughput-{args.device}.json")
@@ -72,9 +90,7 @@ def main(argv=None):
                           "torch": torch.__version__,
                           "gpu": torch.cuda.get_device_name(0) if args.device == "cuda" else None},
               "results": rows}
-    with open(out + ".tmp", "w") as f:
-        json.dump(result, f, indent=2)
-    os.replace(out + ".tmp", out)
+    write_json(out, result)
     print(f"\n{'criterion':>15} {'words/s (median)':>17} {'ratio to LS-CE':>15}")
     for name, row in rows.items():
         print(f"{name:>15} {row['wps_median']:17.1f} {row['ratio_to_ls_ce']:15.2f}")

@@ -14,7 +14,9 @@ Layout (framework-free core first, thin adapters after, tools last):
   el_plugins.devices            the one --device option: check it, move models and batches
   el_plugins.analysis           margins, energy, ECE, OOD metrics and el-analyze
   el_plugins.translation        IWSLT preparation, recipes, checkpoint averaging, BLEU (el-* commands)
-  el_plugins.demo               el-demo, its generated toy corpus and digits folder
+  el_plugins.demo               el-demo: translation (LS-CE vs EL) and vision (CE vs EL) on generated data
+  el_plugins.testing            generated data (toy corpus, digits folder, the spec's worked example) and
+                                test helpers, used by the tests, the benchmarks and the demo
   el_plugins.data               el-data: real MNIST / Fashion-MNIST from registry packages, checked
   el_plugins.reproduce          el-reproduce mnist: the paper's MNIST tables on the real data
   el_plugins._activation        the import hook run from el_plugins.pth

@@ -125,6 +125,18 @@ def bonus(p: torch.Tensor, log_end: float = 1.0) -> torch.Tensor:
     return bonus_from_log_prob(torch.log(p), log_end)
 
 
+def bonus_slope_times_p(log_p: torch.Tensor, log_end: float = 1.0) -> torch.Tensor:
+    """p b'(p) = d b / d log p, from log p: -p / (1 - p) on the log branch (0 where the clamp
+    max(1 - p, 1e-5) is active), -p / (1 - log_end) on the tail p > log_end. The fused gradient's
+    g_k = rho q_k p_k b'(p_k) is built from it (the Triton kernel has its own copy of b and p b'(p))."""
+    p = torch.exp(log_p)
+    one_minus_p = -torch.expm1(log_p)
+    slope = torch.where(one_minus_p >= BONUS_CLAMP, -p / one_minus_p.clamp(min=BONUS_CLAMP), 0.0)
+    if log_end < 1.0:
+        slope = torch.where(p > log_end, -p / (1.0 - log_end), slope)
+    return slope
+
+
 # --------------------------------------------------------------------------- class-index targets
 class EncouragingLossOutput(NamedTuple):
     """Reduced like the loss (or per row with reduction='none'); ignored rows count zero.
@@ -141,6 +153,42 @@ class EncouragingLossOutput(NamedTuple):
     bonus: torch.Tensor
     target_prob: torch.Tensor
     past_log_end: torch.Tensor
+
+
+class RowTerms(NamedTuple):
+    """What every implementation computes per row (the reference, the chunked torch path and the Triton
+    kernel alike); :func:`assemble_rows` puts the loss together from them, in one place for all."""
+
+    log_p_target: torch.Tensor  # log p_y
+    sum_log_p: torch.Tensor  # sum_k log p_k (zeros when q_o = 0)
+    bonus_target: torch.Tensor  # b(p_y)
+    sum_bonus: torch.Tensor  # sum_k b(p_k) over every class, y included (zeros when q_o = 0 or rho = 0)
+
+
+def assemble_rows(terms: RowTerms, w_target: float, q_other: float, rho: float):
+    """Per-row (loss, nll, bonus) from :class:`RowTerms`, with q = w_y * onehot(y) + q_o:
+
+        nll   = -log p_y
+        bonus = rho (w_y b(p_y) + q_o sum_k b(p_k))
+        loss  = w_y nll - q_o sum_k log p_k + bonus
+    """
+    nll = -terms.log_p_target
+    bonus = rho * (w_target * terms.bonus_target + q_other * terms.sum_bonus)
+    loss = w_target * nll - q_other * terms.sum_log_p + bonus
+    return loss, nll, bonus
+
+
+def reduce_outputs(loss, nll, bonus, log_p_target, keep, reduction: str, log_end: float) -> "EncouragingLossOutput":
+    """The reduced :class:`EncouragingLossOutput` of per-row values; rows where ``keep`` is False count zero."""
+    count = keep.sum()
+
+    def reduce(rows):
+        return reduce_rows(rows.masked_fill(~keep, 0.0), reduction, count)
+
+    with torch.no_grad():
+        p_target = torch.exp(log_p_target.detach())
+        past = (p_target > log_end).to(p_target.dtype)
+    return EncouragingLossOutput(reduce(loss), reduce(nll), reduce(bonus), reduce(p_target), reduce(past))
 
 
 def smoothing_weights(eps: float, num_classes: int, convention: str):

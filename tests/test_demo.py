@@ -1,12 +1,13 @@
 """The README's main job, shortened: el-demo --quick runs both parts and writes its JSON and plots."""
 import json
+import math
 
-from conftest import run_cli
+from el_plugins.testing.programs import run_cli
 
 
 def test_demo_quick_writes_results_and_plots(tmp_path):
     out = tmp_path / "demo"
-    stdout = run_cli("el-demo", "--quick", "--out", out, timeout=1200).stdout
+    stdout = run_cli("el-demo", "--quick", "--no-progress", "--out", out, timeout=1200).stdout
     results = json.loads((out / "results.json").read_text())
     tr, vi = results["translation"], results["vision"]
     assert set(tr["runs"]) == {"LS-CE", "EL"} and set(vi["runs"]) == {"CE", "EL"}
@@ -20,7 +21,7 @@ def test_demo_quick_writes_results_and_plots(tmp_path):
     for name, curve in tr["curves"].items():
         assert curve and curve[-1]["updates"] == tr["runs"][name]["updates"]
     for run in vi["runs"].values():
-        assert 0 <= run["test_accuracy"] <= 1 and run["margin_mean"] == run["margin_mean"]
+        assert 0 <= run["test_accuracy"] <= 1 and not math.isnan(run["margin_mean"])
     assert vi["runs"]["EL"]["criterion"] == "EncouragingLoss" and vi["runs"]["CE"]["criterion"] != "EncouragingLoss"
     assert vi["data"]["validation"] == 450
     for plot in results["plots"]:
@@ -28,6 +29,8 @@ def test_demo_quick_writes_results_and_plots(tmp_path):
     assert {p.split("/")[-1] for p in results["plots"]} == {"learning_curves.png", "margins_translation.png",
                                                            "margins_vision.png"}
     assert "tokenized BLEU-4" in stdout and "mean logit margin" in stdout
+    assert "el-demo: [translation] preparing 1500 training pairs" in stdout  # messages through logging
+    assert results["settings"]["progress"] is False and "[vision] train" not in stdout and "upd/s" not in stdout
     assert not list(out.rglob("*.tmp")) and not list(out.rglob("*.el-partial-*"))
 
 
@@ -48,4 +51,11 @@ def test_demo_rejects_bad_options(tmp_path):
     (tmp_path / "own").mkdir()
     (tmp_path / "own" / "train.src").write_text("a\n")
     proc = run_cli("el-demo", "--data", tmp_path / "own", "--parts", "translation", "--out", tmp_path / "o", check=False)
-    assert proc.returncode != 0 and "has no train.en" in proc.stdout
+    assert proc.returncode == 2 and f"el-demo: error: --data {tmp_path / 'own'} has no train.en" in proc.stdout
+    for split in ("train", "valid", "test"):
+        (tmp_path / "own" / f"{split}.src").write_text("a\nb\n")
+        (tmp_path / "own" / f"{split}.en").write_text("a\nb\n")
+    (tmp_path / "own" / "valid.en").write_text("a\n")
+    proc = run_cli("el-demo", "--data", tmp_path / "own", "--parts", "translation", "--out", tmp_path / "o", check=False)
+    assert proc.returncode == 2 and "error: --data" in proc.stdout and "valid.src has 2 lines but valid.en has 1" in proc.stdout
+    assert "Traceback" not in proc.stdout and not (tmp_path / "o").exists()  # refused before any work

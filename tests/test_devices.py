@@ -149,13 +149,13 @@ class _Stop(Exception):
 
 
 def test_demo_translation_analysis_moves_the_averaged_model(toy_data_bin, tmp_path):
-    """The demo's translation analysis loads the averaged checkpoint and runs it on ``device``: the model
-    must go where the batches go (it used to stay on the CPU while the batches went to 'cuda')."""
+    """The demo's translation analysis (fairseq_eval.evaluate, el-analyze fairseq's loop too) runs the averaged
+    checkpoint on ``device``: the model must go where the batches go (it used to stay on the CPU while the
+    batches went to 'cuda')."""
     pytest.importorskip("fairseq")
-    from conftest import TINY_TRANSFORMER, run_cli
-
-    from el_plugins.analysis import StreamingAnalysis
-    from el_plugins.demo.translation import analyze_checkpoint
+    from el_plugins.analysis.fairseq_eval import evaluate, load
+    from el_plugins.testing.programs import run_cli
+    from el_plugins.testing.toy_fairseq import TINY_TRANSFORMER
     from el_plugins.translation.average_checkpoints import average_checkpoints, save_atomic, select_checkpoints
 
     run_cli("fairseq-train", toy_data_bin, *TINY_TRANSFORMER, "--optimizer", "adam", "--lr", "0.002",
@@ -178,18 +178,22 @@ def test_demo_translation_analysis_moves_the_averaged_model(toy_data_bin, tmp_pa
             seen["embedding"], seen["tokens"] = module.weight.device, inputs[0].device
             raise _Stop
 
+    model, task = load(averaged, str(toy_data_bin))
     handle = torch.nn.modules.module.register_module_forward_pre_hook(hook)
     try:
         with pytest.raises(_Stop):
-            analyze_checkpoint(averaged, str(toy_data_bin), META, StreamingAnalysis(), progress=False)
+            evaluate(model, task, "valid", META, progress=False)
     finally:
         handle.remove()
     assert seen == {"model": {META}, "training": False, "embedding": META, "tokens": META}
 
-    analysis = StreamingAnalysis(log_end=0.5)  # and on the CPU the same code runs to the end
-    model = analyze_checkpoint(averaged, str(toy_data_bin), "cpu", analysis, progress=False)
+    model, task = load(averaged, str(toy_data_bin))  # and on the CPU the same code runs to the end
+    model.half()
+    skipped = []
+    analysis = evaluate(model, task, "valid", "cpu", log_end=0.5, progress=False, skipped=skipped)
     assert {p.device.type for p in model.parameters()} == {"cpu"} and {p.dtype for p in model.parameters()} == {torch.float32}
-    assert analysis.rows > 0 and 0 <= analysis.summary()["accuracy"] <= 1
+    assert analysis.rows > 0 and 0 <= analysis.summary()["accuracy"] <= 1 and analysis.log_end == 0.5
+    assert skipped == []  # every sentence of the toy corpus fits the model
 
 
 def test_demo_vision_task_is_on_the_device():
@@ -214,7 +218,7 @@ EXPECTED = ("--device cuda: CUDA is not available here (use --device cpu)" if no
     ("el-analyze", ["fairseq", "--checkpoint", "{ckpt}", "--data", "{tmp}", "--out", "{out}"]),
 ])
 def test_commands_refuse_unusable_devices_before_any_work(prog, args, tmp_path):
-    from conftest import run_cli
+    from el_plugins.testing.programs import run_cli
 
     ckpt = tmp_path / "model.pt"
     ckpt.write_bytes(b"")

@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from conftest import TINY_TRANSFORMER, run_cli
+from el_plugins.testing.programs import run_cli
+from el_plugins.testing.toy_fairseq import TINY_TRANSFORMER
 
 pytest.importorskip("fairseq")
 

@@ -4,7 +4,8 @@ import math
 import pytest
 import torch
 
-from conftest import TINY_TRANSFORMER
+from el_plugins.testing import spec_example as spec
+from el_plugins.testing.toy_fairseq import TINY_TRANSFORMER
 
 fairseq = pytest.importorskip("fairseq")
 from fairseq import options, tasks  # noqa: E402
@@ -115,18 +116,15 @@ def test_bonus_changes_loss_and_gradient(toy_data_bin):
     assert not all(torch.equal(a, b) for a, b in zip(el_grads, ls_grads))
 
 
-@pytest.mark.parametrize("convention,log_end,expected", [("paper", 0.75, 1.218452204029),
-                                                          ("paper", 0.5, 1.809252236702),
-                                                          ("fairseq", 0.75, 1.496696504549)])
-def test_criterion_reproduces_spec_example(toy_data_bin, convention, log_end, expected):
-    _, _, el, _ = build(toy_data_bin, "--criterion", CRITERION_NAME, "--label-smoothing", "0.1",
-                        "--log-end", str(log_end), "--smoothing-convention", convention)
-    assert el.padding_idx == 1  # the spec's padding index is fairseq's
-    torch.manual_seed(0)
-    z = torch.randn(6, 11, dtype=torch.float64) * 3
-    out = el.compute_terms(torch.log_softmax(z, -1), torch.tensor([9, 1, 2, 10, 6, 4]))
+@pytest.mark.parametrize("convention,log_end,rho,expected", spec.SUM_TABLE)
+def test_criterion_reproduces_spec_example(toy_data_bin, convention, log_end, rho, expected):
+    _, _, el, _ = build(toy_data_bin, "--criterion", CRITERION_NAME, "--label-smoothing", str(spec.LABEL_SMOOTHING),
+                        "--log-end", str(log_end), "--bonus-weight", str(rho), "--smoothing-convention", convention)
+    assert el.padding_idx == spec.PADDING_INDEX  # the spec's padding index is fairseq's
+    z, t = spec.logits_and_targets()
+    out = el.compute_terms(torch.log_softmax(z, -1), t)
     assert out.loss.item() == pytest.approx(expected, abs=1e-11)
-    assert out.nll_loss.item() == pytest.approx(3.409925482129, abs=1e-11)
+    assert out.nll_loss.item() == pytest.approx(spec.NLL_LOSS_SUM, abs=1e-11)
 
 
 def test_logging_outputs_sum_across_workers(toy_data_bin):

@@ -1,15 +1,13 @@
 """The criterion under fairseq's distributed training: the wrappers fairseq puts around a model, and two real
 fairseq-train ranks (gloo, CPU) against one process accumulating the same two batches (--update-freq 2)."""
-import json
 import os
-import re
-import socket
 import subprocess
 
 import pytest
 import torch
 
-from conftest import BIN, TINY_TRANSFORMER
+from el_plugins.testing.programs import BIN, free_port
+from el_plugins.testing.toy_fairseq import TINY_TRANSFORMER, train_inner_logs
 
 pytest.importorskip("fairseq")
 from fairseq.distributed import ModuleProxyWrapper  # noqa: E402
@@ -20,12 +18,6 @@ from test_fairseq_criterion import build  # noqa: E402
 
 EL_FLAGS = ["--criterion", CRITERION_NAME, "--label-smoothing", "0.1", "--log-end", "0.25"]
 LOGGED = ("loss", "nll_loss", "bonus", "p_target", "past_log_end", "ppl")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -71,9 +63,7 @@ def test_fused_path_is_chosen_inside_fairseqs_wrappers(toy_data_bin, gloo_group)
 
 def train_updates(log):
     """The per-update train_inner records of a --log-format json --log-interval 1 run."""
-    rows = [json.loads(m) for m in re.findall(r"\| train_inner \| (\{.*\})", log)]
-    assert rows, log[-4000:]
-    return {int(r["num_updates"]): {k: float(r[k]) for k in LOGGED} for r in rows}
+    return {int(r["num_updates"]): {k: float(r[k]) for k in LOGGED} for r in train_inner_logs(log)}
 
 
 def fairseq_train(data_bin, save_dir, *extra):

@@ -2,14 +2,14 @@
 commands on a corpus whose splits are not multiples of --required-batch-size-multiple (8): with the
 fix every sentence is trained on, validated and translated; with its off switch fairseq's dropped
 last batch is back. Plus direct checks of the patched batch_by_size and of the switches."""
-import json
 import re
 import types
 
 import numpy as np
 import pytest
 
-from conftest import TINY_TRANSFORMER, run_cli
+from el_plugins.testing.programs import run_cli
+from el_plugins.testing.toy_fairseq import TINY_TRANSFORMER, binarize_toy_corpus, train_inner_logs
 
 pytest.importorskip("fairseq")
 
@@ -32,13 +32,8 @@ def target_counts(path):
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     """The toy corpus at SIZES, binarized, and one epoch of training on it (with the fixes)."""
-    from el_plugins.demo.toy_corpus import write_corpus
-
     root = tmp_path_factory.mktemp("fixes")
-    write_corpus(str(root / "raw"), sizes=SIZES)
-    run_cli("fairseq-preprocess", "--source-lang", "src", "--target-lang", "en",
-            "--trainpref", root / "raw/train", "--validpref", root / "raw/valid", "--testpref", root / "raw/test",
-            "--destdir", root / "bin", "--workers", "1")
+    binarize_toy_corpus(root, sizes=SIZES)
     train_log = train_one_epoch(root / "bin", root / "ckpt")
     return types.SimpleNamespace(raw=root / "raw", bin=root / "bin", ckpt=root / "ckpt/checkpoint_last.pt",
                                  train_log=train_log)
@@ -52,8 +47,7 @@ def train_one_epoch(data_bin, save_dir, env=None, save=True):
 
 def epoch_totals(log):
     """(updates, sentences, target tokens) summed over the per-update train_inner json logs."""
-    updates = [json.loads(m) for m in re.findall(r"\| train_inner \| (\{.*\})", log)]
-    assert updates, log[-3000:]
+    updates = train_inner_logs(log)
     return len(updates), sum(float(u["bsz"]) for u in updates), sum(float(u["wpb"]) for u in updates)
 
 

@@ -7,41 +7,46 @@ import torch
 import torch.nn.functional as F
 
 from el_plugins import functional as EF
+from el_plugins.testing import spec_example as spec
 
 reference_loss = functools.partial(EF.encouraging_loss, implementation="reference")
 reference_loss_with_stats = functools.partial(EF.encouraging_loss_with_stats, implementation="reference")
+spec_logits = spec.logits_and_targets
 
 
-def spec_logits():
-    torch.manual_seed(0)
-    return torch.randn(6, 11, dtype=torch.float64) * 3, torch.tensor([9, 1, 2, 10, 6, 4])
+def smoothed_target_weight(k, y, V, eps, convention):
+    """q_k of the spec for class k of a row with target y, V classes."""
+    if convention == "paper":
+        return (1 - eps) * float(k == y) + eps / V
+    return (1 - eps) if k == y else eps / (V - 1)
 
 
-# The spec's worked example (shared/spec/encouraging-loss.md), float64, padding index 1, eps 0.1.
-SPEC_TABLE = [
-    ("paper", 1.0, 1.0, 1.160236598915),
-    ("paper", 0.75, 1.0, 1.218452204029),
-    ("paper", 0.5, 1.0, 1.809252236702),
-    ("fairseq", 0.75, 1.0, 1.496696504549),
-    ("fairseq", 0.75, 0.0, 6.003459446279),
-    ("fairseq", 0.3, 0.0, 6.003459446279),
-]
+def bonus_by_hand(p, log_end):
+    """The spec's b(p) of one probability, in Python floats: log(max(1 - p, 1e-5)) up to log_end, its tangent after."""
+    if p <= log_end:
+        return math.log(max(1 - p, 1e-5))
+    return (p - log_end) / (log_end - 1) + math.log(1 - log_end)
 
 
-@pytest.mark.parametrize("convention,log_end,rho,expected", SPEC_TABLE)
+@pytest.mark.parametrize("convention,log_end,rho,expected", spec.SUM_TABLE)
 def test_spec_worked_example(convention, log_end, rho, expected):
     z, t = spec_logits()
-    out = reference_loss_with_stats(z, t, log_end=log_end, label_smoothing=0.1, bonus_weight=rho,
-                                         ignore_index=1, reduction="sum", smoothing_convention=convention)
+    out = reference_loss_with_stats(z, t, log_end=log_end, label_smoothing=spec.LABEL_SMOOTHING, bonus_weight=rho,
+                                    ignore_index=spec.PADDING_INDEX, reduction="sum", smoothing_convention=convention)
     assert out.loss.item() == pytest.approx(expected, abs=1e-11)
-    assert out.nll_loss.item() == pytest.approx(3.409925482129, abs=1e-11)
-    assert out.loss.item() == pytest.approx((out.loss - out.bonus).item() + out.bonus.item())
+    assert out.nll_loss.item() == pytest.approx(spec.NLL_LOSS_SUM, abs=1e-11)
+    # the part of the loss EL adds: rho * sum over the counted rows and the classes of q_k b(p_k)
+    V = z.size(1)
+    bonus = sum(rho * smoothed_target_weight(k, y, V, spec.LABEL_SMOOTHING, convention) * bonus_by_hand(p_k, log_end)
+                for row, y in zip(z.softmax(-1).tolist(), t.tolist()) if y != spec.PADDING_INDEX
+                for k, p_k in enumerate(row))
+    assert out.bonus.item() == pytest.approx(bonus, abs=1e-11)
 
 
 def test_spec_timm_mean_example():
     z, t = spec_logits()
-    loss = reference_loss(z, t, log_end=0.75, label_smoothing=0.1, reduction="mean")
-    assert loss.item() == pytest.approx(0.701847684127, abs=1e-11)
+    loss = reference_loss(z, t, log_end=spec.TIMM_LOG_END, label_smoothing=spec.LABEL_SMOOTHING, reduction="mean")
+    assert loss.item() == pytest.approx(spec.TIMM_MEAN_LOSS, abs=1e-11)
 
 
 def dense_reference(z, t, log_end, eps, rho, convention, ignore_index=None):
@@ -55,10 +60,7 @@ def dense_reference(z, t, log_end, eps, rho, convention, ignore_index=None):
             continue
         total = 0.0
         for k in range(V):
-            if convention == "paper":
-                q = (1 - eps) * float(k == t[i]) + eps / V
-            else:
-                q = (1 - eps) if k == t[i] else eps / (V - 1)
+            q = smoothed_target_weight(k, t[i], V, eps, convention)
             pk = p[i, k]
             if pk <= log_end:
                 b = torch.log(torch.clamp(1 - pk, min=1e-5))

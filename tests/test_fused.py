@@ -13,9 +13,9 @@ import sys
 import pytest
 import torch
 
-import el_plugins
 from el_plugins import functional as EF
 from el_plugins.ops import fused_encouraging_loss, fused_encouraging_loss_with_stats
+from el_plugins.testing import spec_example as spec
 
 reference_loss = functools.partial(EF.encouraging_loss, implementation="reference")
 reference_loss_with_stats = functools.partial(EF.encouraging_loss_with_stats, implementation="reference")
@@ -93,13 +93,14 @@ def test_matches_reference_default_weight_and_no_smoothing(dtype, log_end):
     assert_matches_reference(z, t, dtype, log_end=log_end, label_smoothing=0.2, ignore_index=PAD)
 
 
-def test_spec_worked_example():
-    torch.manual_seed(0)
-    z, t = torch.randn(6, 11, dtype=torch.float64) * 3, torch.tensor([9, 1, 2, 10, 6, 4])
-    out = fused_encouraging_loss_with_stats(z, t, log_end=0.75, label_smoothing=0.1, ignore_index=1,
-                                            reduction="sum", smoothing_convention="fairseq")
-    assert out.loss.item() == pytest.approx(1.496696504549, abs=1e-11)
-    assert out.nll_loss.item() == pytest.approx(3.409925482129, abs=1e-11)
+@pytest.mark.parametrize("convention,log_end,rho,expected", spec.SUM_TABLE)
+def test_spec_worked_example(convention, log_end, rho, expected):
+    z, t = spec.logits_and_targets()
+    out = fused_encouraging_loss_with_stats(z, t, log_end=log_end, label_smoothing=spec.LABEL_SMOOTHING,
+                                            bonus_weight=rho, ignore_index=spec.PADDING_INDEX, reduction="sum",
+                                            smoothing_convention=convention)
+    assert out.loss.item() == pytest.approx(expected, abs=1e-11)
+    assert out.nll_loss.item() == pytest.approx(spec.NLL_LOSS_SUM, abs=1e-11)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -437,7 +438,7 @@ def test_interpreted_triton_gradient_near_the_clamp(wrong_class):
 @interpreted
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_interpreted_triton_mixed_precision(dtype):
-    from test_mixed_precision import precision, scaled_gradient, trained_like_logits
+    from el_plugins.testing.mixed_precision import precision, scaled_gradient, trained_like_logits
 
     z, target = trained_like_logits(96, 1000)
     x, kwargs, scale = z.to(dtype), dict(reduction="mean", log_end=0.75, label_smoothing=0.1), 65536.0
@@ -454,12 +455,10 @@ def test_triton_interpreted():
     if INTERPRETED:
         pytest.skip("already interpreted: the tests run directly")
     pytest.importorskip("triton")
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(el_plugins.__file__)))
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONWARNINGS="ignore",
-               PYTHONPATH=os.pathsep.join([repo] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONWARNINGS="ignore")
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
                            os.path.abspath(__file__), "-k", "interpreted and not test_triton_interpreted"],
-                          cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+                          env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-6000:]
     assert " passed" in proc.stdout and "skipped" not in proc.stdout.splitlines()[-1], proc.stdout[-2000:]
 

@@ -10,6 +10,7 @@ import torch
 
 from el_plugins import functional as EF
 from el_plugins.ops import fused_encouraging_loss
+from el_plugins.testing.mixed_precision import precision, scaled_gradient, trained_like_logits
 
 reference_loss = functools.partial(EF.encouraging_loss, implementation="reference")
 
@@ -20,31 +21,6 @@ ROUTES = {
     "fairseq-fp16-iwslt": (2048, 8000, dict(reduction="sum", log_end=0.5, label_smoothing=0.1,
                                             smoothing_convention="fairseq", ignore_index=1), 128.0),
 }
-
-
-def trained_like_logits(rows, classes, seed=0):
-    """Logits of a partly trained classifier: most rows confident in their target, some not, some wrong."""
-    gen = torch.Generator().manual_seed(seed)
-    z = torch.randn(rows, classes, generator=gen, dtype=torch.float64) * 2
-    target = torch.randint(2, classes, (rows,), generator=gen)
-    boost = torch.rand(rows, generator=gen, dtype=torch.float64) * 16 - 2
-    z[torch.arange(rows), target] += boost
-    target[torch.rand(rows, generator=gen) < 0.05] = 1  # padding for the fairseq route
-    return z, target
-
-
-def scaled_gradient(loss_fn, x, target, scale, **kwargs):
-    x = x.detach().requires_grad_()
-    (loss_fn(x, target, **kwargs) * scale).backward()
-    return x.grad.double()
-
-
-def precision(grad, truth, dtype):
-    """(entries autograd would keep that ``grad`` flushes to zero, p99 relative error) over the entries whose
-    true value lies in the dtype's normal range."""
-    normal = truth.abs() >= torch.finfo(dtype).tiny
-    rel = ((grad - truth).abs() / truth.abs())[normal]
-    return normal & (grad == 0), torch.quantile(rel.float()[torch.randperm(rel.numel())[:1 << 24]], 0.99).item()
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

@@ -4,23 +4,19 @@ timm's train.py itself cannot run distributed on a CPU (it passes device_ids to 
 model and timm's loss factory under DDP directly: the averaged gradient of two ranks must equal the mean of
 the two shards' gradients computed in one process, in float32 and with bfloat16 autocast logits."""
 import os
-import socket
 import subprocess
-import sys
 
 import pytest
 import torch
 
-from conftest import BIN
+from el_plugins.testing.programs import BIN, free_port
 
 timm = pytest.importorskip("timm")
 from timm.loss import create_classification_loss  # noqa: E402
 
 
 def test_el_under_torchrun_ddp_matches_one_process(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     out = tmp_path / "ranks.pt"
     worker = os.path.join(os.path.dirname(__file__), "timm_ddp_worker.py")
     proc = subprocess.run([os.path.join(BIN, "torchrun"), "--nnodes", "1", "--nproc-per-node", "2",

@@ -7,7 +7,9 @@ import tarfile
 
 import pytest
 
-from conftest import TINY_TRANSFORMER, run_cli
+from el_plugins.testing.programs import run_cli
+from el_plugins.testing.toy_corpus import make_splits
+from el_plugins.testing.toy_fairseq import TINY_TRANSFORMER
 from el_plugins.translation import bleu, recipe
 from el_plugins.translation.prepare import (
     CORPORA, prepare_parallel_corpus, read_iwslt_release, read_train_tags, read_xml_segments)
@@ -58,7 +60,7 @@ def test_el_bleu_names_the_file_and_line_of_non_utf8_bytes(tmp_path, option):
     files[option].write_bytes(b"the cat sat\nhello w\xf6rld\n")  # Latin-1, not UTF-8
     proc = run_cli("el-bleu", "score", *[x for kv in files.items() for x in kv], check=False)
     assert proc.returncode == 1 and "Traceback" not in proc.stdout
-    assert f"el-bleu: {files[option]}, line 2, column 8: byte 0xf6 is not UTF-8 text" in proc.stdout
+    assert f"el-bleu: error: {files[option]}, line 2, column 8: byte 0xf6 is not UTF-8 text" in proc.stdout
 
 
 def test_el_bleu_refuses_blank_references_and_warns_on_blank_hypotheses(tmp_path):
@@ -178,7 +180,9 @@ def test_read_iwslt_release(tmp_path):
     splits = read_iwslt_release(str(tmp_path), "iwslt14.de-en")
     assert len(splits["valid"][0]) == 3 and splits["valid"][1][0] == "hello title"  # lines 0, 23, 46 of 47
     assert len(splits["train"][0]) == 44 and len(splits["test"][0]) == 10
-    with pytest.raises(SystemExit, match="no file matching 'train.tags.fr-en.fr'"):
+    from el_plugins.commands import CommandError
+
+    with pytest.raises(CommandError, match="no file matching 'train.tags.fr-en.fr'"):
         read_iwslt_release(str(tmp_path), "iwslt17.fr-en")
 
 
@@ -202,8 +206,6 @@ def test_el_prepare_iwslt_end_to_end(tmp_path):
 
 # --------------------------------------------------------------------------- the pipeline on a real model
 def test_prepare_train_generate_bleu(tmp_path):
-    from el_plugins.demo.toy_corpus import make_splits
-
     splits = make_splits((("train", 400), ("valid", 40), ("test", 43)))
     data_bin = prepare_parallel_corpus(splits, str(tmp_path / "data"), "src", "en", vocab_size=300, lowercase=False,
                                        joined_dictionary=False, workers=1)

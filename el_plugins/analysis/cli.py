@@ -10,6 +10,10 @@ data, p_y, reliability diagram; with OOD data the min. energy histograms and ROC
 prints a side-by-side table. Nothing is written unless every run succeeds. An image that cannot be
 read (truncated, not an image) is skipped with a warning naming it, and counted in the report; a
 folder of which no image can be read is refused.
+
+Errors are "el-analyze MODE: error: ...": exit 2 for a bad option (also one found while running, such
+as no such --split), exit 1 for input that cannot be analyzed (a checkpoint that does not fit --model, a
+folder without readable images, ...).
 """
 from __future__ import annotations
 
@@ -19,8 +23,11 @@ import os
 import sys
 from typing import List, Optional
 
+from el_plugins import commands
 from el_plugins.analysis.report import PLOT_FILES, AnalysisError, output_folder_problem
 from el_plugins.devices import add_device_argument
+
+logger = logging.getLogger(__name__)
 
 
 def _typed(convert, valid, allowed):
@@ -58,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="images per batch (timm, default 64) / max sentences per batch (fairseq)")
     g.add_argument("--max-batches", type=_positive_int, default=None, metavar="N",
                    help="stop after N batches per data set (a quick look)")
-    g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars on stderr")
+    commands.add_progress_argument(g)
     g.add_argument("--title", default=None, help="what the plots call the data (default: the data folder's name)")
 
     ap = argparse.ArgumentParser(
@@ -134,29 +141,13 @@ def data_overlap(data: str, ood: str) -> Optional[str]:
     return None
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    sub = args._subparsers[args.mode]  # errors show the sub-command's usage
-    names = run_names(args.checkpoint, args.names, sub)
-    for path in args.checkpoint:
-        if not os.path.isfile(path):
-            sub.error(f"--checkpoint {path}: no such file")
-    problem = output_folder_problem(args.out)
-    if problem:
-        sub.error(f"--out {args.out}: {problem} (give a folder to write the report into)")
-    if getattr(args, "ood_data", None):
-        overlap = data_overlap(args.data, args.ood_data)
-        if overlap:
-            sub.error(f"{overlap}: in-distribution and out-of-distribution data must differ")
-    if args.batch_size is None and args.mode == "timm":
-        args.batch_size = 64
-
+def analyze(args, names: List[str]) -> int:
+    """Run the back end of ``args.mode``, write the report all-or-nothing, print the table (stdout)."""
+    if args.mode == "timm":
+        from el_plugins.analysis import timm_eval as backend
+    else:
+        from el_plugins.analysis import fairseq_eval as backend
     try:
-        if args.mode == "timm":
-            from el_plugins.analysis import timm_eval as backend
-        else:
-            from el_plugins.analysis import fairseq_eval as backend
         runs, meta = backend.run(args, names)
 
         from el_plugins.analysis import report as rep
@@ -175,14 +166,34 @@ def main(argv: Optional[List[str]] = None) -> int:
             rep.write_outputs(args.out, files, remove_stale=list(PLOT_FILES))
         except OSError as exc:
             raise AnalysisError(f"--out {args.out}: cannot write the report ({exc})") from None
-    except AnalysisError as exc:
-        sub.exit(2, f"el-analyze {args.mode}: error: {exc}\n")
     except KeyboardInterrupt:
-        sub.exit(130, "el-analyze: interrupted, nothing written\n")
+        logger.error("interrupted, nothing written")
+        return 130
 
     print(rep.format_table(dict(report)))
     print(f"\nwrote {os.path.join(args.out, 'report.json')}, table.md and {', '.join(sorted(plots))}")
     return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    sub = args._subparsers[args.mode]  # errors show the sub-command's usage
+    names = run_names(args.checkpoint, args.names, sub)
+    for path in args.checkpoint:
+        if not os.path.isfile(path):
+            sub.error(f"--checkpoint {path}: no such file")
+    problem = output_folder_problem(args.out)
+    if problem:
+        sub.error(f"--out {args.out}: {problem} (give a folder to write the report into)")
+    if getattr(args, "ood_data", None):
+        overlap = data_overlap(args.data, args.ood_data)
+        if overlap:
+            sub.error(f"{overlap}: in-distribution and out-of-distribution data must differ")
+    if args.batch_size is None and args.mode == "timm":
+        args.batch_size = 64
+    commands.setup_logging("el-analyze")
+    return commands.run(sub.prog, lambda: analyze(args, names))
 
 
 if __name__ == "__main__":

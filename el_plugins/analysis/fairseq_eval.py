@@ -1,16 +1,21 @@
-"""el-analyze fairseq: token-level diagnostics of fairseq checkpoints, teacher-forced over a
-binarized split, padding excluded (imports fairseq only when called)."""
+"""el-analyze fairseq's back end, and the one evaluation loop of fairseq translation models (el-analyze
+fairseq, el-demo's translation part): :func:`evaluate` runs a model teacher-forced over a binarized split
+on a device and returns a :class:`StreamingAnalysis` of its target tokens, padding excluded. Imports
+fairseq only when called.
+"""
 from __future__ import annotations
 
+import logging
 import os
-import sys
-from typing import List
+from typing import List, Optional
 
 import torch
 
-from el_plugins.analysis.report import AnalysisError, checked_device
+from el_plugins.analysis.report import AnalysisError, AnalysisUsageError, batches, checked_device
 from el_plugins.analysis.streaming import StreamingAnalysis
 from el_plugins.devices import move_to_device, prepare_model
+
+logger = logging.getLogger(__name__)
 
 
 def load(path: str, data: str):
@@ -31,55 +36,63 @@ def load(path: str, data: str):
 
 
 @torch.inference_mode()
-def evaluate(model, task, split: str, analysis: StreamingAnalysis, device, *, max_tokens, batch_size, desc, progress,
-             max_batches=None) -> int:
-    """Feed the teacher-forced logits of every target token of ``split``; returns skipped sentences."""
-    from fairseq import utils
-    from tqdm import tqdm
+def evaluate(model, task, split: str, device, *, log_end: float = 0.75, n_bins: int = 15, max_tokens: int = 4000,
+             batch_size: Optional[int] = None, max_batches: Optional[int] = None, progress: bool = True,
+             desc: Optional[str] = None, skipped: Optional[List[int]] = None) -> StreamingAnalysis:
+    """The diagnostics of the teacher-forced logits of every target token of ``task``'s ``split``, padding
+    excluded, computed on ``device`` (``model, task`` as :func:`load` gives them).
 
+    The model is cast to float32, moved to ``device`` and put in eval mode, in place. Batches of at most
+    ``max_tokens`` tokens and ``batch_size`` sentences (None: no limit), in fairseq's order; ``max_batches``
+    stops early; ``desc`` names the progress bar (stderr; ``progress=False`` for none). ``skipped``, a list,
+    is extended with the ids of the sentences fairseq left out as longer than the model's max positions
+    (left as it is when ``max_batches`` stops early).
+    """
+    from fairseq import utils
+
+    analysis = StreamingAnalysis(log_end=log_end, n_bins=n_bins)
     try:
         task.load_dataset(split)
     except (FileNotFoundError, KeyError) as exc:
-        raise AnalysisError(f"--split {split}: not found in --data ({exc})") from None
+        raise AnalysisUsageError(f"--split {split}: not found in --data ({exc})") from None
     dataset = task.dataset(split)
+    prepare_model(model, device, dtype=torch.float32)
     itr = task.get_batch_iterator(
         dataset=dataset, max_tokens=max_tokens, max_sentences=batch_size,
         max_positions=utils.resolve_max_positions(task.max_positions(), model.max_positions()),
         ignore_invalid_inputs=True, seed=1, num_workers=0, disable_iterator_cache=True,
     ).next_epoch_itr(shuffle=False)
     pad = task.target_dictionary.pad()
-    seen = 0
-    total = len(itr) if max_batches is None else min(len(itr), max_batches)
-    for i, sample in enumerate(tqdm(itr, desc=desc, total=total, file=sys.stderr, disable=None if progress else True,
-                                    unit="batch", leave=False)):
-        if max_batches is not None and i >= max_batches:
-            break
+    seen = set()
+    for sample in batches(itr, desc=desc, progress=progress, max_batches=max_batches):
         if not sample or "net_input" not in sample:
             continue
+        seen.update(sample["id"].tolist())
         sample = move_to_device(sample, device)
         net_output = model(**sample["net_input"])
-        logits = net_output[0]
         target = model.get_targets(sample, net_output)
-        analysis.update(logits, target, ignore_index=pad)
-        seen += sample["nsentences"] if "nsentences" in sample else target.size(0)
-    return len(dataset) - seen if max_batches is None else 0
+        analysis.update(net_output[0], target, ignore_index=pad)
+    if skipped is not None and max_batches is None:
+        skipped.extend(i for i in range(len(dataset)) if i not in seen)
+    return analysis
 
 
 def run(args, names: List[str]):
+    """el-analyze fairseq: every checkpoint over --split of --data; returns ({name: (checkpoint,
+    StreamingAnalysis)}, meta)."""
     if not os.path.isdir(args.data):
-        raise AnalysisError(f"--data {args.data}: no such folder (a fairseq-preprocess output, data-bin)")
+        raise AnalysisUsageError(f"--data {args.data}: no such folder (a fairseq-preprocess output, data-bin)")
     device = checked_device(args.device)
     runs, skipped = {}, {}
     for path, name in zip(args.checkpoint, names):
         model, task = load(path, args.data)
-        prepare_model(model, device, dtype=torch.float32)
-        analysis = StreamingAnalysis(log_end=args.log_end, n_bins=args.bins)
-        skipped[name] = evaluate(model, task, args.split, analysis, device, max_tokens=args.max_tokens,
-                                 batch_size=args.batch_size, desc=f"{name} {args.split}", progress=args.progress,
-                                 max_batches=args.max_batches)
-        if skipped[name]:
-            print(f"el-analyze: {name}: {skipped[name]} sentences longer than the model's max positions were skipped",
-                  file=sys.stderr)
+        left_out: List[int] = []
+        analysis = evaluate(model, task, args.split, device, log_end=args.log_end, n_bins=args.bins,
+                            max_tokens=args.max_tokens, batch_size=args.batch_size, max_batches=args.max_batches,
+                            progress=args.progress, desc=f"{name} {args.split}", skipped=left_out)
+        skipped[name] = len(left_out)
+        if left_out:
+            logger.warning("%s: %d sentences longer than the model's max positions were skipped", name, len(left_out))
         if not analysis.rows:
             raise AnalysisError(f"--split {args.split}: no target tokens to analyze")
         runs[name] = (os.path.abspath(path), analysis)

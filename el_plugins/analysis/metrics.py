@@ -7,7 +7,10 @@ Conventions (one row = one image, or one target token):
 - data_energy       E(x, y) = -z_y               the conditional energy on the data (paper Fig. 5)
 - min_energy        min_k E(x, k) = -max_k z_k   the paper's OOD score (Table 4)
 - free_energy       -logsumexp_k z_k             the usual energy OOD baseline
-- max_prob          max_k p_k                    the usual max-softmax OOD baseline (= confidence)
+- confidence        max_k p_k                    (for calibration)
+- max_prob          log max_k p_k                the usual max-softmax OOD baseline, as an OOD score: it ranks
+                                                 rows as max_k p_k does, but in float64 log space, where rows
+                                                 whose max_k p_k rounds to 1 in float32 do not tie
 
 OOD detection treats the in-distribution rows as the POSITIVE class. For the two energies a LOWER
 score means "more in-distribution", for max_prob a HIGHER one (see :data:`ID_IS`); every function
@@ -100,17 +103,31 @@ def max_prob(logits: torch.Tensor) -> torch.Tensor:
     return torch.exp(z.amax(1) - torch.logsumexp(z, 1))
 
 
+def _log_max_prob(z: torch.Tensor) -> torch.Tensor:
+    """log max_k p_k = -log(1 + sum_{k != argmax} exp(z_k - max_k z_k)), in float64: exact where
+    ``exp(top - lse)`` rounds to 1 (EL's confident rows: one such row in float32 is a tie)."""
+    z = z.double()
+    top, arg = z.max(1, keepdim=True)
+    rest = torch.exp(z - top).scatter(1, arg, 0.0).sum(1)
+    return -torch.log1p(rest)
+
+
+def log_max_prob(logits: torch.Tensor) -> torch.Tensor:
+    """Per-row log max_k p_k (float64; higher = more in-distribution): the OOD score ``max_prob``."""
+    z, _ = _flatten(logits)
+    return _log_max_prob(z)
+
+
 def ood_scores(logits: torch.Tensor) -> Dict[str, torch.Tensor]:
     """The three OOD scores of every row (see :data:`ID_IS` for their directions)."""
     z, _ = _flatten(logits)
-    top = z.amax(1)
-    lse = torch.logsumexp(z, 1)
-    return {"min_energy": -top, "free_energy": -lse, "max_prob": torch.exp(top - lse)}
+    return {"min_energy": -z.amax(1), "free_energy": -torch.logsumexp(z, 1), "max_prob": _log_max_prob(z)}
 
 
 def row_values(logits: torch.Tensor, targets: torch.Tensor, ignore_index: Optional[int] = None) -> Dict[str, torch.Tensor]:
     """Every per-row value in one pass: margin, target_prob, nll (-log p_y), data_energy,
-    confidence (max_k p_k), correct (argmax == y, as 0/1), min_energy, free_energy, max_prob."""
+    confidence (max_k p_k), correct (argmax == y, as 0/1), min_energy, free_energy, max_prob
+    (log max_k p_k, the OOD score)."""
     z, t = _flatten(logits, targets, ignore_index)
     z_y, rival = _target_and_rival(z, t)
     top = torch.maximum(z_y, rival)
@@ -126,7 +143,7 @@ def row_values(logits: torch.Tensor, targets: torch.Tensor, ignore_index: Option
         "correct": z.argmax(1).eq(t).to(z.dtype),
         "min_energy": -top,
         "free_energy": -lse,
-        "max_prob": confidence,
+        "max_prob": _log_max_prob(z),
     }
 
 
@@ -204,46 +221,47 @@ def _oriented(id_scores, ood_scores_, id_is: str) -> Tuple[np.ndarray, np.ndarra
     return (a, b) if id_is == "higher" else (-a, -b)
 
 
+def _labelled(id_scores, ood_scores_, id_is: str) -> Tuple[np.ndarray, np.ndarray, int, int]:
+    """(labels: 1 = in-distribution, oriented scores, n_id, n_ood) for scikit-learn's ROC functions."""
+    a, b = _oriented(id_scores, ood_scores_, id_is)
+    labels = np.concatenate([np.ones(a.size, dtype=np.int8), np.zeros(b.size, dtype=np.int8)])
+    return labels, np.concatenate([a, b]).astype(np.float64), a.size, b.size
+
+
 def auroc(id_scores, ood_scores_, id_is: str = "higher") -> float:
-    """Area under the ROC curve, in-distribution = positive: P(s_id > s_ood) + P(s_id = s_ood) / 2.
+    """Area under the ROC curve, in-distribution = positive: P(s_id > s_ood) + P(s_id = s_ood) / 2
+    (scikit-learn's ``roc_auc_score``).
 
     ``id_is``: 'higher' if in-distribution rows score higher (max_prob), 'lower' if they score lower
-    (energies). Computed exactly from average ranks (Mann-Whitney U).
+    (energies).
     """
-    a, b = _oriented(id_scores, ood_scores_, id_is)
-    _, inverse, counts = np.unique(np.concatenate([a, b]), return_inverse=True, return_counts=True)
-    avg_rank = np.cumsum(counts) - (counts - 1) / 2.0  # 1-based average rank of each distinct value
-    rank_sum = avg_rank[inverse[: a.size]].sum()
-    u = rank_sum - a.size * (a.size + 1) / 2.0
-    return float(u / (a.size * b.size))
+    from sklearn.metrics import roc_auc_score
+
+    labels, scores, _, _ = _labelled(id_scores, ood_scores_, id_is)
+    return float(roc_auc_score(labels, scores))
 
 
 def fpr_at_tpr(id_scores, ood_scores_, tpr: float = 0.95, id_is: str = "higher") -> float:
     """False-positive rate (fraction of OOD rows accepted as in-distribution) at the highest
-    threshold whose true-positive rate (fraction of in-distribution rows accepted) is >= ``tpr``.
-
-    A row is accepted when its oriented score is >= the threshold; the threshold is the
-    ceil(tpr * n_id)-th highest in-distribution score.
+    threshold whose true-positive rate (fraction of in-distribution rows accepted) is >= ``tpr``:
+    the first point of scikit-learn's ``roc_curve`` that reaches ``tpr``.
     """
     if not 0.0 < tpr <= 1.0:
         raise ValueError(f"tpr must be in (0, 1], got {tpr!r}")
-    a, b = _oriented(id_scores, ood_scores_, id_is)
-    k = max(1, int(math.ceil(tpr * a.size - 1e-9)))
-    threshold = np.sort(a)[::-1][k - 1]
-    return float(np.mean(b >= threshold))
+    fprs, tprs = roc_curve(id_scores, ood_scores_, id_is)
+    n_id = _np(id_scores).size
+    needed = max(1, int(math.ceil(tpr * n_id - 1e-9)))  # in-distribution rows to accept, counted exactly
+    return float(fprs[np.argmax(np.rint(tprs * n_id) >= needed)])
 
 
 def roc_curve(id_scores, ood_scores_, id_is: str = "higher") -> Tuple[np.ndarray, np.ndarray]:
-    """(fpr, tpr) at every distinct threshold, from (0, 0) to (1, 1); in-distribution = positive."""
-    a, b = _oriented(id_scores, ood_scores_, id_is)
-    scores = np.concatenate([a, b])
-    labels = np.concatenate([np.ones(a.size), np.zeros(b.size)])
-    order = np.argsort(-scores, kind="mergesort")
-    scores, labels = scores[order], labels[order]
-    last_of_value = np.r_[np.nonzero(np.diff(scores))[0], scores.size - 1]
-    tps = np.cumsum(labels)[last_of_value]
-    fps = (last_of_value + 1) - tps
-    return np.r_[0.0, fps / b.size], np.r_[0.0, tps / a.size]
+    """(fpr, tpr) at every distinct threshold, from (0, 0) to (1, 1); in-distribution = positive
+    (scikit-learn's ``roc_curve`` without dropping collinear points)."""
+    from sklearn.metrics import roc_curve as sk_roc_curve
+
+    labels, scores, _, _ = _labelled(id_scores, ood_scores_, id_is)
+    fpr, tpr, _ = sk_roc_curve(labels, scores, drop_intermediate=False)
+    return fpr, tpr
 
 
 # --------------------------------------------------------------------------- summaries

@@ -1,12 +1,16 @@
-"""report.json, the plots and the side-by-side table of el-analyze; written all-or-nothing."""
+"""el-analyze's report.json, plots and side-by-side table (written all-or-nothing), and what its two
+evaluation back ends share: their errors, the device check and the batch loop's progress bar."""
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
-from typing import Dict, List, Optional, Tuple
+import sys
+from typing import Dict, Iterable, List, Optional, Tuple
 
 from el_plugins.analysis.streaming import StreamingAnalysis
+from el_plugins.commands import USAGE_EXIT, CommandError, UsageError
 from el_plugins.files import atomic_write
 
 CONVENTIONS = {
@@ -14,7 +18,8 @@ CONVENTIONS = {
     "data_energy": "conditional energy on the data, -z_y",
     "min_energy": "minimum conditional energy over classes, -max_k z_k (the paper's OOD score)",
     "free_energy": "-logsumexp_k z_k",
-    "max_prob": "max_k softmax(z)_k (= confidence)",
+    "max_prob": "max_k softmax(z)_k (= confidence); as an OOD score ranked by log max_k p_k in float64, so that "
+                "rows whose max_k p_k rounds to 1 in float32 do not tie",
     "well_classified_fraction": "fraction of rows with p_y > log_end",
     "ece": "expected calibration error over equal-width confidence bins (lo, hi]; fractions, not %",
     "ood": "in-distribution = positive class; for min_energy and free_energy lower means in-distribution, "
@@ -23,19 +28,43 @@ CONVENTIONS = {
 PLOT_FILES = ("margins.png", "energy.png", "target_prob.png", "reliability.png", "ood_energy.png", "roc.png")
 
 
-class AnalysisError(Exception):
-    """A bad input that el-analyze reports as one clear line (exit status 2)."""
+class AnalysisError(CommandError):
+    """Input that cannot be analyzed (a checkpoint that does not load or fit the model, a folder without
+    readable images, ...): el-analyze reports it as ``el-analyze MODE: error: <message>``, exit 1."""
+
+
+class AnalysisUsageError(AnalysisError, UsageError):
+    """A bad option value found after parsing (no such --data folder or --split, not a timm --model, ...):
+    ``el-analyze MODE: error: <message>``, exit 2, as argparse's own usage errors."""
+
+    exit_code = USAGE_EXIT
 
 
 def checked_device(name):
-    """``el_plugins.devices.resolve_device(name)``, its ValueError as an AnalysisError (for ``run(args)``
+    """``el_plugins.devices.resolve_device(name)``, its ValueError as an AnalysisUsageError (for ``run(args)``
     called with a ``--device`` that did not come through the parser)."""
     from el_plugins.devices import resolve_device
 
     try:
         return resolve_device(name)
     except ValueError as exc:
-        raise AnalysisError(str(exc)) from None
+        raise AnalysisUsageError(str(exc)) from None
+
+
+def batches(loader: Iterable, *, desc: Optional[str] = None, progress: bool = True,
+            max_batches: Optional[int] = None) -> Iterable:
+    """The first ``max_batches`` items of ``loader`` (all of them if None), behind a tqdm bar on stderr that
+    is left out when stderr is not a terminal, and always with ``progress=False``."""
+    from tqdm import tqdm
+
+    if max_batches is not None and max_batches < 1:
+        raise ValueError(f"max_batches must be None or an integer >= 1, got {max_batches!r}")
+    total = len(loader) if hasattr(loader, "__len__") else None
+    if max_batches is not None:
+        total = max_batches if total is None else min(total, max_batches)
+        loader = itertools.islice(loader, max_batches)
+    return tqdm(loader, desc=desc, total=total, file=sys.stderr, disable=None if progress else True, unit="batch",
+                leave=False)
 
 
 # --------------------------------------------------------------------------- report.json

@@ -1,18 +1,20 @@
-"""el-analyze timm: timm checkpoints over an ImageFolder (imports timm/torchvision only when called)."""
+"""el-analyze timm's back end: timm checkpoints over an ImageFolder; and :func:`evaluate`, the one evaluation
+loop of image classifiers (el-analyze timm, el-demo's vision part): a model, its batches and a device in, a
+:class:`StreamingAnalysis` out. Imports timm and torchvision only when called.
+"""
 from __future__ import annotations
 
 import ast
 import logging
 import os
 import pickle
-import sys
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple
 
 import torch
 
 from el_plugins.checkpoints import allow_training_checkpoint_globals
 
-from el_plugins.analysis.report import AnalysisError, checked_device
+from el_plugins.analysis.report import AnalysisError, AnalysisUsageError, batches, checked_device
 from el_plugins.analysis.streaming import StreamingAnalysis
 from el_plugins.devices import move_to_device, prepare_model
 
@@ -40,7 +42,7 @@ def check_image_folder(root: str, flag: str, need_classes: bool) -> None:
     """Fail early, with the flag's name, on a missing folder, a folder without images, or (for
     labelled data) images that are not in one sub-folder per class."""
     if not os.path.isdir(root):
-        raise AnalysisError(f"{flag} {root}: no such folder")
+        raise AnalysisUsageError(f"{flag} {root}: no such folder")
     if not list_images(root):
         raise AnalysisError(
             f"{flag} {root}: no images found (looked for {', '.join(IMG_EXTENSIONS)} files"
@@ -125,7 +127,7 @@ def load_checkpoint_state_dict(path: str, use_ema: bool = False, trust: bool = F
                 f"--checkpoint {path}: no model weights found (a plain state dict, or a dict with one of "
                 f"{', '.join(map(repr, STATE_DICT_KEYS + EMA_KEYS))}; its keys are {', '.join(map(repr, list(obj)[:8]))})")
         if use_ema and source not in EMA_KEYS:
-            print(f"el-analyze: {path} has no EMA weights, using {source!r}", file=sys.stderr)
+            logger.warning("%s has no EMA weights, using %r", path, source)
         obj = obj[source]
     else:
         raise AnalysisError(f"--checkpoint {path}: expected a state dict or a checkpoint dict, got {type(obj).__name__}")
@@ -172,7 +174,7 @@ def parse_model_kwargs(items: Optional[List[str]]) -> dict:
     for item in items or ():
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise AnalysisError(f"--model-kwargs expects key=value, got {item!r}")
+            raise AnalysisUsageError(f"--model-kwargs expects key=value, got {item!r}")
         try:
             out[key] = ast.literal_eval(value)
         except (ValueError, SyntaxError):
@@ -195,31 +197,60 @@ def build_transform(model, args):
     return transform, cfg
 
 
-@torch.inference_mode()
-def evaluate(model, loader, analysis: StreamingAnalysis, device, *, ood: bool, desc: str, progress: bool,
-             max_batches: Optional[int] = None, skipped: Optional[Dict[str, str]] = None) -> None:
-    """Feed the logits of every readable image; unreadable ones go into ``skipped`` ({path: why}), each
-    logged as a warning the first time."""
-    from tqdm import tqdm
+def _split_batch(batch, ood: bool):
+    """(images, targets, [(path, why) of unreadable images]) of one batch."""
+    if isinstance(batch, torch.Tensor) and ood:
+        return batch, None, ()
+    if isinstance(batch, (tuple, list)) and len(batch) in (2, 3):
+        return batch[0], batch[1], (batch[2] or ()) if len(batch) == 3 else ()
+    got = f"a {type(batch).__name__} of {len(batch)}" if isinstance(batch, (tuple, list)) else type(batch).__name__
+    raise TypeError(f"{'OOD' if ood else 'in-distribution'} batches must be (images, targets) or (images, targets, "
+                    f"unreadable){' or images alone' if ood else ''}, got {got}")
 
+
+@torch.no_grad()  # not inference_mode: a training loop may call this, and its model must stay trainable
+def evaluate(model: torch.nn.Module, loader: Iterable, device, *, log_end: float = 0.75, n_bins: int = 15,
+             ood: Optional[Iterable] = None, progress: bool = True, desc: str = "evaluate",
+             max_batches: Optional[int] = None, skipped: Optional[Dict[str, Dict[str, str]]] = None
+             ) -> StreamingAnalysis:
+    """The diagnostics of the image classifier ``model`` over ``loader`` (and ``ood``), computed on ``device``.
+
+    loader: batches of (images, targets), as a torchvision or timm DataLoader gives them, or of (images,
+    targets, unreadable) as :func:`collate_readable` makes them (unreadable: [(path, why)] of the images that
+    could not be read; images None where none of the batch could). ood: out-of-distribution batches in the
+    same form (targets unused) or images alone; None for none.
+    The model is moved to ``device`` and run in eval mode without gradients; its train/eval mode is restored
+    afterwards, so that a training loop can call this between epochs. ``max_batches`` stops each data set early;
+    ``desc`` names the progress bars (stderr; ``progress=False`` for none). ``skipped``, a dict filled with
+    the unreadable images as {'data': {path: why}, 'ood_data': {path: why}}: each is logged as a warning the
+    first time it is added (give the same dict for several models to warn once).
+    """
+    analysis = StreamingAnalysis(log_end=log_end, n_bins=n_bins)
     skipped = {} if skipped is None else skipped
-    total = len(loader) if max_batches is None else min(len(loader), max_batches)
-    for i, (images, targets, unreadable) in enumerate(tqdm(loader, desc=desc, total=total, file=sys.stderr,
-                                                           disable=None if progress else True, unit="batch",
-                                                           leave=False)):
-        if max_batches is not None and i >= max_batches:
-            break
-        for path, why in unreadable:
-            if path not in skipped:
-                skipped[path] = why
-                logger.warning("el-analyze: skipped unreadable image %s (%s)", path, why)
-        if images is None:
-            continue
-        logits = model(move_to_device(images, device))
-        if ood:
-            analysis.update_ood(logits)
-        else:
-            analysis.update(logits, targets.to(logits.device))
+    was_training = model.training
+    prepare_model(model, device)
+    try:
+        for which, data in (("data", loader), ("ood_data", ood)):
+            if data is None:
+                continue
+            is_ood, seen = which == "ood_data", skipped.setdefault(which, {})
+            for batch in batches(data, desc=f"{desc} OOD" if is_ood else desc, progress=progress,
+                                 max_batches=max_batches):
+                images, targets, unreadable = _split_batch(batch, is_ood)
+                for path, why in unreadable:
+                    if path not in seen:
+                        seen[path] = why
+                        logger.warning("skipped unreadable image %s (%s)", path, why)
+                if images is None:
+                    continue
+                logits = model(move_to_device(images, device))
+                if is_ood:
+                    analysis.update_ood(logits)
+                else:
+                    analysis.update(logits, torch.as_tensor(targets, device=logits.device))
+    finally:
+        model.train(was_training)
+    return analysis
 
 
 def _check_readable(rows: int, skipped: Dict[str, str], flag: str, root: str) -> None:
@@ -249,18 +280,18 @@ def run(args, names: List[str]):
         raise AnalysisError(f"--data {args.data}: {exc}") from None
     num_classes = args.num_classes if args.num_classes is not None else len(classes)
     if len(classes) > num_classes:
-        raise AnalysisError(f"--data {args.data} has {len(classes)} class folders but the model has {num_classes} "
-                            f"classes (--num-classes)")
+        raise AnalysisUsageError(f"--data {args.data} has {len(classes)} class folders but the model has "
+                                 f"{num_classes} classes (--num-classes)")
     if len(classes) != num_classes:
-        print(f"el-analyze: --data has {len(classes)} class folders, the model {num_classes} classes; folder i "
-              f"(sorted by name) is taken as class i", file=sys.stderr)
+        logger.warning("--data has %d class folders, the model %d classes; folder i (sorted by name) is taken as "
+                       "class i", len(classes), num_classes)
     if not timm.is_model(args.model):
-        raise AnalysisError(f"--model {args.model}: not a timm model (see timm.list_models())")
+        raise AnalysisUsageError(f"--model {args.model}: not a timm model (see timm.list_models())")
 
     try:
         model = timm.create_model(args.model, pretrained=False, num_classes=num_classes, **model_kwargs)
     except TypeError as exc:
-        raise AnalysisError(f"--model {args.model} --model-kwargs: {exc}") from None
+        raise AnalysisUsageError(f"--model {args.model} --model-kwargs: {exc}") from None
     for (state, _), path in zip(states, args.checkpoint):  # every checkpoint is checked before any is run
         check_state_dict(model, state, path, args.model, num_classes)
     transform, data_cfg = build_transform(model, args)
@@ -271,20 +302,17 @@ def run(args, names: List[str]):
     ood = ImageList([(p, 0) for p in list_images(args.ood_data)], transform) if args.ood_data else None
     loader_kw = dict(batch_size=args.batch_size, shuffle=False, num_workers=args.workers,
                      pin_memory=device.type == "cuda", collate_fn=collate_readable)
-    prepare_model(model, device)
+    data_loader = torch.utils.data.DataLoader(data, **loader_kw)
+    ood_loader = torch.utils.data.DataLoader(ood, **loader_kw) if ood is not None else None
 
     runs, skipped = {}, {"data": {}, "ood_data": {}}
     for (state, _), path, name in zip(states, args.checkpoint, names):
         model.load_state_dict(state)
-        analysis = StreamingAnalysis(log_end=args.log_end, n_bins=args.bins)
-        evaluate(model, torch.utils.data.DataLoader(data, **loader_kw), analysis, device, ood=False,
-                 desc=f"{name} {os.path.basename(os.path.normpath(args.data))}", progress=args.progress,
-                 max_batches=args.max_batches, skipped=skipped["data"])
+        analysis = evaluate(model, data_loader, device, log_end=args.log_end, n_bins=args.bins, ood=ood_loader,
+                            progress=args.progress, desc=f"{name} {os.path.basename(os.path.normpath(args.data))}",
+                            max_batches=args.max_batches, skipped=skipped)
         _check_readable(analysis.rows, skipped["data"], "--data", args.data)
-        if ood is not None:
-            evaluate(model, torch.utils.data.DataLoader(ood, **loader_kw), analysis, device, ood=True,
-                     desc=f"{name} OOD", progress=args.progress, max_batches=args.max_batches,
-                     skipped=skipped["ood_data"])
+        if ood_loader is not None:
             _check_readable(analysis.ood_rows, skipped["ood_data"], "--ood-data", args.ood_data)
         runs[name] = (os.path.abspath(path), analysis)
 

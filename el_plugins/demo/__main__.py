@@ -1,6 +1,6 @@
 """el-demo: label-smoothed CE vs the encouraging loss, end to end, on data that needs no network.
 
-Translation: a deterministic toy parallel corpus (el_plugins/demo/toy_corpus.py; not real language
+Translation: a deterministic toy parallel corpus (el_plugins/testing/toy_corpus.py; not real language
 data) through the IWSLT pipeline's own commands: sentencepiece, fairseq-preprocess, fairseq-train
 (LS-CE and EL, same updates), el-average-checkpoints, fairseq-generate beam 5, tokenized BLEU and
 sacreBLEU, token-level valid nll / target probability / margins.
@@ -8,9 +8,12 @@ Vision: timm's test_resnet on scikit-learn's bundled 8x8 digits, CE vs timm's ``
 test accuracy and the mean logit margin z_y - max_{k != y} z_k (the paper: EL gives larger margins).
 
 --device (cpu, cuda, cuda:N) is where both parts train and analyze; fairseq-train and fairseq-generate
-get --cpu unless it is a CUDA device (cuda:N: they see only that GPU).
+get --cpu unless it is a CUDA device (cuda:N: they see only that GPU). --no-progress turns the progress
+bars off (the programs it runs show none of their own: their output goes to log files).
 
-Writes OUT/results.json and OUT/plots/*.png; prints the side-by-side table. About 5-8 minutes on 2 CPU cores.
+Writes OUT/results.json and OUT/plots/*.png; prints the side-by-side table (stdout; progress and messages
+go to stderr). About 5-8 minutes on 2 CPU cores. Errors are "el-demo: error: ...", exit 2 for a bad
+option (--data included), exit 1 when a step fails.
 """
 import argparse
 import json
@@ -20,6 +23,7 @@ import sys
 import time
 import warnings
 
+from el_plugins import commands
 from el_plugins.devices import add_device_argument
 from el_plugins.files import atomic_write, write_text
 
@@ -41,6 +45,7 @@ def parse_args(argv):
     ap.add_argument("--vocab-size", type=int, default=600, help="sentencepiece vocabulary (default: 600)")
     ap.add_argument("--vision-epochs", type=int, default=10, help="digits training epochs per run (default: 10)")
     ap.add_argument("--quick", action="store_true", help="a shortened run (small corpus, few updates/epochs), for CI")
+    commands.add_progress_argument(ap)
     args = ap.parse_args(argv)
     args.parts = [p.strip() for p in args.parts.split(",") if p.strip()]
     bad = [p for p in args.parts if p not in PARTS]
@@ -60,17 +65,27 @@ def parse_args(argv):
 
 
 def load_parallel_folder(folder, src, tgt):
+    """{split: (source lines, target lines)} of ``folder``'s {train,valid,test}.{src,tgt}; a
+    :class:`commands.UsageError` (--data is not such a folder) for a missing, unreadable or empty file, or
+    sides of different lengths."""
     splits = {}
     for split in ("train", "valid", "test"):
         sides = []
         for lang in (src, tgt):
             path = os.path.join(folder, f"{split}.{lang}")
             if not os.path.isfile(path):
-                raise SystemExit(f"el-demo: --data {folder} has no {split}.{lang} (expected {{train,valid,test}}.{{{src},{tgt}}})")
-            with open(path, encoding="utf-8") as f:
-                sides.append([line.rstrip("\n") for line in f])
+                raise commands.UsageError(
+                    f"--data {folder} has no {split}.{lang} (expected {{train,valid,test}}.{{{src},{tgt}}})")
+            try:
+                with open(path, encoding="utf-8") as f:
+                    sides.append([line.rstrip("\n") for line in f])
+            except (OSError, UnicodeDecodeError) as exc:
+                raise commands.UsageError(f"--data {folder}: cannot read {split}.{lang} as UTF-8 text ({exc})") from None
+            if not sides[-1]:
+                raise commands.UsageError(f"--data {folder}: {split}.{lang} is empty")
         if len(sides[0]) != len(sides[1]):
-            raise SystemExit(f"el-demo: {split}.{src} has {len(sides[0])} lines but {split}.{tgt} has {len(sides[1])}")
+            raise commands.UsageError(
+                f"--data {folder}: {split}.{src} has {len(sides[0])} lines but {split}.{tgt} has {len(sides[1])}")
         splits[split] = tuple(sides)
     return splits
 
@@ -156,6 +171,17 @@ def quiet_frameworks():
 
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    commands.setup_logging("el-demo")
+    from el_plugins.translation.average_checkpoints import AverageCheckpointsError
+
+    return commands.run("el-demo", lambda: run_demo(args), errors=(AverageCheckpointsError,))
+
+
+def run_demo(args):
+    """The parts of ``args`` (parsed), the results written and the table printed; returns 0."""
+    splits = None
+    if "translation" in args.parts and args.data:  # a bad --data is a usage error, found before any work
+        splits = load_parallel_folder(args.data, args.src_lang, args.tgt_lang)
     quiet_frameworks()
     import torch
 
@@ -165,26 +191,26 @@ def main(argv=None):
                "machine": {"torch": torch.__version__, "device": str(args.device), "cpu_threads": torch.get_num_threads()}}
     margins = {}
     if "translation" in args.parts:
-        from el_plugins.demo.toy_corpus import make_splits
         from el_plugins.demo.translation import run_translation
+        from el_plugins.testing.toy_corpus import make_splits
 
         if args.data:
-            splits, src, tgt = load_parallel_folder(args.data, args.src_lang, args.tgt_lang), args.src_lang, args.tgt_lang
+            src, tgt = args.src_lang, args.tgt_lang
             corpus = f"your data: {os.path.abspath(args.data)}"
         else:
             sizes = (("train", 1500), ("valid", 150), ("test", 150)) if args.quick else \
                 (("train", 6000), ("valid", 400), ("test", 400))
             splits, src, tgt = make_splits(sizes), "src", "en"
-            corpus = "toy corpus generated by el_plugins/demo/toy_corpus.py (invented language, not real data)"
+            corpus = "toy corpus generated by el_plugins/testing/toy_corpus.py (invented language, not real data)"
         results["translation"], margins["translation"] = run_translation(
             os.path.join(args.out, "translation"), splits, src, tgt, device=args.device,
-            max_update=args.updates, vocab_size=args.vocab_size)
+            max_update=args.updates, vocab_size=args.vocab_size, progress=args.progress)
         results["translation"]["corpus"] = corpus
     if "vision" in args.parts:
         from el_plugins.demo.vision import run_vision
 
         results["vision"], margins["vision"] = run_vision(os.path.join(args.out, "vision"), epochs=args.vision_epochs,
-                                                          device=args.device)
+                                                          device=args.device, progress=args.progress)
     results["seconds"] = round(time.time() - t0, 1)
     path = write_outputs(args.out, results, margins)
     print("\n" + format_table(results))

@@ -2,36 +2,40 @@
 
 prepare (sentencepiece) -> fairseq-preprocess -> fairseq-train LS-CE and EL (el-translation-train's
 command, recipe 'toy') -> el-average-checkpoints -> fairseq-generate beam 5 + el-bleu scoring ->
-token-level valid nll / target probability / margins with el_plugins.analysis.
+token-level valid nll / target probability / margins with el_plugins.analysis.fairseq_eval.evaluate
+(el-analyze fairseq's evaluation loop).
 
 One ``device`` for all of it: fairseq-train and fairseq-generate get ``--cpu`` unless it is a CUDA
 device (for cuda:N they see only that GPU); the analysis moves the averaged model and its batches to it.
+Failures of the programs it runs are :class:`el_plugins.commands.CommandError`.
 """
+import logging
 import os
 import re
 import subprocess
 import sys
 import time
 
-import torch
 from tqdm import tqdm
 
-from el_plugins.analysis import StreamingAnalysis
 from el_plugins.analysis.fairseq_eval import evaluate, load
-from el_plugins.devices import prepare_model, resolve_device, subprocess_env
+from el_plugins.commands import CommandError
+from el_plugins.devices import resolve_device, subprocess_env
 from el_plugins.translation import bleu, recipe
 from el_plugins.translation.average_checkpoints import average_checkpoints, save_atomic, select_checkpoints
 from el_plugins.translation.prepare import prepare_parallel_corpus
 
 LOSS_NAMES = {"ce": "LS-CE", "el": "EL"}
 _VALID = re.compile(r"\| valid on 'valid' subset \|.*")
+logger = logging.getLogger(__name__)
 
 
-def train_with_progress(cmd, log_path, total_updates, desc, env=None):
-    """Run fairseq-train, mirror its output to log_path, show a progress bar; per-epoch validation rows."""
+def train_with_progress(cmd, log_path, total_updates, desc, env=None, progress=True):
+    """Run fairseq-train (its own bar off: ``--no-progress-bar``), mirror its output to log_path, show a
+    progress bar of its updates (``progress=False``: none); returns the per-epoch validation rows."""
     curve = []
     with open(log_path, "w") as log, tqdm(total=total_updates, desc=desc, unit="upd", file=sys.stderr,
-                                          dynamic_ncols=True) as bar:
+                                          dynamic_ncols=True, disable=not progress) as bar:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         for line in proc.stdout:
             log.write(line)
@@ -44,30 +48,26 @@ def train_with_progress(cmd, log_path, total_updates, desc, env=None):
                 curve.append({"epoch": int(fields["epoch"]) if "epoch" in fields else len(curve) + 1,
                               "updates": int(fields["num_updates"]), "valid_nll_bits": float(fields["nll_loss"])})
         if proc.wait() != 0:
-            raise SystemExit(f"fairseq-train failed (exit {proc.returncode}); see {log_path}")
+            raise CommandError(f"fairseq-train failed (exit {proc.returncode}); see {log_path}")
     return curve
 
 
-def analyze_checkpoint(path, data_bin, device, analysis, *, split="valid", max_tokens=4000, desc=None, progress=True):
-    """Teacher-forced token analysis of one checkpoint over ``split``, fed into ``analysis``: the model
-    (in float32, eval mode) and its batches both go to ``device``. Returns the model."""
-    device = torch.device(device)
-    model, task = load(path, data_bin)
-    prepare_model(model, device, dtype=torch.float32)
-    evaluate(model, task, split, analysis, device, max_tokens=max_tokens, batch_size=None, desc=desc, progress=progress)
-    return model
-
-
 def run_translation(out, splits, src, tgt, *, device="cpu", max_update=400, vocab_size=600, average_last=5, seed=1,
-                    log_end=0.5, eval_max_tokens=4000):
-    """Returns {'data': ..., 'runs': {name: metrics}, 'curves': {name: [...]}, 'margins': {name: np.ndarray}}."""
+                    log_end=0.5, eval_max_tokens=4000, progress=True):
+    """Returns ({'data_bin': ..., 'runs': {name: metrics}, 'curves': {name: [...]}}, {name: valid margins array}).
+    ``progress``: the bars of training and analysis on stderr."""
     device = resolve_device(device)
     cpu, env = device.type != "cuda", subprocess_env(device)
     t0 = time.time()
-    print(f"[translation] preparing {len(splits['train'][0])} training pairs (sentencepiece {vocab_size}, fairseq-preprocess)",
-          file=sys.stderr, flush=True)
-    data_bin = prepare_parallel_corpus(splits, os.path.join(out, "data"), src, tgt, vocab_size=vocab_size,
-                                       lowercase=False, joined_dictionary=False, workers=2)
+    logger.info("[translation] preparing %d training pairs (sentencepiece %d, fairseq-preprocess)",
+                len(splits["train"][0]), vocab_size)
+    try:
+        data_bin = prepare_parallel_corpus(splits, os.path.join(out, "data"), src, tgt, vocab_size=vocab_size,
+                                           lowercase=False, joined_dictionary=False, workers=2)
+    except SystemExit as exc:  # its message for a command line: the corpus, or fairseq-preprocess, failed
+        if not isinstance(exc.code, str):
+            raise
+        raise CommandError(exc.code) from None
     raw_refs = os.path.join(out, "data", "text", f"test.raw.{tgt}")
     result = {"data_bin": data_bin, "prepare_seconds": round(time.time() - t0, 1), "runs": {}, "curves": {}}
     margins = {}
@@ -78,17 +78,21 @@ def run_translation(out, splits, src, tgt, *, device="cpu", max_update=400, voca
         cmd = recipe.train_command("toy", data_bin, os.path.join(run_dir, "checkpoints"), loss=loss, seed=seed,
                                    cpu=cpu, max_update=max_update, log_end=log_end if loss == "el" else None)
         curve = train_with_progress(cmd, os.path.join(run_dir, "train.log"), max_update, f"[translation] train {name}",
-                                    env=env)
+                                    env=env, progress=progress)
         paths = select_checkpoints(os.path.join(run_dir, "checkpoints"), num_epoch=average_last)
         averaged = os.path.join(run_dir, f"average_last{len(paths)}.pt")
         save_atomic(average_checkpoints(paths), averaged)
-        gen = bleu.generate(data_bin, averaged, beam=5, cpu=cpu, env=env)
+        try:
+            gen = bleu.generate(data_bin, averaged, beam=5, cpu=cpu, env=env)
+        except RuntimeError as exc:  # fairseq-generate failed; the message has the tail of its output
+            raise CommandError(str(exc)) from None
         hyps, refs, fairseq_bleu = bleu.parse_generate_output(gen)
         with open(raw_refs, encoding="utf-8") as f:
             scores = bleu.score(hyps, refs, tgt, [line.rstrip("\n") for line in f])
-        analysis = StreamingAnalysis(log_end=log_end)
-        analyze_checkpoint(averaged, data_bin, device, analysis, max_tokens=eval_max_tokens,
-                           desc=f"[translation] analyze {name}")
+        model, task = load(averaged, data_bin)
+        analysis = evaluate(model, task, "valid", device, log_end=log_end, max_tokens=eval_max_tokens,
+                            desc=f"[translation] analyze {name}", progress=progress)
+        del model
         summary = analysis.summary()
         margins[name] = analysis.arrays()["id"]["margin"]
         result["curves"][name] = curve

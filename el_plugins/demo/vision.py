@@ -1,5 +1,6 @@
 """The demo's vision part: a small timm model on the bundled 8x8 digits, CE vs ``loss_type='el'``,
-trained with timm's own data loader, loss factory and ClassificationTask; margins from el_plugins.analysis."""
+trained with timm's own data loader, loss factory and ClassificationTask; evaluated (accuracy, margins, ECE)
+with el_plugins.analysis.timm_eval.evaluate, el-analyze timm's evaluation loop."""
 import os
 import sys
 import time
@@ -7,10 +8,10 @@ import time
 import torch
 from tqdm import tqdm
 
-from el_plugins.analysis import StreamingAnalysis
-from el_plugins.demo.digits import write_digits_image_folder
+from el_plugins.analysis.timm_eval import evaluate
 from el_plugins.devices import move_to_device, resolve_device
 from el_plugins.files import atomic_write
+from el_plugins.testing.digits import write_digits_image_folder
 
 MODEL = "test_resnet"
 
@@ -21,17 +22,6 @@ def _loader(root, split, training, batch_size):
     dataset = create_dataset("", root=root, split=split, is_training=training)
     return create_loader(dataset, input_size=(3, 32, 32), batch_size=batch_size, is_training=training,
                          use_prefetcher=False, num_workers=0, no_aug=True, mean=(0.5,) * 3, std=(0.5,) * 3)
-
-
-@torch.no_grad()
-def _evaluate(model, loader, device, log_end):
-    model.eval()
-    analysis = StreamingAnalysis(log_end=log_end)
-    for x, y in loader:
-        x, y = move_to_device((x, y), device)
-        analysis.update(model(x), y)
-    model.train()
-    return analysis
 
 
 def make_task(loss_type, device, log_end=0.75):
@@ -47,8 +37,10 @@ def make_task(loss_type, device, log_end=0.75):
     return model, task
 
 
-def train_digits(loss_type, data_root, out_dir, *, epochs=10, device="cpu", seed=0, log_end=0.75, lr=2e-3):
-    """Train one model; returns (metrics dict, per-epoch curve, validation margins array)."""
+def train_digits(loss_type, data_root, out_dir, *, epochs=10, device="cpu", seed=0, log_end=0.75, lr=2e-3,
+                 progress=True):
+    """Train one model; returns (metrics dict, per-epoch curve, validation margins array). ``progress``: the
+    training bar on stderr."""
     from timm.optim import create_optimizer_v2
 
     torch.manual_seed(seed)
@@ -61,7 +53,7 @@ def train_digits(loss_type, data_root, out_dir, *, epochs=10, device="cpu", seed
     curve, t0 = [], time.time()
     name = loss_type.upper()
     with tqdm(total=epochs * len(train_loader), desc=f"[vision] train {name}", unit="step", file=sys.stderr,
-              dynamic_ncols=True) as bar:
+              dynamic_ncols=True, disable=not progress) as bar:
         for epoch in range(1, epochs + 1):
             total, count = 0.0, 0
             for x, y in train_loader:
@@ -73,11 +65,11 @@ def train_digits(loss_type, data_root, out_dir, *, epochs=10, device="cpu", seed
                 scheduler.step()
                 total, count = total + loss.item() * len(y), count + len(y)
                 bar.update(1)
-            summary = _evaluate(model, val_loader, device, log_end).summary()
+            summary = evaluate(model, val_loader, device, log_end=log_end, progress=False).summary()
             curve.append({"epoch": epoch, "train_loss": total / count, "val_accuracy": summary["accuracy"],
                           "val_nll": summary["nll"]})
             bar.set_postfix(val_acc=f"{summary['accuracy']:.3f}")
-    analysis = _evaluate(model, val_loader, device, log_end)
+    analysis = evaluate(model, val_loader, device, log_end=log_end, progress=False)
     summary = analysis.summary()
     os.makedirs(out_dir, exist_ok=True)
     checkpoint = os.path.join(out_dir, "model.pth")
@@ -90,14 +82,14 @@ def train_digits(loss_type, data_root, out_dir, *, epochs=10, device="cpu", seed
     return metrics, curve, analysis.arrays()["id"]["margin"]
 
 
-def run_vision(out, *, epochs=10, device="cpu", seed=0, log_end=0.75):
+def run_vision(out, *, epochs=10, device="cpu", seed=0, log_end=0.75, progress=True):
     data_root = os.path.join(out, "digits")
     counts = write_digits_image_folder(data_root, size=32)
     result = {"data": dict(counts, source="scikit-learn load_digits, 8x8 upscaled to 32x32"), "runs": {}, "curves": {}}
     margins = {}
     for loss_type in ("ce", "el"):
         metrics, curve, m = train_digits(loss_type, data_root, os.path.join(out, loss_type), epochs=epochs,
-                                         device=device, seed=seed, log_end=log_end)
+                                         device=device, seed=seed, log_end=log_end, progress=progress)
         name = loss_type.upper()
         result["runs"][name], result["curves"][name], margins[name] = metrics, curve, m
     return result, margins

@@ -38,11 +38,14 @@ import torch
 from el_plugins.functional import (
     BONUS_CLAMP,
     EncouragingLossOutput,
-    reduce_rows,
+    RowTerms,
+    assemble_rows,
     bonus_from_log_prob,
+    bonus_slope_times_p,
     check_choice,
     check_index_loss_args,
     compute_dtype,
+    reduce_outputs,
     smoothing_weights,
 )
 
@@ -89,18 +92,7 @@ class LossConfig(NamedTuple):
         return bool(self.bonus_weight and self.q_other)
 
 
-# --------------------------------------------------------------------------- b and p b'(p)
-def bonus_slope_times_p(log_p: torch.Tensor, log_end: float) -> torch.Tensor:
-    """p b'(p) = d b / d log p, from log p: -p / (1 - p) on the log branch (0 where the clamp
-    max(1 - p, 1e-5) is active), -p / (1 - log_end) on the tail p > log_end."""
-    p = torch.exp(log_p)
-    one_minus_p = -torch.expm1(log_p)
-    slope = torch.where(one_minus_p >= BONUS_CLAMP, -p / one_minus_p.clamp(min=BONUS_CLAMP), 0.0)
-    if log_end < 1.0:
-        slope = torch.where(p > log_end, -p / (1.0 - log_end), slope)
-    return slope
-
-
+# --------------------------------------------------------------------------- large probabilities
 def _large_p_positions(p, p_max, p_target, target, threshold: float):
     """(rows, cols) of the entries p > threshold, given each row's maximum and target probability.
 
@@ -263,9 +255,8 @@ def _torch_rows(input, target, keep, scale, cfg: LossConfig, compute_grad: bool,
             return torch.zeros(n_rows, dtype=dtype, device=input.device)
         return torch.cat([piece[i] for piece in pieces])
 
-    log_p_target, sum_log_p, sum_bonus = cat(0), cat(1), cat(2)
-    bonus_target = bonus_from_log_prob(log_p_target, cfg.log_end)
-    return log_p_target, sum_log_p, bonus_target, sum_bonus, grad
+    log_p_target = cat(0)
+    return RowTerms(log_p_target, cat(1), bonus_from_log_prob(log_p_target, cfg.log_end), cat(2)), grad
 
 
 # --------------------------------------------------------------------------- autograd
@@ -275,33 +266,19 @@ class _FusedEncouragingLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, input, target, ignore_index, reduction, cfg, backend, compute_grad, chunk_size, block_size):
         keep = torch.ones_like(target, dtype=torch.bool) if ignore_index is None else target.ne(ignore_index)
-        safe_target = target.masked_fill(~keep, 0)
         count = keep.sum()
-        w_target, q_other, rho = cfg.w_target, cfg.q_other, cfg.bonus_weight
-
         if backend == "triton":
             from el_plugins.ops import encouraging_loss_triton
 
             scale = (1.0 / count.clamp(min=1).float()) if reduction == "mean" else torch.ones((), device=input.device)
-            log_p_target, nll, bonus, loss, grad = encouraging_loss_triton.encouraging_loss_rows(
+            terms, grad = encouraging_loss_triton.encouraging_loss_rows(
                 input, target, ignore_index, scale, cfg, compute_grad, block_size)
-            bonus_rows = bonus
         else:
             scale = 1.0 / max(int(count), 1) if reduction == "mean" else 1.0
-            log_p_target, sum_log_p, bonus_target, sum_bonus, grad = _torch_rows(
-                input, safe_target, keep, scale, cfg, compute_grad, chunk_size)
-            nll = -log_p_target
-            bonus_rows = rho * (w_target * bonus_target + q_other * sum_bonus)
-            loss = w_target * nll - q_other * sum_log_p + bonus_rows
-
-        def reduce(rows):
-            return reduce_rows(rows.masked_fill(~keep, 0.0), reduction, count)
-
-        loss_r, nll_r = reduce(loss), reduce(nll)
-        bonus_r = reduce(bonus_rows) if rho else torch.zeros_like(nll_r)
-        p_target = torch.exp(log_p_target).masked_fill(~keep, 0.0)
-        past = ((p_target > cfg.log_end) & keep).to(p_target.dtype)
-        p_target_r, past_r = reduce_rows(p_target, reduction, count), reduce_rows(past, reduction, count)
+            terms, grad = _torch_rows(input, target.masked_fill(~keep, 0), keep, scale, cfg, compute_grad, chunk_size)
+        loss, nll, bonus = assemble_rows(terms, cfg.w_target, cfg.q_other, cfg.bonus_weight)
+        loss_r, nll_r, bonus_r, p_target_r, past_r = reduce_outputs(
+            loss, nll, bonus, terms.log_p_target, keep, reduction, cfg.log_end)
 
         ctx.mark_non_differentiable(nll_r, bonus_r, p_target_r, past_r)
         ctx.set_materialize_grads(False)

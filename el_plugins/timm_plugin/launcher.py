@@ -9,6 +9,10 @@ It loads the given train.py as a module, adds its options to train.py's argparse
 ``-c config.yaml`` with ``loss: el`` and ``log_end: 0.5`` works and both land in the run's args.yaml),
 checks them before anything is built, then calls train.py's ``main()``. Training uses EL; validation
 keeps train.py's plain cross-entropy.
+
+Errors as every el-* command (el_plugins.commands): a bad option is ``el-timm-train: error: ...``, exit 2
+(train.py's own parser included); a script that is not timm's train.py is ``el-timm-train: error: ...``,
+exit 1, before a line of it runs. Messages during training go through train.py's own logging.
 """
 import argparse
 import functools
@@ -17,8 +21,10 @@ import logging
 import os
 import sys
 
+from el_plugins import commands
 from el_plugins import functional as EF
 
+PROG = "el-timm-train"
 USAGE = ("usage: el-timm-train path/to/train.py [train.py options] --loss el [--log-end LE] [--el-bonus-weight RHO]\n"
          "       (torchrun ... -m el_plugins.timm_plugin.launcher path/to/train.py ...)")
 TASK_CLASSES = ("ClassificationTask", "LogitDistillationTask", "FeatureDistillationTask", "TokenDistillationTask")
@@ -48,21 +54,22 @@ def _bonus_weight_arg(text):
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-NOT_TRAIN_PY = "el-timm-train: {path} does not look like timm's train.py ({why}); expected timm's train.py " \
+NOT_TRAIN_PY = "{path} does not look like timm's train.py ({why}); expected timm's train.py " \
                "(pytorch-image-models), which has a module-level argparse `parser` with --smoothing and a `main()`"
 
 
 def check_train_script_source(path):
     """Look at the script's source without running it: timm's train.py (any version) imports timm, builds a
     module-level argparse ``parser`` with a ``--smoothing`` option and defines ``main()``. Anything else is
-    refused before a line of it runs (a data script given by mistake must not execute)."""
+    refused (a :class:`el_plugins.commands.CommandError`) before a line of it runs (a data script given by
+    mistake must not execute)."""
     import ast
 
     try:
         with open(path, "rb") as f:
             tree = ast.parse(f.read(), filename=path)
     except (OSError, SyntaxError, ValueError) as exc:
-        raise SystemExit(NOT_TRAIN_PY.format(path=path, why=f"it cannot be read as Python: {exc}")) from None
+        raise commands.CommandError(NOT_TRAIN_PY.format(path=path, why=f"it cannot be read as Python: {exc}")) from None
     top_names = {target.id for node in tree.body if isinstance(node, ast.Assign)
                  for target in ast.walk(node) if isinstance(target, ast.Name) and isinstance(target.ctx, ast.Store)}
     functions = {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}
@@ -76,7 +83,7 @@ def check_train_script_source(path):
                                      ("no --smoothing option: not a training script", "--smoothing" in options)) if not ok]
     if missing:
         hint = ". timm's validate.py evaluates a model: run it directly" if os.path.basename(path) == "validate.py" else ""
-        raise SystemExit(NOT_TRAIN_PY.format(path=path, why=", ".join(missing)) + hint)
+        raise commands.CommandError(NOT_TRAIN_PY.format(path=path, why=", ".join(missing)) + hint)
 
 
 def load_train_script(path):
@@ -91,8 +98,8 @@ def load_train_script(path):
     spec.loader.exec_module(module)
     if not isinstance(getattr(module, "parser", None), argparse.ArgumentParser) or not callable(
             getattr(module, "main", None)):
-        raise SystemExit(f"el-timm-train: {path} does not look like timm's train.py "
-                         "(it needs a module-level argparse `parser` and a `main()`)")
+        raise commands.CommandError(f"{path} does not look like timm's train.py "
+                                    "(it needs a module-level argparse `parser` and a `main()`)")
     return module
 
 
@@ -148,8 +155,8 @@ def _with_el_criterion(task_class, make_criterion):
     @functools.wraps(task_class)
     def build_task(*args, **kwargs):
         if "criterion" not in kwargs:
-            raise RuntimeError(f"el-timm-train: this train.py builds {task_class.__name__} without criterion=..., "
-                               "so it cannot be given the encouraging loss")
+            raise commands.CommandError(f"this train.py builds {task_class.__name__} without criterion=..., "
+                                        "so it cannot be given the encouraging loss")
         kwargs["criterion"] = make_criterion()
         return task_class(*args, **kwargs)
 
@@ -181,13 +188,22 @@ def install(module):
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help") and len(argv) == 1:
+    if argv[:1] in (["-h"], ["--help"]) and len(argv) == 1:
         print(USAGE + "\n\n" + __doc__)
-        return 0 if argv else 2
+        return 0
+    if not argv:
+        sys.stderr.write(USAGE + "\n")
+        return commands.error(PROG, "the path to timm's train.py is required as the first argument",
+                              commands.USAGE_EXIT)
     if not os.path.isfile(argv[0]) or not argv[0].endswith(".py"):
-        print(f"el-timm-train: the first argument must be the path to timm's train.py, got {argv[0]!r}\n{USAGE}",
-              file=sys.stderr)
-        return 2
+        sys.stderr.write(USAGE + "\n")
+        return commands.error(PROG, f"the first argument must be the path to timm's train.py, got {argv[0]!r}",
+                              commands.USAGE_EXIT)
+    return commands.run(PROG, lambda: _train(argv))
+
+
+def _train(argv) -> int:
+    """Load train.py (argv[0]), give its parser the EL options and run its main() with the rest of argv."""
     import el_plugins.timm_plugin  # noqa: F401  ('el' in timm's factory, also with EL_PLUGINS_DISABLE=1)
 
     module = load_train_script(argv[0])

@@ -1,4 +1,4 @@
-"""Average the parameters of the last N checkpoints of a fairseq run: ``el-average-checkpoints``.
+"""el-average-checkpoints: average the parameters of the last N checkpoints of a fairseq run.
 
 The behaviour of fairseq's ``scripts/average_checkpoints.py`` (which the fairseq wheels do not
 install), for current torch and with safer input/output handling:
@@ -7,14 +7,15 @@ install), for current torch and with safer input/output handling:
   ``--num-update-checkpoints N``: the N highest update counts among ``checkpoint_<E>_<U>.pt``;
   ``--checkpoint-upper-bound K`` ignores epochs (updates) above K. Or ``--inputs a.pt b.pt ...``.
 * Checkpoints are loaded with ``weights_only=True``, allow-listing only ``argparse.Namespace`` (which
-  fairseq stores in every checkpoint) for the duration of the load, on the CPU.
+  fairseq stores in every checkpoint), on the CPU (:func:`el_plugins.checkpoints.load_checkpoint`).
 * The ``model`` state dict is averaged entry by entry: floating-point tensors are summed in float64 and
   written back in their own dtype (fp16/bf16 lose nothing to accumulation); integer tensors are summed
   in int64 and floor-divided, as fairseq does. Everything else (cfg/args, extra_state,
   optimizer_history, ...) is taken from the newest input (most updates), so fairseq-generate
   ``--path`` reads the result like any checkpoint.
 * Inputs whose parameter names, shapes or dtypes differ, too few checkpoints, a missing file and an
-  output that is one of the inputs are refused with a message (no traceback). The output is written
+  output that is one of the inputs are refused with ``el-average-checkpoints: error: ...`` (exit 1; bad
+  options exit 2), no traceback (el_plugins.commands). The output is written
   atomically (el_plugins.files: ``OUTPUT.el-partial-PID`` beside it, fsync, ``os.replace``); an error,
   Ctrl-C or SIGTERM removes the partial file, and the next run removes one left by a kill -9.
 
@@ -28,6 +29,7 @@ import re
 import sys
 from typing import Any, Dict, List, Optional, Sequence
 
+from el_plugins import commands
 from el_plugins.files import atomic_write
 
 PROG = "el-average-checkpoints"
@@ -73,29 +75,15 @@ def select_checkpoints(run_dir: str, num_epoch: Optional[int] = None, num_update
 
 # ------------------------------------------------------------------------------------------- loading
 def load_checkpoint(path: str) -> Dict[str, Any]:
-    """torch.load on the CPU with weights_only=True, argparse.Namespace allow-listed."""
-    import pickle
+    """A fairseq checkpoint: :func:`el_plugins.checkpoints.load_checkpoint` (on the CPU, weights only,
+    argparse.Namespace allow-listed), which must hold a ``model`` state dict."""
+    from el_plugins.checkpoints import CheckpointError
+    from el_plugins.checkpoints import load_checkpoint as load_file
 
-    import torch
-
-    if not os.path.isfile(path):
-        raise AverageCheckpointsError(f"{path}: no such file")
-    from el_plugins.checkpoints import allow_training_checkpoint_globals
-
-    allow_training_checkpoint_globals()  # process-wide: the scoped form would undo fairseq's allow-list
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated or foreign files fail inside the unpickler in many ways
-        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-        refused = next((line for line in lines if "GLOBAL" in line), None)
-        if isinstance(e, pickle.UnpicklingError) and refused:
-            raise AverageCheckpointsError(
-                f"{path}: refused by the weights-only loader, which allows tensors, containers and "
-                f"argparse.Namespace only: {refused}") from e
-        boilerplate = ("Weights only load failed", "Please file an issue", "Check the documentation")
-        lines = [line for line in lines if not line.startswith(boilerplate)] or lines
-        detail = f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
-        raise AverageCheckpointsError(f"{path}: not a readable torch checkpoint ({detail})") from e
+        state = load_file(path)
+    except CheckpointError as e:
+        raise AverageCheckpointsError(str(e)) from e
     if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
         raise AverageCheckpointsError(f"{path}: not a fairseq checkpoint (no 'model' state dict)")
     return state
@@ -250,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    logger = commands.setup_logging(PROG)
     by_dir = args.num_epoch_checkpoints is not None or args.num_update_checkpoints is not None
     if by_dir:
         count = args.num_epoch_checkpoints if args.num_epoch_checkpoints is not None else args.num_update_checkpoints
@@ -269,7 +258,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if dirs:
             parser.error(f"{dirs[0]} is a directory: add --num-epoch-checkpoints N or --num-update-checkpoints N")
 
-    try:
+    def average() -> int:
         if by_dir:
             paths = select_checkpoints(args.inputs[0], args.num_epoch_checkpoints, args.num_update_checkpoints,
                                        args.checkpoint_upper_bound)
@@ -280,22 +269,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     raise AverageCheckpointsError(f"{path}: no such file")
         check_distinct(paths)
         check_output(args.output, paths)
-        print(f"averaging {len(paths)} checkpoints:", flush=True)
-        for path in paths:
-            print(f"  {path}", flush=True)
+        logger.info("averaging %d checkpoints into %s", len(paths), args.output)
         state = average_checkpoints(paths)
         save_atomic(state, args.output)
-    except AverageCheckpointsError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 1
-    except OSError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 1
+        # the result (stdout, once it is written): which checkpoints were averaged, and where to
+        print(f"averaging {len(paths)} checkpoints:")
+        for path in paths:
+            print(f"  {path}")
+        print(f"wrote {args.output} ({len(state['model'])} parameters, mean of {len(paths)} checkpoints)")
+        return 0
+
+    try:
+        return commands.run(PROG, average, errors=(AverageCheckpointsError, OSError))
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; {args.output} not written", file=sys.stderr)
+        logger.error("interrupted; %s not written", args.output)
         return 130
-    print(f"wrote {args.output} ({len(state['model'])} parameters, mean of {len(paths)} checkpoints)")
-    return 0
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""BLEU the way the paper reports it, and sacreBLEU.
+"""el-bleu: BLEU the way the paper reports it, and sacreBLEU.
 
     el-bleu generate DATA_BIN --path checkpoint.pt [--beam 5] [--raw-ref text/test.raw.en] [--out DIR]
     el-bleu score --hyp hyp.tok.txt --ref ref.tok.txt [--raw-ref ref.txt] [--lang en]
@@ -8,17 +8,22 @@
 * sacreBLEU: on detokenized hypotheses against the original references (``--raw-ref``), with its
   signature, the number to compare across papers.
 
-``generate`` runs the real fairseq-generate (beam 5 by default) and scores its output.
+``generate`` runs the real fairseq-generate (beam 5 by default) and scores its output. Results go to
+stdout; a failure (files that do not pair up, fairseq-generate failing) is ``el-bleu: error: ...``, exit 1.
 """
 import argparse
+import logging
 import os
 import re
 import subprocess
 import sys
 from typing import List, Optional, Sequence
 
+from el_plugins import commands
 from el_plugins.files import read_lines, write_json, write_lines
 
+PROG = "el-bleu"
+logger = logging.getLogger(__name__)
 _LINE = re.compile(r"^([STHD])-(\d+)\t(.*)$")
 
 
@@ -48,7 +53,7 @@ def _check_lengths(hyps, refs):
         raise ValueError(f"all {len(refs)} references are blank lines: there is nothing to score against "
                          "(wrong file?)")
     if not any(hyp.strip() for hyp in hyps):
-        print(f"el-bleu: warning: all {len(hyps)} hypotheses are blank lines, so BLEU is 0", file=sys.stderr)
+        logger.warning("warning: all %d hypotheses are blank lines, so BLEU is 0", len(hyps))
 
 
 def parse_generate_output(text: str):
@@ -92,7 +97,7 @@ def generate(data_bin: str, path: str, *, beam: int = 5, subset: str = "test", p
              cpu: bool = False, max_tokens: int = 8000, extra: Sequence[str] = (), env=None) -> str:
     """Run fairseq-generate (in ``env``, default this process's environment); returns its stdout
     (raises with the tail of its output if it fails)."""
-    cmd = [os.path.join(os.path.dirname(sys.executable), "fairseq-generate"), data_bin, "--path", path,
+    cmd = [commands.fairseq_program("fairseq-generate"), data_bin, "--path", path,
            "--beam", str(beam), "--gen-subset", subset, "--max-tokens", str(max_tokens), "--num-workers", "0",
            # fairseq-fixed 0.12.3.1 drops the last len % 8 sentences with the default multiple of 8
            "--required-batch-size-multiple", "1"]
@@ -100,15 +105,17 @@ def generate(data_bin: str, path: str, *, beam: int = 5, subset: str = "test", p
         cmd += ["--post-process", post_process]
     if cpu:
         cmd.append("--cpu")
-    proc = subprocess.run([*cmd, *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        proc = subprocess.run([*cmd, *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    except OSError as exc:  # not installed in this environment
+        raise RuntimeError(f"cannot run {cmd[0]} ({exc.strerror or exc}); is fairseq installed here?") from None
     if proc.returncode != 0:
         raise RuntimeError(f"fairseq-generate failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}")
     return proc.stdout
 
 
-
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="el-bleu", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
     g = sub.add_parser("generate", help="fairseq-generate from a checkpoint, then score")
     g.add_argument("data_bin")
@@ -131,26 +138,31 @@ def main(argv=None):
         value = getattr(args, name, None)
         if value and not os.path.isfile(value):
             ap.error(f"--{name.replace('_', '-')}: no such file {value!r}")
-    if args.command == "generate" and args.beam < 1:
-        ap.error(f"--beam must be >= 1, got {args.beam}")
-    try:
-        raw = read_lines(args.raw_ref) if args.raw_ref else None
-        if args.command == "generate":
-            out = generate(args.data_bin, args.path, beam=args.beam, subset=args.gen_subset,
-                           post_process=args.post_process, cpu=args.cpu, max_tokens=args.max_tokens)
-            hyps, refs, fairseq_bleu = parse_generate_output(out)
-            result = score(hyps, refs, args.lang, raw)
-            result.update(fairseq_generate_bleu4=fairseq_bleu, checkpoint=args.path, beam=args.beam)
-            if args.out:
-                os.makedirs(args.out, exist_ok=True)
-                for name, lines in (("hyp.tok.txt", hyps), ("ref.tok.txt", refs)):
-                    write_lines(os.path.join(args.out, name), lines)
-                write_json(os.path.join(args.out, "bleu.json"), result)
-        else:
-            result = score(read_lines(args.hyp), read_lines(args.ref), args.lang, raw)
-    except (ValueError, RuntimeError) as exc:
-        print(f"el-bleu: {exc}", file=sys.stderr)
-        return 1
+    if args.command == "generate":
+        if not os.path.isdir(args.data_bin):
+            ap.error(f"DATA_BIN: no such folder {args.data_bin!r}")
+        if args.beam < 1:
+            ap.error(f"--beam must be >= 1, got {args.beam}")
+    commands.setup_logging(PROG)
+    return commands.run(PROG, lambda: _run(args), errors=(ValueError, RuntimeError, OSError))
+
+
+def _run(args) -> int:
+    """The work of main() once the options are checked; prints the scores (stdout) and returns 0."""
+    raw = read_lines(args.raw_ref) if args.raw_ref else None
+    if args.command == "generate":
+        out = generate(args.data_bin, args.path, beam=args.beam, subset=args.gen_subset,
+                       post_process=args.post_process, cpu=args.cpu, max_tokens=args.max_tokens)
+        hyps, refs, fairseq_bleu = parse_generate_output(out)
+        result = score(hyps, refs, args.lang, raw)
+        result.update(fairseq_generate_bleu4=fairseq_bleu, checkpoint=args.path, beam=args.beam)
+        if args.out:
+            os.makedirs(args.out, exist_ok=True)
+            for name, lines in (("hyp.tok.txt", hyps), ("ref.tok.txt", refs)):
+                write_lines(os.path.join(args.out, name), lines)
+            write_json(os.path.join(args.out, "bleu.json"), result)
+    else:
+        result = score(read_lines(args.hyp), read_lines(args.ref), args.lang, raw)
     print(f"tokenized BLEU-4 = {result['tokenized_bleu']:.2f}   ({result['tokenized_bleu_detail']})")
     print(f"sacreBLEU        = {result['sacrebleu']:.2f}   ({result['sacrebleu_signature']}, {result['references']} references)")
     return 0

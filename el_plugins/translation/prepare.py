@@ -1,14 +1,16 @@
-"""Parallel text -> fairseq data-bin: Moses tokenization (sacremoses), optional lower-casing,
+"""el-prepare-iwslt: parallel text -> fairseq data-bin: Moses tokenization (sacremoses), optional lower-casing,
 sentencepiece subwords, fairseq-preprocess. Also reads the IWSLT release files.
 
     el-prepare-iwslt --release ~/Downloads/de-en.tgz --corpus iwslt14.de-en --out data/iwslt14.de-en
 
 writes ``OUT/text/{train,valid,test}.{src,tgt}`` (subword pieces), ``OUT/text/test.tok.<tgt>`` (the
 tokenized reference, for tokenized BLEU), ``OUT/text/test.raw.<tgt>`` (the original reference, for
-sacreBLEU), ``OUT/spm.model`` and ``OUT/data-bin`` (what fairseq-train reads).
+sacreBLEU), ``OUT/spm.model`` and ``OUT/data-bin`` (what fairseq-train reads). A release that is not what
+it should be, or fairseq-preprocess failing, is ``el-prepare-iwslt: error: ...`` (exit 1; :class:`PrepareError`).
 """
 import argparse
 import glob
+import logging
 import os
 import re
 import subprocess
@@ -16,7 +18,11 @@ import sys
 import tarfile
 from typing import Dict, List, Sequence, Tuple
 
+from el_plugins import commands
 from el_plugins.files import read_lines, write_lines
+
+PROG = "el-prepare-iwslt"
+logger = logging.getLogger(__name__)
 
 Splits = Dict[str, Tuple[List[str], List[str]]]
 
@@ -37,6 +43,8 @@ MAX_LEN, MAX_RATIO = 175, 1.5  # training pairs kept (in tokens), as fairseq's p
 _SEG = re.compile(r"<seg[^>]*>(.*)</seg>", re.IGNORECASE)
 
 
+class PrepareError(commands.CommandError):
+    """The release or corpus is not what it should be, or fairseq-preprocess failed (the message says which)."""
 
 
 # --------------------------------------------------------------------------- IWSLT release files
@@ -48,14 +56,14 @@ def _release_dir(release: str, workdir: str) -> str:
         with tarfile.open(release) as tar:
             tar.extractall(target, filter="data")
         return target
-    raise SystemExit(f"--release {release!r} is neither a folder nor a .tgz of the IWSLT release")
+    raise commands.UsageError(f"--release {release!r} is neither a folder nor a .tgz of the IWSLT release")
 
 
 def _find(root: str, pattern: str) -> str:
     hits = sorted(glob.glob(os.path.join(root, "**", pattern), recursive=True))
     if not hits:
-        raise SystemExit(f"the IWSLT release under {root} has no file matching {pattern!r}; "
-                         "is it the right corpus (see --corpus) and complete?")
+        raise PrepareError(f"the IWSLT release under {root} has no file matching {pattern!r}; "
+                           "is it the right corpus (see --corpus) and complete?")
     return hits[0]
 
 
@@ -81,7 +89,7 @@ def read_iwslt_release(release_dir: str, corpus: str) -> Splits:
     src, tgt, pair = c["src"], c["tgt"], f"{c['src']}-{c['tgt']}"
     train = [read_train_tags(_find(release_dir, f"train.tags.{pair}.{lang}")) for lang in (src, tgt)]
     if len(train[0]) != len(train[1]):
-        raise SystemExit(f"train.tags.{pair}: {len(train[0])} {src} lines but {len(train[1])} {tgt} lines")
+        raise PrepareError(f"train.tags.{pair}: {len(train[0])} {src} lines but {len(train[1])} {tgt} lines")
 
     def xml_sets(names):
         out = ([], [])
@@ -89,7 +97,7 @@ def read_iwslt_release(release_dir: str, corpus: str) -> Splits:
             for i, lang in enumerate((src, tgt)):
                 out[i].extend(read_xml_segments(_find(release_dir, f"{name}.{pair}.{lang}.xml")))
         if len(out[0]) != len(out[1]):
-            raise SystemExit(f"{names}: {len(out[0])} {src} segments but {len(out[1])} {tgt} segments")
+            raise PrepareError(f"{names}: {len(out[0])} {src} segments but {len(out[1])} {tgt} segments")
         return out
 
     splits = {"test": xml_sets(c["test_sets"])}
@@ -133,9 +141,9 @@ def prepare_parallel_corpus(splits: Splits, out: str, src: str, tgt: str, *, voc
 
     for split in ("train", "valid", "test"):
         if split not in splits or not splits[split][0]:
-            raise SystemExit(f"the corpus has no {split} pairs")
+            raise PrepareError(f"the corpus has no {split} pairs")
         if len(splits[split][0]) != len(splits[split][1]):
-            raise SystemExit(f"{split}: {len(splits[split][0])} source but {len(splits[split][1])} target lines")
+            raise PrepareError(f"{split}: {len(splits[split][0])} source but {len(splits[split][1])} target lines")
     text = os.path.join(out, "text")
     os.makedirs(text, exist_ok=True)
     tokenized = {split: (moses_tokenize(s, src, lowercase), moses_tokenize(t, tgt, lowercase))
@@ -158,20 +166,24 @@ def prepare_parallel_corpus(splits: Splits, out: str, src: str, tgt: str, *, voc
             write_lines(os.path.join(text, f"{split}.{lang}"), [" ".join(p) for p in sp.encode(lines, out_type=str)])
 
     data_bin = os.path.join(out, "data-bin")
-    cmd = [os.path.join(os.path.dirname(sys.executable), "fairseq-preprocess"), "--source-lang", src,
+    cmd = [commands.fairseq_program("fairseq-preprocess"), "--source-lang", src,
            "--target-lang", tgt, "--trainpref", os.path.join(text, "train"), "--validpref", os.path.join(text, "valid"),
            "--testpref", os.path.join(text, "test"), "--destdir", data_bin, "--workers", str(workers)]
     if joined_dictionary:
         cmd.append("--joined-dictionary")
     log = os.path.join(out, "preprocess.log")
     with open(log, "w") as f:
-        if subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT).returncode != 0:
-            raise SystemExit(f"fairseq-preprocess failed, see {log}")
+        try:
+            failed = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT).returncode != 0
+        except OSError as exc:  # not installed in this environment
+            raise PrepareError(f"cannot run {cmd[0]} ({exc.strerror or exc}); is fairseq installed here?") from None
+        if failed:
+            raise PrepareError(f"fairseq-preprocess failed, see {log}")
     return data_bin
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="el-prepare-iwslt", description=__doc__,
+    ap = argparse.ArgumentParser(prog=PROG, description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--release", required=True,
                     help="the IWSLT release you downloaded: de-en.tgz (IWSLT 2014) or fr-en.tgz (IWSLT 2017), or its folder")
@@ -182,10 +194,21 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.vocab_size is not None and args.vocab_size < 100:
         ap.error(f"--vocab-size must be >= 100, got {args.vocab_size}")
+    if args.workers < 1:
+        ap.error(f"--workers must be >= 1, got {args.workers}")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        ap.error(f"--out {args.out}: exists and is not a folder")
+    if not os.path.exists(args.release):
+        ap.error(f"--release {args.release!r} is neither a folder nor a .tgz of the IWSLT release (no such file)")
+    commands.setup_logging(PROG)
+    return commands.run(PROG, lambda: _prepare(args), errors=(OSError, tarfile.TarError, ValueError))
+
+
+def _prepare(args) -> int:
     c = CORPORA[args.corpus]
     os.makedirs(args.out, exist_ok=True)
     splits = read_iwslt_release(_release_dir(args.release, args.out), args.corpus)
-    print(" ".join(f"{k}: {len(v[0])} pairs" for k, v in splits.items()), flush=True)
+    logger.info(" ".join(f"{k}: {len(v[0])} pairs" for k, v in splits.items()))
     data_bin = prepare_parallel_corpus(
         splits, args.out, c["src"], c["tgt"], vocab_size=args.vocab_size or c["vocab_size"],
         lowercase=c["lowercase"], joined_dictionary=c["joined_dictionary"], workers=args.workers)

@@ -1,4 +1,4 @@
-"""The paper's translation training recipes as fairseq-train commands: LS-CE baseline or EL.
+"""el-translation-train: the paper's translation training recipes as fairseq-train commands: LS-CE baseline or EL.
 
     el-translation-train --recipe iwslt14.de-en --data data/iwslt14.de-en/data-bin --loss el \\
         --save-dir runs/iwslt14/el-seed1 [--seed 1] [--gpus 1] [--log-end 0.5] [--dry-run] [-- more fairseq flags]
@@ -6,16 +6,23 @@
 Baseline and EL differ only in the criterion flags. ``--gpus N`` > 1 uses fairseq's own distributed
 training (one process per GPU, ``--distributed-world-size N``); the effective batch stays the paper's
 only if ``--update-freq`` is divided accordingly, which this does. ``--cpu`` drops ``--fp16``.
-Epoch checkpoints of the last 10 epochs are kept, for el-average-checkpoints.
+Epoch checkpoints of the last 10 epochs are kept, for el-average-checkpoints. ``--dry-run`` prints the
+command (stdout); otherwise it is logged and run, and fairseq-train failing is ``el-translation-train: error:
+...``, exit 1.
 """
 import argparse
+import logging
 import os
 import shlex
 import subprocess
 import sys
 from typing import List, Sequence
 
+from el_plugins import commands
 from el_plugins import functional as EF
+
+PROG = "el-translation-train"
+logger = logging.getLogger(__name__)
 
 # Hyper-parameters from the paper (Zhao et al., AAAI 2022) and fairseq's IWSLT'14 example.
 RECIPES = {
@@ -72,7 +79,7 @@ def train_command(recipe: str, data_bin: str, save_dir: str, *, loss: str, seed:
             raise ValueError(f"--max-update must be >= 1, got {max_update}")
         i = args.index("--max-update")
         args[i + 1] = str(max_update)
-    cmd = [os.path.join(os.path.dirname(sys.executable), "fairseq-train"), data_bin, *args,
+    cmd = [commands.fairseq_program("fairseq-train"), data_bin, *args,
            *criterion_args(loss, log_end), "--update-freq", str(r["update_freq"] // gpus), "--seed", str(seed),
            "--save-dir", save_dir, "--keep-last-epochs", "10", "--no-progress-bar", "--log-format", "simple",
            "--log-interval", "20"]
@@ -85,7 +92,7 @@ def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
     argv = argv[:argv.index("--")] if "--" in argv else argv
-    ap = argparse.ArgumentParser(prog="el-translation-train", description=__doc__,
+    ap = argparse.ArgumentParser(prog=PROG, description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--recipe", required=True, choices=sorted(RECIPES))
     ap.add_argument("--data", required=True, help="fairseq data-bin (from el-prepare-iwslt)")
@@ -103,12 +110,27 @@ def main(argv=None):
                             log_end=args.log_end, cpu=args.cpu, max_update=args.max_update, extra=extra)
     except ValueError as exc:
         ap.error(str(exc))
-    print(shlex.join(cmd), flush=True)
     if args.dry_run:
+        print(shlex.join(cmd), flush=True)
         return 0
     if not os.path.isdir(args.data):
         ap.error(f"--data: no such folder {args.data!r}")
-    return subprocess.call(cmd)
+    commands.setup_logging(PROG)
+    return commands.run(PROG, lambda: _train(cmd))
+
+
+def _train(cmd: List[str]) -> int:
+    """Run fairseq-train (its output goes straight to the terminal); a failure is a CommandError."""
+    logger.info(shlex.join(cmd))
+    try:
+        code = subprocess.call(cmd)
+    except OSError as exc:  # not installed in this environment
+        raise commands.CommandError(f"cannot run {cmd[0]} ({exc.strerror or exc}); is fairseq installed here?") from None
+    if code == commands.USAGE_EXIT:  # its own argparse refused an option (e.g. one given after --)
+        raise commands.UsageError(f"fairseq-train refused its options (exit {code}); its message is above")
+    if code != 0:
+        raise commands.CommandError(f"fairseq-train failed (exit {code}); its messages are above")
+    return 0
 
 
 if __name__ == "__main__":

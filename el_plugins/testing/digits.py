@@ -1,10 +1,27 @@
-"""scikit-learn's bundled 8x8 handwritten digits (1,797 images, 10 classes; no download) as an
-image folder that timm's ImageFolder reader and train.py take: root/{train,validation}/<class>/*.png."""
+"""scikit-learn's bundled 8x8 handwritten digits (1,797 images, 10 classes; no download), upscaled: as
+arrays, and as an image folder that timm's ImageFolder reader and train.py take:
+root/{train,validation}/<class>/*.png."""
 import os
 
 import numpy as np
 
 from el_plugins.files import write_text
+
+
+def upscale_digit(image, size: int = 32) -> np.ndarray:
+    """One digit as load_digits gives it (8x8, values 0-16) as a size x size uint8 grayscale array (bilinear)."""
+    from PIL import Image
+
+    pixels = (image * (255.0 / 16.0)).astype(np.uint8)
+    return np.asarray(Image.fromarray(pixels).resize((size, size), Image.BILINEAR))
+
+
+def load_upscaled_digits(size: int = 32):
+    """(images, labels): all 1,797 digits upscaled, uint8 of shape (1797, size, size), and their classes 0-9."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    return np.stack([upscale_digit(image, size) for image in digits.images]), digits.target
 
 
 def write_digits_image_folder(root: str, size: int = 32, val_fraction: float = 0.25, seed: int = 0) -> dict:
@@ -31,8 +48,7 @@ def write_digits_image_folder(root: str, size: int = 32, val_fraction: float = 0
             folder = os.path.join(root, split, str(label))
             os.makedirs(folder, exist_ok=True)
             for i in part:
-                pixels = (digits.images[i] * (255.0 / 16.0)).astype(np.uint8)
-                img = Image.fromarray(pixels, mode="L").resize((size, size), Image.BILINEAR).convert("RGB")
+                img = Image.fromarray(upscale_digit(digits.images[i], size)).convert("RGB")
                 img.save(os.path.join(folder, f"{i:04d}.png"))  # the folder counts once .complete is written
     if write:
         write_text(done_marker, "")

@@ -1,0 +1,84 @@
+"""What every el-* console command shares: the error convention, progress bars, logging, fairseq's programs.
+
+The convention (the same as argparse's own usage errors):
+
+- a usage error (a bad option or value, found before any work) is ``prog: error: ...`` and exit 2:
+  ``parser.error(...)``, or :class:`UsageError` raised later;
+- a failure (a file that is not what it should be, a child program that failed) is ``prog: error: ...``
+  and exit 1: raise :class:`CommandError` (or a subclass); :func:`run` turns it into the message;
+- messages go through :mod:`logging` to stderr as ``prog: message`` (:func:`setup_logging`);
+- ``--no-progress`` (:func:`add_progress_argument`) turns tqdm's bars off; they are on by default and
+  written to stderr, so that stdout holds only a command's result.
+
+Torch-free and framework-free, so every command can import it before anything heavy.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Callable, Optional, Sequence
+
+USAGE_EXIT = 2
+FAILURE_EXIT = 1
+
+
+class CommandError(Exception):
+    """A failure the user can act on: reported as ``prog: error: <message>``, exit 1 (no traceback)."""
+
+    exit_code = FAILURE_EXIT
+
+
+class UsageError(CommandError):
+    """A bad option found after parsing: ``prog: error: <message>``, exit 2, as argparse's own."""
+
+    exit_code = USAGE_EXIT
+
+
+def error(prog: str, message: str, exit_code: int = FAILURE_EXIT) -> int:
+    """Print ``prog: error: message`` to stderr and return ``exit_code`` (for ``return error(...)``)."""
+    sys.stderr.write(f"{prog}: error: {message}\n")
+    sys.stderr.flush()
+    return exit_code
+
+
+def run(prog: str, main: Callable[[], Optional[int]], errors: Sequence[type] = ()) -> int:
+    """Call ``main()`` and return its exit code; a :class:`CommandError`, or one of ``errors`` (e.g. a
+    library's ValueError for bad data), becomes ``prog: error: ...`` with exit 1 (2 for UsageError)."""
+    try:
+        code = main()
+    except CommandError as exc:
+        return error(prog, str(exc), exc.exit_code)
+    except tuple(errors) as exc:  # noqa: B030 (a tuple of exception types)
+        return error(prog, str(exc), FAILURE_EXIT)
+    return 0 if code is None else int(code)
+
+
+def add_progress_argument(parser: argparse.ArgumentParser) -> None:
+    """``--no-progress``: sets ``args.progress`` False (bars on stderr by default)."""
+    parser.add_argument("--no-progress", dest="progress", action="store_false",
+                        help="no progress bars (they are written to stderr)")
+
+
+def setup_logging(prog: str, level: int = logging.INFO) -> logging.Logger:
+    """The ``el_plugins`` logger writing ``prog: message`` lines to stderr; returns it."""
+    logger = logging.getLogger("el_plugins")
+    if not any(getattr(h, "_el_plugins_prog", None) == prog for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(f"{prog}: %(message)s"))
+        handler._el_plugins_prog = prog  # one handler per command, however often this is called
+        logger.addHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = False
+    return logger
+
+
+def fairseq_program(name: str) -> str:
+    """The path of fairseq's console program ``name`` (fairseq-train, -generate, -preprocess, ...) of this
+    Python's environment: beside the interpreter, so a virtual environment that is not activated works."""
+    return os.path.join(os.path.dirname(sys.executable), name)
+
+
+__all__ = ["CommandError", "FAILURE_EXIT", "USAGE_EXIT", "UsageError", "add_progress_argument", "error",
+           "fairseq_program", "run", "setup_logging"]

@@ -1,0 +1,18 @@
+"""Generated data and test helpers, in one place: used by the tests, the benchmarks and the demo.
+
+  el_plugins.testing.toy_corpus       the deterministic toy parallel corpus (an invented language and its
+                                      English): the demo's and the tests' translation data, no download
+  el_plugins.testing.digits           scikit-learn's bundled 8x8 digits, upscaled, as an image folder
+                                      that timm's and torchvision's readers take
+  el_plugins.testing.spec_example     the EL spec's worked example: its logits, targets, settings and
+                                      expected losses, for every implementation to be checked against
+  el_plugins.testing.toy_fairseq      the toy corpus binarized by the real fairseq-preprocess, the tiny
+                                      transformer trained on it, fairseq-train's per-update log records
+  el_plugins.testing.programs         running console scripts and ``python -m`` modules as their own
+                                      processes (the installed package, the caller's environment), a free port
+  el_plugins.testing.mixed_precision  trained-like logits and the gradient precision measure of the
+                                      float16/bfloat16 tests
+
+Nothing here needs pytest. Importing this package imports nothing else: torch, fairseq, PIL and
+scikit-learn are imported by the modules (or functions) that need them.
+"""

