@@ -40,8 +40,8 @@ from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 
-from el_plugins.data.idx import DataError, find_idx, idx_bytes, parse_idx, read_idx  # noqa: F401 (parse_idx re-exported)
-from el_plugins.files import atomic_write, write_json
+from el_plugins.data.idx import DataError, find_idx, idx_bytes, parse_idx, read_idx, write_idx  # noqa: F401 (parse_idx re-exported)
+from el_plugins.files import write_json
 
 # where the functions below report what they do, unless given ``log=`` (el-data shows it as "el-data: ...")
 _log = logging.getLogger(__name__).info
@@ -375,9 +375,7 @@ def prepare(out: str, source: str = "auto", data_dir: Optional[str] = None, cach
     manifest = {"written_by": "el-data (el-plugins)", "written_at": _now(), "splits": {}}
     for (dataset, split), (arrays, origin, licence, facts) in gathered.items():
         for kind, array in zip(("images", "labels"), arrays):
-            path = os.path.join(out, facts[kind]["path"])
-            with atomic_write(path, "wb") as f:
-                f.write(idx_bytes(array))
+            write_idx(os.path.join(out, facts[kind]["path"]), array)
         manifest["splits"][f"{dataset}/{split}"] = {
             "dataset": NAMES[dataset], "split": split, "images": int(arrays[0].shape[0]),
             "shape": list(arrays[0].shape[1:]), "classes": 10, "source": origin, "licence": licence,
