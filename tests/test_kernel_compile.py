@@ -44,8 +44,8 @@ def specializations():
 def signature(dtype, compute_grad):
     grad = "*fp32" if compute_grad else POINTER[dtype]  # the float32 buffer, or the input passed as a dummy
     return {"x_ptr": POINTER[dtype], "x_row_stride": "i64", "grad_ptr": grad, "grad_row_stride": "i64",
-            "target_ptr": "*i64", "scale_ptr": "*fp32", "log_p_target_ptr": "*fp32", "sum_log_p_ptr": "*fp32",
-            "bonus_target_ptr": "*fp32", "sum_bonus_ptr": "*fp32", "n_cols": "i32", "ignore_index": "i32", "w_target": "fp32",
+            "target_ptr": "*i64", "scale_ptr": "*fp32", "log_p_target_ptr": "*fp32", "nll_ptr": "*fp32",
+            "bonus_ptr": "*fp32", "loss_ptr": "*fp32", "n_cols": "i32", "ignore_index": "i32", "w_target": "fp32",
             "q_other": "fp32", "rho": "fp32", "log_end": "fp32", "log_one_minus_log_end": "fp32"}
 
 

@@ -271,14 +271,16 @@ class _FusedEncouragingLoss(torch.autograd.Function):
             from el_plugins.ops import encouraging_loss_triton
 
             scale = (1.0 / count.clamp(min=1).float()) if reduction == "mean" else torch.ones((), device=input.device)
-            terms, grad = encouraging_loss_triton.encouraging_loss_rows(
+            # the kernel assembles the row's loss itself: storing RowTerms instead spilled registers on sm_80
+            log_p_target, nll, bonus, loss, grad = encouraging_loss_triton.encouraging_loss_rows(
                 input, target, ignore_index, scale, cfg, compute_grad, block_size)
         else:
             scale = 1.0 / max(int(count), 1) if reduction == "mean" else 1.0
             terms, grad = _torch_rows(input, target.masked_fill(~keep, 0), keep, scale, cfg, compute_grad, chunk_size)
-        loss, nll, bonus = assemble_rows(terms, cfg.w_target, cfg.q_other, cfg.bonus_weight)
+            loss, nll, bonus = assemble_rows(terms, cfg.w_target, cfg.q_other, cfg.bonus_weight)
+            log_p_target = terms.log_p_target
         loss_r, nll_r, bonus_r, p_target_r, past_r = reduce_outputs(
-            loss, nll, bonus, terms.log_p_target, keep, reduction, cfg.log_end)
+            loss, nll, bonus, log_p_target, keep, reduction, cfg.log_end)
 
         ctx.mark_non_differentiable(nll_r, bonus_r, p_target_r, past_r)
         ctx.set_materialize_grads(False)

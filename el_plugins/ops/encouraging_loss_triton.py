@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from el_plugins.functional import BONUS_CLAMP, RowTerms
+from el_plugins.functional import BONUS_CLAMP
 
 MAX_BLOCK = 2048  # 4096 columns per block spilled registers on sm_90 (ptxas, 8 warps)
 
@@ -51,7 +51,7 @@ def _bonus_and_slope(log_p, log_end, log_one_minus_log_end, CLAMP: tl.constexpr,
 @triton.jit
 def encouraging_loss_kernel(
     x_ptr, x_row_stride, grad_ptr, grad_row_stride, target_ptr, scale_ptr,
-    log_p_target_ptr, sum_log_p_ptr, bonus_target_ptr, sum_bonus_ptr,
+    log_p_target_ptr, nll_ptr, bonus_ptr, loss_ptr,
     n_cols, ignore_index, w_target, q_other, rho, log_end, log_one_minus_log_end,
     HAS_IGNORE: tl.constexpr, LOG_PROBS: tl.constexpr, SMOOTHING: tl.constexpr, DENSE_BONUS: tl.constexpr,
     TAIL: tl.constexpr, COMPUTE_GRAD: tl.constexpr, CLAMP: tl.constexpr, BLOCK: tl.constexpr,
@@ -65,9 +65,9 @@ def encouraging_loss_kernel(
     if HAS_IGNORE:
         if target == ignore_index:
             tl.store(log_p_target_ptr + row, 0.0)
-            tl.store(sum_log_p_ptr + row, 0.0)
-            tl.store(bonus_target_ptr + row, 0.0)
-            tl.store(sum_bonus_ptr + row, 0.0)
+            tl.store(nll_ptr + row, 0.0)
+            tl.store(bonus_ptr + row, 0.0)
+            tl.store(loss_ptr + row, 0.0)
             if COMPUTE_GRAD:
                 for start in range(0, n_cols, BLOCK):
                     offsets = start + columns
@@ -119,11 +119,11 @@ def encouraging_loss_kernel(
         if DENSE_BONUS:
             sum_bonus += bonus_target
 
-    # the row's terms; the caller puts the loss together (el_plugins.functional.assemble_rows)
+    bonus_row = rho * (w_target * bonus_target + q_other * sum_bonus)
     tl.store(log_p_target_ptr + row, log_p_target)
-    tl.store(sum_log_p_ptr + row, sum_log_p)
-    tl.store(bonus_target_ptr + row, bonus_target)
-    tl.store(sum_bonus_ptr + row, sum_bonus)
+    tl.store(nll_ptr + row, -log_p_target)
+    tl.store(bonus_ptr + row, bonus_row)
+    tl.store(loss_ptr + row, -w_target * log_p_target - q_other * sum_log_p + bonus_row)
 
     # pass 3: the gradient, times the reduction's scale
     if COMPUTE_GRAD:
@@ -158,7 +158,7 @@ def encouraging_loss_rows(input, target, ignore_index, scale, cfg, compute_grad,
     """Run the kernel over the rows of ``input`` (N, V).
 
     scale: a 0-dim tensor on the input's device (1 / count for "mean", else 1).
-    Returns the per-row float32 :class:`~el_plugins.functional.RowTerms` and the gradient buffer (or None).
+    Returns per-row float32 (log p_y, -log p_y, bonus, loss) and the gradient buffer (or None).
     """
     n_rows, n_cols = input.shape
     if input.stride(1) != 1:
@@ -180,4 +180,5 @@ def encouraging_loss_rows(input, target, ignore_index, scale, cfg, compute_grad,
             COMPUTE_GRAD=compute_grad, CLAMP=BONUS_CLAMP, BLOCK=block,
             num_warps=4 if block <= 1024 else 8,
         )
-    return RowTerms(*row_stats.unbind(0)), grad
+    log_p_target, nll, bonus, loss = row_stats.unbind(0)
+    return log_p_target, nll, bonus, loss, grad
