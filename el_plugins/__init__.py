@@ -9,7 +9,9 @@ Layout (framework-free core first, thin adapters after, tools last):
   el_plugins.fairseq_plugin     the fairseq criterion ``label_smoothed_encouraging_loss`` and the
                                 fixes applied to fairseq on activation (fixes.py)
   el_plugins.timm_plugin        ``'el'`` in timm's loss factory, and the el-timm-train launcher
-  el_plugins.checkpoints        torch >= 2.6 loading of fairseq / timm checkpoints
+  el_plugins.commands           what every el-* command shares: the error convention (``prog: error:``,
+                                exit 2 usage / 1 failure), logging, --no-progress, fairseq's programs
+  el_plugins.checkpoints        torch >= 2.6 loading of fairseq / timm checkpoints (load_checkpoint)
   el_plugins.files              all-or-nothing file writes and UTF-8 line reading, for every command
   el_plugins.devices            the one --device option: check it, move models and batches
   el_plugins.analysis           margins, energy, ECE, OOD metrics and el-analyze

@@ -26,6 +26,10 @@ class CheckpointError(ValueError):
     """A file that cannot be loaded as a checkpoint; the message names the file and says why."""
 
 
+class CheckpointRefused(CheckpointError):
+    """A readable checkpoint holding objects the weights-only loader refuses (``trust=True`` would load it)."""
+
+
 def allow_training_checkpoint_globals() -> None:
     add = getattr(torch.serialization, "add_safe_globals", None)  # torch >= 2.4
     if add is not None:
@@ -41,8 +45,8 @@ def load_checkpoint(path, *, trust: bool = False, map_location="cpu"):
     holds. ``trust=True`` loads with ``weights_only=False``: only for files you trust (a pickle can run code).
 
     A missing file, a folder, an unreadable file, a file that is not a torch checkpoint (or a truncated one)
-    and one holding objects the weights-only loader refuses raise :class:`CheckpointError`, whose message
-    starts with the path."""
+    and one holding objects the weights-only loader refuses (:class:`CheckpointRefused`) raise
+    :class:`CheckpointError`, whose message starts with the path."""
     path = os.fspath(path)
     if os.path.isdir(path):
         raise CheckpointError(f"{path}: a folder, not a checkpoint file")
@@ -58,7 +62,7 @@ def load_checkpoint(path, *, trust: bool = False, map_location="cpu"):
         refused = next((line for line in lines if "GLOBAL" in line), None)
         if isinstance(exc, pickle.UnpicklingError) and refused and not trust:
             refused = refused.split("WeightsUnpickler error:", 1)[-1].split(" Please use ", 1)[0].strip()
-            raise CheckpointError(
+            raise CheckpointRefused(
                 f"{path}: refused by the weights-only loader, which allows tensors, containers and "
                 f"argparse.Namespace only: {refused}") from exc
         lines = [line for line in lines if not line.startswith(_BOILERPLATE)] or lines
@@ -67,4 +71,4 @@ def load_checkpoint(path, *, trust: bool = False, map_location="cpu"):
         raise CheckpointError(f"{path}: not a readable torch checkpoint ({detail})") from exc
 
 
-__all__ = ["CheckpointError", "TRAINING_CHECKPOINT_GLOBALS", "allow_training_checkpoint_globals", "load_checkpoint"]
+__all__ = ["CheckpointError", "CheckpointRefused", "TRAINING_CHECKPOINT_GLOBALS", "allow_training_checkpoint_globals", "load_checkpoint"]

@@ -45,9 +45,13 @@ def error(prog: str, message: str, exit_code: int = FAILURE_EXIT) -> int:
 
 def run(prog: str, main: Callable[[], Optional[int]], errors: Sequence[type] = ()) -> int:
     """Call ``main()`` and return its exit code; a :class:`CommandError`, or one of ``errors`` (e.g. a
-    library's ValueError for bad data), becomes ``prog: error: ...`` with exit 1 (2 for UsageError)."""
+    library's ValueError for bad data), becomes ``prog: error: ...`` with exit 1 (2 for UsageError);
+    Ctrl-C becomes ``prog: interrupted`` with exit 130, no traceback."""
     try:
         code = main()
+    except KeyboardInterrupt:
+        sys.stderr.write(f"\n{prog}: interrupted\n")
+        return 130  # 128 + SIGINT, as a shell reports it; files are written atomically, none is half-written
     except CommandError as exc:
         return error(prog, str(exc), exc.exit_code)
     except tuple(errors) as exc:  # noqa: B030 (a tuple of exception types)
@@ -61,14 +65,27 @@ def add_progress_argument(parser: argparse.ArgumentParser) -> None:
                         help="no progress bars (they are written to stderr)")
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a message is emitted (not the stream of the first call), so
+    a command run twice in one process (tests, notebooks) with stderr redirected in between still works."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):  # StreamHandler.__init__ and setStream assign it; the live sys.stderr wins
+        pass
+
+
 def setup_logging(prog: str, level: int = logging.INFO) -> logging.Logger:
     """The ``el_plugins`` logger writing ``prog: message`` lines to stderr; returns it."""
     logger = logging.getLogger("el_plugins")
-    if not any(getattr(h, "_el_plugins_prog", None) == prog for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter(f"{prog}: %(message)s"))
-        handler._el_plugins_prog = prog  # one handler per command, however often this is called
+    handler = next((h for h in logger.handlers if isinstance(h, _StderrHandler)), None)
+    if handler is None:  # one handler, however often (and for however many commands) this is called
+        handler = _StderrHandler()
         logger.addHandler(handler)
+    handler.setFormatter(logging.Formatter(f"{prog}: %(message)s"))  # the command running now
     logger.setLevel(level)
     logger.propagate = False
     return logger

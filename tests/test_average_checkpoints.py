@@ -147,7 +147,7 @@ def test_parameter_shapes_or_dtypes_differ(tmp_path):
 def test_missing_file_and_bad_usage(tmp_path):
     a = fake_checkpoint(tmp_path / "a.pt", model_of(1))
     out = run_avg("--inputs", a, tmp_path / "nope.pt", "--output", tmp_path / "avg.pt")
-    assert out.returncode == 1 and "nope.pt: no such file" in out.stderr and "Traceback" not in out.stderr
+    assert out.returncode == 2 and "nope.pt: no such file" in out.stderr and "Traceback" not in out.stderr
     usage = [
         (["--inputs", tmp_path, "--num-epoch-checkpoints", "2", "--num-update-checkpoints", "2"], "not allowed with"),
         (["--inputs", tmp_path], "is a directory: add --num-epoch-checkpoints"),

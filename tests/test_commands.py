@@ -63,8 +63,7 @@ def test_el_timm_train_usage_errors(tmp_path):
      "neither a folder nor a .tgz"),
     ("el-data", ["mnist", "--data-dir", "missing", "--out", "o"], 2, "--data-dir missing: no such folder"),
     ("el-reproduce", ["mnist", "--render", "missing.json"], 2, "--render missing.json: no such file"),
-    # ... except el-average-checkpoints, whose checkpoint files are looked for once it runs
-    ("el-average-checkpoints", ["--inputs", "missing.pt", "--output", "avg.pt"], 1, "missing.pt: no such file"),
+    ("el-average-checkpoints", ["--inputs", "missing.pt", "--output", "avg.pt"], 2, "--inputs missing.pt: no such file"),
 ])
 def test_a_missing_input(tmp_path, name, args, code, message):
     assert_error(run(name, *args, cwd=tmp_path), name, code, message)
@@ -146,3 +145,20 @@ def test_run_turns_errors_into_the_convention(capsys):
                                                     "prog: error: bad data"]
     with pytest.raises(ValueError):
         commands.run("prog", library_error)
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    assert commands.run("prog", interrupted) == 130
+    assert capsys.readouterr().err.strip().splitlines() == ["prog: interrupted"]
+
+
+def test_setup_logging_one_handler_writing_to_the_stderr_of_the_moment(capsys):
+    import logging
+
+    commands.setup_logging("first")
+    logging.getLogger("el_plugins.x").info("one")
+    assert capsys.readouterr().err == "first: one\n"
+    commands.setup_logging("second")  # a second command in the same process
+    logging.getLogger("el_plugins.x").info("two")
+    assert capsys.readouterr().err == "second: two\n"  # once, with the command running now

@@ -1,5 +1,4 @@
 """The EL math (el_plugins.functional) against the spec, autograd and its closed-form gradient."""
-import functools
 import math
 
 import pytest
@@ -8,9 +7,8 @@ import torch.nn.functional as F
 
 from el_plugins import functional as EF
 from el_plugins.testing import spec_example as spec
+from el_plugins.testing.spec_example import reference_loss, reference_loss_with_stats
 
-reference_loss = functools.partial(EF.encouraging_loss, implementation="reference")
-reference_loss_with_stats = functools.partial(EF.encouraging_loss_with_stats, implementation="reference")
 spec_logits = spec.logits_and_targets
 
 

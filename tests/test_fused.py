@@ -4,7 +4,6 @@ The Triton kernel is tested on CPU tensors under Triton's interpreter: TRITON_IN
 set before triton is first imported, so test_triton_interpreted runs the tests marked ``interpreted``
 below in a subprocess with it set (they are skipped in a normal run).
 """
-import functools
 import math
 import os
 import subprocess
@@ -16,9 +15,8 @@ import torch
 from el_plugins import functional as EF
 from el_plugins.ops import fused_encouraging_loss, fused_encouraging_loss_with_stats
 from el_plugins.testing import spec_example as spec
+from el_plugins.testing.spec_example import reference_loss, reference_loss_with_stats
 
-reference_loss = functools.partial(EF.encouraging_loss, implementation="reference")
-reference_loss_with_stats = functools.partial(EF.encouraging_loss_with_stats, implementation="reference")
 
 PAD = 1
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"

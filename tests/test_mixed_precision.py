@@ -3,16 +3,14 @@ autograd's, element by element, against the float64 truth.
 
 Routes: timm's --amp (GradScaler: the mean over the batch, times a scale up to 65536) and fairseq's --fp16
 (the sum over tokens, times its dynamic loss scale, 128 at the start)."""
-import functools
 
 import pytest
 import torch
 
-from el_plugins import functional as EF
 from el_plugins.ops import fused_encouraging_loss
 from el_plugins.testing.mixed_precision import precision, scaled_gradient, trained_like_logits
+from el_plugins.testing.spec_example import reference_loss
 
-reference_loss = functools.partial(EF.encouraging_loss, implementation="reference")
 
 ROUTES = {
     # name: (rows, classes, loss kwargs, loss scale)

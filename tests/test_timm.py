@@ -259,7 +259,7 @@ def test_new_style_train_py_takes_loss_el_without_launcher(tmp_path, digits_fold
     result, args_yaml = read_run(out)
     assert result["criterion"] == "EncouragingLoss(log_end=0.75, smoothing=0.1, bonus_weight=1.0, reduction='mean')"
     assert result["validate"] == "CrossEntropyLoss"
-    assert "el-plugins: loss_type='el' -> EncouragingLoss(log_end=0.75" in proc.stdout
+    assert "loss_type='el' (el-plugins) -> EncouragingLoss(log_end=0.75" in proc.stdout
 
 
 @pytest.mark.parametrize("new_style", [True, False])

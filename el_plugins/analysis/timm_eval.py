@@ -7,12 +7,11 @@ from __future__ import annotations
 import ast
 import logging
 import os
-import pickle
 from typing import Dict, Iterable, List, Optional, Tuple
 
 import torch
 
-from el_plugins.checkpoints import allow_training_checkpoint_globals
+from el_plugins.checkpoints import CheckpointError, CheckpointRefused, load_checkpoint
 
 from el_plugins.analysis.report import AnalysisError, AnalysisUsageError, batches, checked_device
 from el_plugins.analysis.streaming import StreamingAnalysis
@@ -98,22 +97,15 @@ def load_checkpoint_state_dict(path: str, use_ema: bool = False, trust: bool = F
     of a plain state dict, or of a few common wrappers ('model', 'module'). Returns (state dict,
     where it came from). DataParallel's 'module.' and torch.compile's '_orig_mod.' prefixes are removed.
 
-    Loads with weights_only=True (argparse.Namespace, which timm stores as 'args', allowed);
-    ``trust=True`` loads with weights_only=False for checkpoints holding other objects.
+    Reads the file with :func:`el_plugins.checkpoints.load_checkpoint` (weights-only, argparse.Namespace,
+    which timm stores as 'args', allowed); ``trust=True`` loads with weights_only=False.
     """
-    allow_training_checkpoint_globals()
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=not trust)
-    except pickle.UnpicklingError as exc:
-        text = str(exc)
-        detail = " ".join(text.split("WeightsUnpickler error:", 1)[-1].split("Check the documentation", 1)[0].split())
-        if "Unsupported global" not in detail:
-            raise AnalysisError(f"--checkpoint {path}: not a readable PyTorch checkpoint ({detail or text})") from None
-        raise AnalysisError(
-            f"--checkpoint {path}: torch.load(weights_only=True) refused it ({detail}); if you trust the file, "
-            f"pass --trust-checkpoint") from None
-    except Exception as exc:  # not a torch file, truncated, ...
-        raise AnalysisError(f"--checkpoint {path}: not a readable PyTorch checkpoint ({type(exc).__name__}: {exc})") from None
+        obj = load_checkpoint(path, trust=trust)
+    except CheckpointRefused as exc:
+        raise AnalysisError(f"--checkpoint {exc}; if you trust the file, pass --trust-checkpoint") from None
+    except CheckpointError as exc:
+        raise AnalysisError(f"--checkpoint {exc}") from None
 
     if isinstance(obj, torch.nn.Module):
         obj, source = obj.state_dict(), "module"

@@ -37,3 +37,18 @@ def logits_and_targets():
     (callers may change them). Seeds torch's global generator with SEED, as the spec writes it."""
     torch.manual_seed(SEED)
     return torch.randn(*SHAPE, dtype=torch.float64) * SCALE, torch.tensor(TARGETS)
+
+
+def reference_loss(input, target, **kwargs):
+    """``el_plugins.functional.encouraging_loss`` on its reference (plain autograd) implementation: the
+    ground truth the fused paths are checked against."""
+    from el_plugins.functional import encouraging_loss
+
+    return encouraging_loss(input, target, implementation="reference", **kwargs)
+
+
+def reference_loss_with_stats(input, target, **kwargs):
+    """``el_plugins.functional.encouraging_loss_with_stats`` on its reference implementation."""
+    from el_plugins.functional import encouraging_loss_with_stats
+
+    return encouraging_loss_with_stats(input, target, implementation="reference", **kwargs)

@@ -54,7 +54,7 @@ def create_encouraging_loss(arguments, el_log_end=None, el_bonus_weight=None):
         smoothing=smoothing,
     )
     loss = BinaryEncouragingLoss(**kwargs) if a['multi_label'] else EncouragingLoss(**kwargs)
-    logging.getLogger('el_plugins.timm').info(f"el-plugins: loss_type='el' -> {loss}")
+    logging.getLogger('el_plugins.timm').info(f"loss_type='el' (el-plugins) -> {loss}")
     return loss
 
 

@@ -257,6 +257,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         dirs = [p for p in args.inputs if os.path.isdir(p)]
         if dirs:
             parser.error(f"{dirs[0]} is a directory: add --num-epoch-checkpoints N or --num-update-checkpoints N")
+        missing = [p for p in args.inputs if not os.path.exists(p)]
+        if missing:  # as every command: an input named on the command line that is not there is a usage error
+            parser.error(f"--inputs {missing[0]}: no such file")
 
     def average() -> int:
         if by_dir:
@@ -264,9 +267,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                        args.checkpoint_upper_bound)
         else:
             paths = list(args.inputs)
-            for path in paths:
-                if not os.path.isfile(path):
-                    raise AverageCheckpointsError(f"{path}: no such file")
         check_distinct(paths)
         check_output(args.output, paths)
         logger.info("averaging %d checkpoints into %s", len(paths), args.output)
