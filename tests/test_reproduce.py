@@ -207,3 +207,5 @@ def test_committed_results_are_a_full_run_and_the_readme_shows_them():
     block = report.readme_block(readme)
     assert block is not None, f"README.md lacks the markers {report.README_BEGIN!r} ... {report.README_END!r}"
     assert block == report.render_tables(results), "the README's MNIST table differs from results/mnist/results.json"
+    seconds = settings["wall_seconds"]
+    assert f"took {seconds:.0f} s ({seconds / 60:.1f} min)" in readme, "the README's wall time is not the committed run's"

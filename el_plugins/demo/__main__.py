@@ -12,7 +12,7 @@ get --cpu unless it is a CUDA device (cuda:N: they see only that GPU). --no-prog
 bars off (the programs it runs show none of their own: their output goes to log files).
 
 Writes OUT/results.json and OUT/plots/*.png; prints the side-by-side table (stdout; progress and messages
-go to stderr). About 5-8 minutes on 2 CPU cores. Errors are "el-demo: error: ...", exit 2 for a bad
+go to stderr). About 4 minutes on 2 CPU cores. Errors are "el-demo: error: ...", exit 2 for a bad
 option (--data included), exit 1 when a step fails.
 """
 import argparse
