@@ -20,8 +20,15 @@ with atomic_write(sys.argv[1], "wb") as f:
 """
 
 
+def _default_sigint():
+    # a shell's background job inherits SIGINT ignored, and Python then installs no KeyboardInterrupt
+    # handler: give the writer the disposition a user's terminal gives it, wherever pytest itself runs
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_writer(out):
-    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(out)], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(out)], stdout=subprocess.PIPE, text=True,
+                            preexec_fn=_default_sigint)
     assert proc.stdout.readline().strip() == "writing"
     return proc
 
