@@ -7,7 +7,7 @@
 Variants, all on the same (N, V) logits with ~5% padding rows (ignore_index 1), eps = 0.1:
 
     autograd_el   el_plugins.functional.encouraging_loss (log_end 0.75), implementation='reference' (autograd)
-    fused_el      el_plugins.ops.fused_encouraging_loss (log_end 0.75)
+    fused_el      el_plugins.functional.encouraging_loss (log_end 0.75), implementation='fused' (el_plugins.ops)
     fairseq_ls_ce fairseq's label_smoothed_nll_loss(log_softmax(logits.float())), as its criterion does
     torch_ce      torch.nn.functional.cross_entropy(logits, target, label_smoothing=0.1)
 
@@ -79,11 +79,11 @@ def _loss_fn(variant, chunk_size=None):
                                              reduction="sum", smoothing_convention="fairseq",
                                              implementation="reference")
     if variant == "fused_el":
-        from el_plugins.ops import fused_encouraging_loss
+        from el_plugins.functional import encouraging_loss
 
-        return lambda z, t: fused_encouraging_loss(z, t, log_end=LOG_END, label_smoothing=EPS, ignore_index=PAD,
-                                                   reduction="sum", smoothing_convention="fairseq",
-                                                   chunk_size=chunk_size)
+        return lambda z, t: encouraging_loss(z, t, log_end=LOG_END, label_smoothing=EPS, ignore_index=PAD,
+                                             reduction="sum", smoothing_convention="fairseq",
+                                             implementation="fused", chunk_size=chunk_size)
     if variant == "fairseq_ls_ce":
         from fairseq.criterions.label_smoothed_cross_entropy import label_smoothed_nll_loss
 

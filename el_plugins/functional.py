@@ -242,7 +242,7 @@ IMPLEMENTATIONS = ("auto", "fused", "reference")
 """How :func:`encouraging_loss_with_stats` computes: ``fused`` (el_plugins.ops: loss and gradient in one
 pass, the gradient kept instead of (N, V) float32 intermediates; a Triton kernel on CUDA, chunked torch
 elsewhere), ``reference`` (plain autograd; supports repeated and double backward), ``auto`` (fused, except
-for float64 input on a GPU, which has no kernel)."""
+for float64 input on a GPU, which has no kernel, unless a fused tuning option is given)."""
 
 
 def encouraging_loss_with_stats(
@@ -257,6 +257,9 @@ def encouraging_loss_with_stats(
     smoothing_convention: str = "paper",
     input_is_log_probs: bool = False,
     implementation: str = "auto",
+    backend: Optional[str] = None,
+    chunk_size: Optional[int] = None,
+    block_size: Optional[int] = None,
 ) -> EncouragingLossOutput:
     """Label-smoothed EL for class-index targets, with the terms that show EL at work: the one public
     entry point, as ``F.cross_entropy`` is; ``implementation`` (see :data:`IMPLEMENTATIONS`) chooses how.
@@ -268,35 +271,52 @@ def encouraging_loss_with_stats(
         L = w_y (-log p_y + rho b(p_y)) + q_o sum_k (-log p_k + rho b(p_k))
 
     'mean' divides by the number of rows that are not ignored (0 rows give 0, not NaN).
+
+    The fused implementation's tuning (a ValueError with ``implementation='reference'``, which has none):
+    backend: ``auto`` (default: the Triton kernel for CUDA float32/16/bfloat16 tensors, chunked torch
+    otherwise), ``torch``, ``triton`` (CPU tensors only under ``TRITON_INTERPRET=1``);
+    chunk_size: rows per chunk of the torch path (default: N / 4 rows, at least 1M elements);
+    block_size: columns per block of the Triton kernel, a power of 2 (default min(next_pow2(V), 2048)).
     """
     check_choice(implementation, IMPLEMENTATIONS, "implementation")
-    kwargs = dict(log_end=log_end, label_smoothing=label_smoothing, bonus_weight=bonus_weight,
-                  ignore_index=ignore_index, reduction=reduction, smoothing_convention=smoothing_convention,
-                  input_is_log_probs=input_is_log_probs)
+    tuning = {k: v for k, v in (("backend", backend), ("chunk_size", chunk_size), ("block_size", block_size))
+              if v is not None}
     if implementation == "auto":
-        implementation = "reference" if input.dtype == torch.float64 and input.device.type != "cpu" else "fused"
-    if implementation == "fused":
-        from el_plugins.ops import fused_encouraging_loss_with_stats
+        fused_has_no_kernel = input.dtype == torch.float64 and input.device.type != "cpu"
+        implementation = "reference" if fused_has_no_kernel and not tuning else "fused"
+    if implementation == "reference":
+        if tuning:
+            raise ValueError(f"{', '.join(tuning)} tune(s) the fused implementation; implementation='reference' "
+                             f"takes none (use implementation='fused' or 'auto', or leave them out)")
+        log_end, eps, rho, target = check_index_loss_args(
+            input, target, log_end=log_end, label_smoothing=label_smoothing, bonus_weight=bonus_weight,
+            ignore_index=ignore_index, reduction=reduction, smoothing_convention=smoothing_convention)
+        w_target, q_other = smoothing_weights(eps, input.size(1), smoothing_convention)
+        return _reference_encouraging_loss_with_stats(input, target, log_end, w_target, q_other, rho, ignore_index,
+                                                      reduction, input_is_log_probs)
 
-        return fused_encouraging_loss_with_stats(input, target, **kwargs)
-    return _reference_encouraging_loss_with_stats(input, target, **kwargs)
+    from el_plugins import ops
 
-
-def _reference_encouraging_loss_with_stats(input, target, *, log_end, label_smoothing, bonus_weight, ignore_index,
-                                           reduction, smoothing_convention, input_is_log_probs):
-    """The reference: plain autograd on float32 (or wider) log-probabilities."""
+    backend = ops.pick_backend("auto" if backend is None else backend, input)
     log_end, eps, rho, target = check_index_loss_args(
         input, target, log_end=log_end, label_smoothing=label_smoothing, bonus_weight=bonus_weight,
-        ignore_index=ignore_index, reduction=reduction, smoothing_convention=smoothing_convention)
-    num_classes = input.size(1)
+        ignore_index=ignore_index, reduction=reduction, smoothing_convention=smoothing_convention,
+        synchronize=backend != "triton")  # the GPU path never waits for the host
+    w_target, q_other = smoothing_weights(eps, input.size(1), smoothing_convention)
+    config = ops.LossConfig(log_end, rho, w_target, q_other, bool(input_is_log_probs))
+    return ops.fused_encouraging_loss(input, target, config, ignore_index=ignore_index, reduction=reduction,
+                                      backend=backend, chunk_size=chunk_size, block_size=block_size)
 
+
+def _reference_encouraging_loss_with_stats(input, target, log_end, w_target, q_other, rho, ignore_index, reduction,
+                                           input_is_log_probs):
+    """The reference: plain autograd on float32 (or wider) log-probabilities (arguments checked by the caller)."""
     if input_is_log_probs:
         lprobs = input.to(compute_dtype(input.dtype))
     else:
         lprobs = F.log_softmax(input.to(compute_dtype(input.dtype)), dim=-1)
     keep = torch.ones_like(target, dtype=torch.bool) if ignore_index is None else target.ne(ignore_index)
     safe_target = target.masked_fill(~keep, 0).unsqueeze(-1)
-    w_target, q_other = smoothing_weights(eps, num_classes, smoothing_convention)
 
     lp_target = lprobs.gather(-1, safe_target).squeeze(-1)
     nll = (-lp_target).masked_fill(~keep, 0.0)

@@ -8,11 +8,10 @@ import torch
 import torch.nn.functional as F
 
 from el_plugins.loss import EncouragingLoss
-from el_plugins.ops import fused_encouraging_loss
-from el_plugins.testing.spec_example import reference_loss
+from el_plugins.testing.spec_example import fused_loss, reference_loss
 
 
-LOSSES = [reference_loss, fused_encouraging_loss]
+LOSSES = [reference_loss, fused_loss]
 
 
 @pytest.mark.parametrize("implementation", ["fused", "reference"])
@@ -70,3 +69,12 @@ def test_log_end_of_any_real_numeric_type(value):
 def test_non_numbers_refused_booleans_included(name, value):
     with pytest.raises(ValueError, match=f"{name} must be (in .*, )?a (finite )?number"):
         EncouragingLoss(**{name: value})
+
+
+@pytest.mark.parametrize("tuning", [dict(backend="torch"), dict(chunk_size=4), dict(block_size=64)])
+def test_fused_tuning_with_the_reference_is_refused(tuning):
+    """The fused implementation's options are not silently ignored by the reference."""
+    z, t = torch.randn(3, 5), torch.tensor([0, 1, 2])
+    with pytest.raises(ValueError, match=f"{next(iter(tuning))} tune.*implementation='reference' takes none"):
+        reference_loss(z, t, **tuning)
+    torch.testing.assert_close(fused_loss(z, t, **tuning), reference_loss(z, t))

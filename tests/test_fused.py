@@ -13,9 +13,8 @@ import pytest
 import torch
 
 from el_plugins import functional as EF
-from el_plugins.ops import fused_encouraging_loss, fused_encouraging_loss_with_stats
 from el_plugins.testing import spec_example as spec
-from el_plugins.testing.spec_example import reference_loss, reference_loss_with_stats
+from el_plugins.testing.spec_example import fused_loss, fused_loss_with_stats, reference_loss, reference_loss_with_stats
 
 
 PAD = 1
@@ -57,7 +56,7 @@ def run(fn, z, t, dtype, grad_output=None, **kwargs):
 
 def assert_matches_reference(z, t, dtype=torch.float64, grad_output=None, **kwargs):
     ref, ref_grad = run(reference_loss_with_stats, z, t, dtype, grad_output, **kwargs)
-    out, grad = run(fused_encouraging_loss_with_stats, z, t, dtype, grad_output, **kwargs)
+    out, grad = run(fused_loss_with_stats, z, t, dtype, grad_output, **kwargs)
     (rtol, atol), grad_tol = TOLERANCES[dtype]
     for name in ref._fields:
         expected, actual = getattr(ref, name), getattr(out, name)
@@ -94,7 +93,7 @@ def test_matches_reference_default_weight_and_no_smoothing(dtype, log_end):
 @pytest.mark.parametrize("convention,log_end,rho,expected", spec.SUM_TABLE)
 def test_spec_worked_example(convention, log_end, rho, expected):
     z, t = spec.logits_and_targets()
-    out = fused_encouraging_loss_with_stats(z, t, log_end=log_end, label_smoothing=spec.LABEL_SMOOTHING,
+    out = fused_loss_with_stats(z, t, log_end=log_end, label_smoothing=spec.LABEL_SMOOTHING,
                                             bonus_weight=rho, ignore_index=spec.PADDING_INDEX, reduction="sum",
                                             smoothing_convention=convention)
     assert out.loss.item() == pytest.approx(expected, abs=1e-11)
@@ -122,7 +121,7 @@ def test_input_is_log_probs(dtype, rho, convention):
     assert_matches_reference(torch.log_softmax(z, -1), t, dtype, **kwargs)
     # ... and through a log_softmax in front of the loss
     grads = []
-    for fn in (reference_loss_with_stats, fused_encouraging_loss_with_stats):
+    for fn in (reference_loss_with_stats, fused_loss_with_stats):
         x = z.to(dtype).requires_grad_()
         fn(torch.log_softmax(x, -1), t, **kwargs).loss.backward()
         grads.append(x.grad)
@@ -137,7 +136,7 @@ def test_all_padding_and_empty(reduction):
                                          reduction=reduction, grad_output=torch.ones(5, dtype=torch.float64)
                                          if reduction == "none" else None)
     assert (out.loss == 0).all() and (grad == 0).all() and not torch.isnan(out.loss).any()
-    empty = fused_encouraging_loss_with_stats(z[:0].requires_grad_(), t[:0], ignore_index=PAD, reduction=reduction)
+    empty = fused_loss_with_stats(z[:0].requires_grad_(), t[:0], ignore_index=PAD, reduction=reduction)
     assert all(not torch.isnan(x).any() for x in empty)
 
 
@@ -146,7 +145,7 @@ def test_no_ignore_index_and_no_grad():
     t[t == PAD] = 2
     assert_matches_reference(z, t, label_smoothing=0.1)
     with torch.no_grad():
-        out = fused_encouraging_loss(z.requires_grad_(), t, label_smoothing=0.1)
+        out = fused_loss(z.requires_grad_(), t, label_smoothing=0.1)
     assert out.grad_fn is None
     assert out.item() == pytest.approx(reference_loss(z.detach(), t, label_smoothing=0.1).item(), abs=1e-12)
 
@@ -175,7 +174,7 @@ def test_chunk_boundaries(chunk_size):
     z, t = make_logits()
     ref, ref_grad = run(reference_loss_with_stats, z, t, torch.float64, log_end=0.75, label_smoothing=0.1,
                         ignore_index=PAD)
-    out, grad = run(fused_encouraging_loss_with_stats, z, t, torch.float64, log_end=0.75, label_smoothing=0.1,
+    out, grad = run(fused_loss_with_stats, z, t, torch.float64, log_end=0.75, label_smoothing=0.1,
                     ignore_index=PAD, chunk_size=chunk_size, backend="torch")
     for name in ref._fields:
         torch.testing.assert_close(getattr(out, name), getattr(ref, name), rtol=1e-10, atol=1e-10)
@@ -193,7 +192,7 @@ def test_gradcheck(reduction, log_end, log_probs):
     z[0, 0] += 3.0  # a row on the tail (p_y > log_end)
 
     def loss(x):
-        return fused_encouraging_loss(x, t, log_end=log_end, label_smoothing=0.2, bonus_weight=0.7,
+        return fused_loss(x, t, log_end=log_end, label_smoothing=0.2, bonus_weight=0.7,
                                       ignore_index=PAD, reduction=reduction, input_is_log_probs=log_probs)
 
     assert torch.autograd.gradcheck(loss, (z.requires_grad_(),), eps=1e-6, atol=1e-7)
@@ -202,7 +201,7 @@ def test_gradcheck(reduction, log_end, log_probs):
 def test_gradient_buffer_handed_over_without_copy():
     z, t = make_logits()
     x = z.float().requires_grad_()
-    loss = fused_encouraging_loss(x, t, label_smoothing=0.1, ignore_index=PAD)
+    loss = fused_loss(x, t, label_smoothing=0.1, ignore_index=PAD)
     (buffer,) = loss.grad_fn.saved_tensors
     loss.backward()
     assert x.grad.data_ptr() == buffer.data_ptr()
@@ -211,7 +210,7 @@ def test_gradient_buffer_handed_over_without_copy():
 def test_second_backward_after_scaled_grad_output_raises():
     z, t = make_logits()
     x = z.requires_grad_()
-    loss = fused_encouraging_loss(x, t, label_smoothing=0.1, ignore_index=PAD, reduction="sum")
+    loss = fused_loss(x, t, label_smoothing=0.1, ignore_index=PAD, reduction="sum")
     (2.0 * loss).backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="second backward pass .* not supported.*implementation='reference'"):
         loss.backward()
@@ -223,7 +222,7 @@ def test_fused_limits_say_what_is_supported():
     not torch's generic in-place error, a Jacobian mismatch or a silently missing second derivative."""
     z, t = make_logits()
     x = z.requires_grad_()
-    loss = fused_encouraging_loss(x, t, label_smoothing=0.1, ignore_index=PAD, reduction="sum")
+    loss = fused_loss(x, t, label_smoothing=0.1, ignore_index=PAD, reduction="sum")
     loss.backward(retain_graph=True)
     loss.backward(retain_graph=True)  # x.grad += buffer: accumulated into the buffer itself
     with pytest.raises(RuntimeError, match="second backward pass .* not supported.*implementation='reference'"):
@@ -232,18 +231,18 @@ def test_fused_limits_say_what_is_supported():
     small, small_t = make_logits(n=5, v=7)
 
     def per_row(inp):
-        return fused_encouraging_loss(inp, small_t, label_smoothing=0.1, ignore_index=PAD, reduction="none")
+        return fused_loss(inp, small_t, label_smoothing=0.1, ignore_index=PAD, reduction="none")
 
     with pytest.raises(RuntimeError, match="not supported.*implementation='reference'"):
         torch.autograd.gradcheck(per_row, (small.requires_grad_(),))
     x = z.detach().requires_grad_()
     with pytest.raises(RuntimeError, match="no second derivative .*implementation='reference'"):
-        torch.autograd.grad(fused_encouraging_loss(x, t, reduction="sum"), x, create_graph=True)
+        torch.autograd.grad(fused_loss(x, t, reduction="sum"), x, create_graph=True)
 
 
 def test_stats_carry_no_gradient():
     z, t = make_logits()
-    out = fused_encouraging_loss_with_stats(z.requires_grad_(), t, label_smoothing=0.1, ignore_index=PAD)
+    out = fused_loss_with_stats(z.requires_grad_(), t, label_smoothing=0.1, ignore_index=PAD)
     assert out.loss.requires_grad
     assert not any(x.requires_grad for x in out[1:])
 
@@ -268,7 +267,7 @@ def test_bad_input_errors_match_reference(kwargs, input_shape, target):
     with pytest.raises(ValueError) as ref_error:
         reference_loss_with_stats(z, t, **kwargs)
     with pytest.raises(ValueError) as fused_error:
-        fused_encouraging_loss_with_stats(z, t, **kwargs)
+        fused_loss_with_stats(z, t, **kwargs)
     assert str(fused_error.value) == str(ref_error.value)
 
 
@@ -279,7 +278,7 @@ def test_bad_options():
         bad.append(dict(backend="triton"))  # CPU tensors need the interpreter
     for kwargs in bad:
         with pytest.raises(ValueError):
-            fused_encouraging_loss(z, t, **kwargs)
+            fused_loss(z, t, **kwargs)
 
 
 def logits_near_the_clamp(seed, n=256, v=50, wrong_class=False):
@@ -310,7 +309,7 @@ def test_float32_gradient_near_the_clamp_at_least_as_accurate_as_reference(seed,
     truth = grad(reference_loss, x.double())
     scale = truth.abs().max()
     reference_error = ((grad(reference_loss, x) - truth).abs().max() / scale).item()
-    fused_error = ((grad(fused_encouraging_loss, x) - truth).abs().max() / scale).item()
+    fused_error = ((grad(fused_loss, x) - truth).abs().max() / scale).item()
     assert fused_error <= reference_error and fused_error < 1e-3, (fused_error, reference_error)
 
 
@@ -336,7 +335,7 @@ def _check_triton(device, dtype, v, block_size, kwargs):
         z = torch.log_softmax(z, -1)
     grad_output = torch.rand(z.size(0), device=device) if kwargs.get("reduction") == "none" else None
     ref, ref_grad = run(reference_loss_with_stats, z, t, dtype, grad_output, ignore_index=PAD, **kwargs)
-    out, grad = run(fused_encouraging_loss_with_stats, z, t, dtype, grad_output, ignore_index=PAD,
+    out, grad = run(fused_loss_with_stats, z, t, dtype, grad_output, ignore_index=PAD,
                     backend="triton", block_size=block_size, **kwargs)
     for name in ref._fields:
         expected = getattr(ref, name)
@@ -360,7 +359,7 @@ def test_interpreted_triton_all_padding_and_extreme_logits(reduction):
     z[0, t[0]] = 2e4
     for targets in (t, torch.full_like(t, PAD)):
         x = z.float().requires_grad_()
-        out = fused_encouraging_loss_with_stats(x, targets, label_smoothing=0.1, ignore_index=PAD,
+        out = fused_loss_with_stats(x, targets, label_smoothing=0.1, ignore_index=PAD,
                                                 reduction=reduction, backend="triton", block_size=64)
         out.loss.backward()
         assert all(torch.isfinite(s).all() for s in out) and torch.isfinite(x.grad).all()
@@ -396,7 +395,7 @@ def test_interpreted_triton_path_never_waits_for_the_device(monkeypatch, reducti
 
     def step(backend):
         x = z.float().requires_grad_()
-        out = fused_encouraging_loss_with_stats(x, t, label_smoothing=0.1, ignore_index=PAD, reduction=reduction,
+        out = fused_loss_with_stats(x, t, label_smoothing=0.1, ignore_index=PAD, reduction=reduction,
                                                 backend=backend)
         (out.loss * 128.0).backward()
 
@@ -410,7 +409,7 @@ def test_interpreted_triton_bad_target_is_an_asynchronous_assertion():
     t[3] = 200
     with pytest.raises(RuntimeError, match=r"a target is outside the 200 classes: targets must be in \[0, 199\] "
                                            r"or equal ignore_index=1"):
-        fused_encouraging_loss(z.float(), t, ignore_index=PAD, backend="triton")
+        fused_loss(z.float(), t, ignore_index=PAD, backend="triton")
 
 
 @interpreted
@@ -427,7 +426,7 @@ def test_interpreted_triton_gradient_near_the_clamp(wrong_class):
     truth = grad(reference_loss, x.double())
     scale = truth.abs().max()
     reference_error = ((grad(reference_loss, x) - truth).abs().max() / scale).item()
-    triton_error = ((grad(fused_encouraging_loss, x, backend="triton") - truth).abs().max() / scale).item()
+    triton_error = ((grad(fused_loss, x, backend="triton") - truth).abs().max() / scale).item()
     assert triton_error <= reference_error, (triton_error, reference_error)
     # the target near the clamp is exact; a confidently wrong class near it is as (im)precise as the reference
     assert wrong_class or triton_error < 1e-3, triton_error
@@ -443,7 +442,7 @@ def test_interpreted_triton_mixed_precision(dtype):
     truth = scaled_gradient(reference_loss, x.double(), target, scale, **kwargs)
     autograd_flushed, autograd_p99 = precision(scaled_gradient(reference_loss, x, target, scale, **kwargs), truth, dtype)
     fused_flushed, fused_p99 = precision(
-        scaled_gradient(fused_encouraging_loss, x, target, scale, backend="triton", **kwargs), truth, dtype)
+        scaled_gradient(fused_loss, x, target, scale, backend="triton", **kwargs), truth, dtype)
     assert int((fused_flushed & ~autograd_flushed).sum()) == 0
     assert fused_p99 <= autograd_p99 * 1.05, (fused_p99, autograd_p99)
 

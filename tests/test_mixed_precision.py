@@ -7,9 +7,8 @@ Routes: timm's --amp (GradScaler: the mean over the batch, times a scale up to 6
 import pytest
 import torch
 
-from el_plugins.ops import fused_encouraging_loss
 from el_plugins.testing.mixed_precision import precision, scaled_gradient, trained_like_logits
-from el_plugins.testing.spec_example import reference_loss
+from el_plugins.testing.spec_example import fused_loss, reference_loss
 
 
 ROUTES = {
@@ -30,7 +29,7 @@ def test_fused_gradient_as_precise_as_autograd(route, dtype):
     x = z.to(dtype)
     truth = scaled_gradient(reference_loss, x.double(), target, scale, **kwargs)
     autograd = scaled_gradient(reference_loss, x, target, scale, **kwargs)
-    fused = scaled_gradient(fused_encouraging_loss, x, target, scale, **kwargs)
+    fused = scaled_gradient(fused_loss, x, target, scale, **kwargs)
 
     autograd_flushed, autograd_p99 = precision(autograd, truth, dtype)
     fused_flushed, fused_p99 = precision(fused, truth, dtype)

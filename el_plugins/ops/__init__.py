@@ -1,11 +1,10 @@
-"""Memory-efficient ("fused") kernels for the encouraging loss.
+"""Memory-efficient ("fused") kernels for the encouraging loss: the ``implementation='fused'`` of
+:func:`el_plugins.functional.encouraging_loss_with_stats`, the one public loss function (call that).
 
-:func:`fused_encouraging_loss_with_stats` returns what
-:func:`el_plugins.functional.encouraging_loss_with_stats` returns, but computes the loss and its
-gradient together in the forward pass, over row chunks (torch, any device) or one row per Triton
-program (CUDA), and keeps only the gradient for the backward: no (N, V) float32 log-probabilities,
-probabilities or autograd intermediates.
+It computes the loss and its gradient together in the forward pass, over row chunks (torch, any device)
+or one row per Triton program (CUDA), and keeps only the gradient for the backward: no (N, V) float32
+log-probabilities, probabilities or autograd intermediates.
 """
-from .encouraging_loss import BACKENDS, fused_encouraging_loss, fused_encouraging_loss_with_stats
+from .encouraging_loss import BACKENDS, LossConfig, fused_encouraging_loss, pick_backend
 
-__all__ = ["BACKENDS", "fused_encouraging_loss", "fused_encouraging_loss_with_stats"]
+__all__ = ["BACKENDS", "LossConfig", "fused_encouraging_loss", "pick_backend"]

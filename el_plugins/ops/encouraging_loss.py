@@ -43,10 +43,8 @@ from el_plugins.functional import (
     bonus_from_log_prob,
     bonus_slope_times_p,
     check_choice,
-    check_index_loss_args,
     compute_dtype,
     reduce_outputs,
-    smoothing_weights,
 )
 
 BACKENDS = ("auto", "torch", "triton")
@@ -310,8 +308,9 @@ class _FusedEncouragingLoss(torch.autograd.Function):
         return (grad_input,) + (None,) * 8
 
 
-# --------------------------------------------------------------------------- public API
-def _pick_backend(backend: str, input: torch.Tensor) -> str:
+# --------------------------------------------------------------------------- entry (from el_plugins.functional)
+def pick_backend(backend: str, input: torch.Tensor) -> str:
+    """The backend ``auto`` stands for on ``input`` (see :data:`BACKENDS`), or ``backend`` checked."""
     check_choice(backend, BACKENDS, "backend")
     triton_dtypes = (torch.float32, torch.float16, torch.bfloat16)
     if backend == "auto":
@@ -326,50 +325,18 @@ def _pick_backend(backend: str, input: torch.Tensor) -> str:
     return backend
 
 
-def fused_encouraging_loss_with_stats(
-    input: torch.Tensor,
-    target: torch.Tensor,
-    *,
-    log_end: float = 0.75,
-    label_smoothing: float = 0.0,
-    bonus_weight: float = 1.0,
-    ignore_index: Optional[int] = None,
-    reduction: str = "mean",
-    smoothing_convention: str = "paper",
-    input_is_log_probs: bool = False,
-    chunk_size: Optional[int] = None,
-    backend: str = "auto",
-    block_size: Optional[int] = None,
-) -> EncouragingLossOutput:
-    """Label-smoothed EL for class-index targets, same arguments and results as
-    :func:`el_plugins.functional.encouraging_loss_with_stats`, computed without (N, V) float32
-    intermediates (see the module docstring).
-
-    chunk_size: rows per chunk of the torch path (default: N / 4 rows, at least 1M elements).
-    backend: ``auto`` (Triton for CUDA float32/16/bfloat16 tensors, torch otherwise), ``torch``,
-    ``triton`` (CPU tensors only under ``TRITON_INTERPRET=1``).
-    block_size: columns per block of the Triton kernel, a power of 2 (default min(next_pow2(V), 2048)).
-    """
-    backend = _pick_backend(backend, input)
-    log_end, eps, rho, target = check_index_loss_args(
-        input, target, log_end=log_end, label_smoothing=label_smoothing, bonus_weight=bonus_weight,
-        ignore_index=ignore_index, reduction=reduction, smoothing_convention=smoothing_convention,
-        synchronize=backend != "triton")  # the GPU path never waits for the host
+def fused_encouraging_loss(input: torch.Tensor, target: torch.Tensor, config: LossConfig, *,
+                           ignore_index: Optional[int], reduction: str, backend: str,
+                           chunk_size: Optional[int] = None, block_size: Optional[int] = None) -> EncouragingLossOutput:
+    """The fused op behind ``el_plugins.functional.encouraging_loss_with_stats(implementation='fused')``,
+    which checks the loss's arguments, resolves ``backend`` (:func:`pick_backend`) and builds ``config``:
+    call that. Checks the tuning options (chunk_size, block_size) and runs the op."""
     if chunk_size is not None and not (isinstance(chunk_size, int) and chunk_size >= 1):
         raise ValueError(f"chunk_size must be a positive number of rows, got {chunk_size!r}")
     if block_size is not None and not (isinstance(block_size, int) and block_size >= 16
                                        and block_size & (block_size - 1) == 0):
         raise ValueError(f"block_size must be a power of 2 >= 16, got {block_size!r}")
-    num_classes = input.size(1)
-
-    w_target, q_other = smoothing_weights(eps, num_classes, smoothing_convention)
-    cfg = LossConfig(log_end, rho, w_target, q_other, bool(input_is_log_probs))
     compute_grad = input.requires_grad and torch.is_grad_enabled()
     outputs = _FusedEncouragingLoss.apply(
-        input, target, ignore_index, reduction, cfg, backend, compute_grad, chunk_size, block_size)
+        input, target, ignore_index, reduction, config, backend, compute_grad, chunk_size, block_size)
     return EncouragingLossOutput(*outputs)
-
-
-def fused_encouraging_loss(input: torch.Tensor, target: torch.Tensor, **kwargs) -> torch.Tensor:
-    """The loss of :func:`fused_encouraging_loss_with_stats`."""
-    return fused_encouraging_loss_with_stats(input, target, **kwargs).loss

@@ -52,3 +52,18 @@ def reference_loss_with_stats(input, target, **kwargs):
     from el_plugins.functional import encouraging_loss_with_stats
 
     return encouraging_loss_with_stats(input, target, implementation="reference", **kwargs)
+
+
+def fused_loss(input, target, **kwargs):
+    """``el_plugins.functional.encouraging_loss`` on its fused implementation (el_plugins.ops); ``backend``,
+    ``chunk_size`` and ``block_size`` choose and tune its path."""
+    from el_plugins.functional import encouraging_loss
+
+    return encouraging_loss(input, target, implementation="fused", **kwargs)
+
+
+def fused_loss_with_stats(input, target, **kwargs):
+    """``el_plugins.functional.encouraging_loss_with_stats`` on its fused implementation."""
+    from el_plugins.functional import encouraging_loss_with_stats
+
+    return encouraging_loss_with_stats(input, target, implementation="fused", **kwargs)
