@@ -284,28 +284,25 @@ def encouraging_loss_with_stats(
     if implementation == "auto":
         fused_has_no_kernel = input.dtype == torch.float64 and input.device.type != "cpu"
         implementation = "reference" if fused_has_no_kernel and not tuning else "fused"
-    if implementation == "reference":
-        if tuning:
-            raise ValueError(f"{', '.join(tuning)} tune(s) the fused implementation; implementation='reference' "
-                             f"takes none (use implementation='fused' or 'auto', or leave them out)")
-        log_end, eps, rho, target = check_index_loss_args(
-            input, target, log_end=log_end, label_smoothing=label_smoothing, bonus_weight=bonus_weight,
-            ignore_index=ignore_index, reduction=reduction, smoothing_convention=smoothing_convention)
-        w_target, q_other = smoothing_weights(eps, input.size(1), smoothing_convention)
-        return _reference_encouraging_loss_with_stats(input, target, log_end, w_target, q_other, rho, ignore_index,
-                                                      reduction, input_is_log_probs)
+    if implementation == "reference" and tuning:
+        raise ValueError(f"{', '.join(tuning)} tune(s) the fused implementation; implementation='reference' "
+                         f"takes none (use implementation='fused' or 'auto', or leave them out)")
+    chosen_backend = None  # the reference's
+    if implementation == "fused":
+        from el_plugins import ops
 
-    from el_plugins import ops
-
-    backend = ops.pick_backend("auto" if backend is None else backend, input)
+        chosen_backend = ops.pick_backend("auto" if backend is None else backend, input)
     log_end, eps, rho, target = check_index_loss_args(
         input, target, log_end=log_end, label_smoothing=label_smoothing, bonus_weight=bonus_weight,
         ignore_index=ignore_index, reduction=reduction, smoothing_convention=smoothing_convention,
-        synchronize=backend != "triton")  # the GPU path never waits for the host
+        synchronize=chosen_backend != "triton")  # the GPU path never waits for the host
     w_target, q_other = smoothing_weights(eps, input.size(1), smoothing_convention)
+    if implementation == "reference":
+        return _reference_encouraging_loss_with_stats(input, target, log_end, w_target, q_other, rho, ignore_index,
+                                                      reduction, input_is_log_probs)
     config = ops.LossConfig(log_end, rho, w_target, q_other, bool(input_is_log_probs))
     return ops.fused_encouraging_loss(input, target, config, ignore_index=ignore_index, reduction=reduction,
-                                      backend=backend, chunk_size=chunk_size, block_size=block_size)
+                                      backend=chosen_backend, chunk_size=chunk_size, block_size=block_size)
 
 
 def _reference_encouraging_loss_with_stats(input, target, log_end, w_target, q_other, rho, ignore_index, reduction,

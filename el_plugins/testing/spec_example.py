@@ -8,7 +8,11 @@ nll_loss (the sum of -log p_y) is NLL_LOSS_SUM in every row. The rho = 0 rows ar
 ``label_smoothed_nll_loss(log_softmax(z), t, 0.1, ignore_index=1)``. The same logits with no padding
 (row 1 is class 1), a timm-style mean over the rows, smoothing 0.1 and log_end 0.75: TIMM_MEAN_LOSS.
 """
+import functools
+
 import torch
+
+from el_plugins.functional import encouraging_loss, encouraging_loss_with_stats
 
 SEED = 0
 SHAPE = (6, 11)
@@ -39,31 +43,9 @@ def logits_and_targets():
     return torch.randn(*SHAPE, dtype=torch.float64) * SCALE, torch.tensor(TARGETS)
 
 
-def reference_loss(input, target, **kwargs):
-    """``el_plugins.functional.encouraging_loss`` on its reference (plain autograd) implementation: the
-    ground truth the fused paths are checked against."""
-    from el_plugins.functional import encouraging_loss
-
-    return encouraging_loss(input, target, implementation="reference", **kwargs)
-
-
-def reference_loss_with_stats(input, target, **kwargs):
-    """``el_plugins.functional.encouraging_loss_with_stats`` on its reference implementation."""
-    from el_plugins.functional import encouraging_loss_with_stats
-
-    return encouraging_loss_with_stats(input, target, implementation="reference", **kwargs)
-
-
-def fused_loss(input, target, **kwargs):
-    """``el_plugins.functional.encouraging_loss`` on its fused implementation (el_plugins.ops); ``backend``,
-    ``chunk_size`` and ``block_size`` choose and tune its path."""
-    from el_plugins.functional import encouraging_loss
-
-    return encouraging_loss(input, target, implementation="fused", **kwargs)
-
-
-def fused_loss_with_stats(input, target, **kwargs):
-    """``el_plugins.functional.encouraging_loss_with_stats`` on its fused implementation."""
-    from el_plugins.functional import encouraging_loss_with_stats
-
-    return encouraging_loss_with_stats(input, target, implementation="fused", **kwargs)
+# the public loss function on each implementation, for the tests that compare them (the fused one also takes
+# backend=, chunk_size=, block_size=)
+reference_loss = functools.partial(encouraging_loss, implementation="reference")
+reference_loss_with_stats = functools.partial(encouraging_loss_with_stats, implementation="reference")
+fused_loss = functools.partial(encouraging_loss, implementation="fused")
+fused_loss_with_stats = functools.partial(encouraging_loss_with_stats, implementation="fused")
