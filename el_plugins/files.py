@@ -1,20 +1,33 @@
-"""Files written all-or-nothing, for every el-plugins command.
+"""Files and output folders written all-or-nothing, and text read, for every el-plugins command.
 
 :func:`atomic_write` writes to a temporary file beside the output, named ``NAME.el-partial-PID`` so that a
 user who finds one knows what it is, and renames it over ``NAME`` only when the write finished. The temporary
 is removed on an exception, on Ctrl-C (SIGINT) and on SIGTERM; a process killed outright (SIGKILL, a crash)
 cannot clean up, so the next write of the same output removes the partials that no living process owns.
+
+:func:`output_set` does the same for a set of outputs in one folder (files and folders: a report and its
+plots, a data-bin with its text and subword model, a whole demo run). The set is written into a staging
+folder ``OUT/.el-partial-PID`` and swapped in when it is complete: the previous set is moved out and the new
+one in, with Ctrl-C and SIGTERM held back for those few renames, so that ``OUT`` holds either the old set or
+the new one, never a mix. An interrupted or failed run leaves the previous set as it was. The staging folder
+is removed on Ctrl-C and SIGTERM; a killed run's is removed by the next run into the same folder, or, if the
+kill fell in the swap itself, the swap is finished by it (the staging folder records what it swaps first).
+
+This is what a rerun of every command does: it starts its output over, and replaces the previous output only
+when the new one is complete.
 """
 from __future__ import annotations
 
+import codecs
 import contextlib
 import glob
 import io
 import json
 import os
+import shutil
 import signal
 import threading
-from typing import List
+from typing import Iterable, List, Optional
 
 PARTIAL = ".el-partial-"
 
@@ -90,12 +103,7 @@ def atomic_write(path, mode: str = "w", encoding: str | None = None):
         finally:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
-    with contextlib.suppress(OSError):  # make the rename itself durable
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+    _fsync(directory)  # make the rename itself durable
 
 
 def write_text(path, text: str) -> None:
@@ -117,14 +125,206 @@ def write_lines(path, lines) -> None:
 
 def read_lines(path) -> List[str]:
     """The lines of a UTF-8 text file, without their newlines (universal newlines, as ``open`` reads them).
+    A byte-order mark at the start is dropped, as text editors do (it would stick to the first word).
     A byte sequence that is not UTF-8 is a ValueError that names the file and the line."""
     with open(path, "rb") as f:
         data = f.read()
+    start = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
     try:
-        text = data.decode("utf-8")
+        text = data[start:].decode("utf-8")
     except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
-        raise ValueError(f"{path}, line {line}, column {column}: byte 0x{data[exc.start]:02x} is not UTF-8 text "
+        at = start + exc.start
+        line = data.count(b"\n", 0, at) + 1
+        column = at - max(data.rfind(b"\n", 0, at) + 1, start) + 1  # a byte-order mark is not a column
+        raise ValueError(f"{path}, line {line}, column {column}: byte 0x{data[at]:02x} is not UTF-8 text "
                          "(el-plugins reads text files as UTF-8; convert it, e.g. with iconv)") from None
     return [line.rstrip("\n") for line in io.StringIO(text, newline=None)]
+
+
+def output_folder_problem(path) -> Optional[str]:
+    """Why ``path`` cannot be an output folder (it, or a folder above it, is a file), or None."""
+    given, path = path, os.path.abspath(path)
+    while not os.path.lexists(path):
+        path = os.path.dirname(path)
+    if os.path.isdir(path):
+        return None
+    what = "a file" if os.path.exists(path) else "a broken link"
+    return f"is {what}, not a folder" if path == os.path.abspath(given) else f"{path} is {what}, not a folder"
+
+
+# --------------------------------------------------------------------------- output sets
+_COMMIT = ".el-commit.json"  # in a staging folder: what its swap moves in and out (written before it starts)
+_OLD = ".el-old"             # in a staging folder: the previous outputs, moved out during the swap
+_SCRATCH = ".el-scratch-"    # in a staging folder: work space that is not part of the set
+
+
+class OutputSet:
+    """The staging folder of one :func:`output_set`: write the outputs into :attr:`staging` (or
+    :meth:`path`); :meth:`final` is where a staged path ends up once the set is swapped in."""
+
+    def __init__(self, folder: str, staging: str):
+        self.folder, self.staging = folder, staging
+
+    def path(self, *parts: str) -> str:
+        """A path inside the staging folder."""
+        return os.path.join(self.staging, *parts)
+
+    def final(self, path) -> str:
+        """Where ``path`` (inside the staging folder) will be once the set is swapped in."""
+        path = os.fspath(path)
+        rel = os.path.relpath(os.path.abspath(path), os.path.abspath(self.staging))
+        if rel == os.pardir or rel.startswith(os.pardir + os.sep):
+            return path  # not a staged path
+        return os.path.normpath(os.path.join(self.folder, rel))
+
+    def scratch(self, name: str) -> str:
+        """A folder for work files that are not outputs (an unpacked archive, ...): removed with the staging folder."""
+        path = self.path(_SCRATCH + name)
+        os.makedirs(path, exist_ok=True)
+        return path
+
+
+def _staging_folders(folder: str):
+    """The staging folders in ``folder`` of processes that are no longer running."""
+    stale = []
+    with contextlib.suppress(OSError):
+        for name in os.listdir(folder):
+            pid = name[len(PARTIAL):] if name.startswith(PARTIAL) else ""
+            path = os.path.join(folder, name)
+            if pid.isdigit() and os.path.isdir(path) and not os.path.islink(path) and not _running(int(pid)):
+                stale.append(path)
+    return sorted(stale)
+
+
+@contextlib.contextmanager
+def _locked(folder: str):
+    """An exclusive lock on ``folder`` (flock on the folder itself: no lock file is left behind)."""
+    import fcntl
+
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+@contextlib.contextmanager
+def _signals_held():
+    """Hold SIGINT and SIGTERM back for the duration (main thread only); one that arrived is acted on after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    arrived = []
+    previous = {s: signal.signal(s, lambda signum, frame: arrived.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if arrived:
+        if arrived[0] == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise SystemExit(128 + signal.SIGTERM)
+
+
+def _fsync(path: str) -> None:
+    """Make a file's data, or a folder's entries, durable (best effort)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _fsync_tree(root: str) -> None:
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            _fsync(os.path.join(dirpath, name))
+        _fsync(dirpath)
+
+
+def _swap_in(staging: str, folder: str) -> None:
+    """Move the outputs that ``staging``'s commit record names out of ``folder`` and the staged ones in, then
+    remove ``staging``. Every step can be run again, so a swap cut short by a kill is finished by the next."""
+    with open(os.path.join(staging, _COMMIT), encoding="utf-8") as f:
+        record = json.load(f)
+    old = os.path.join(staging, _OLD)
+    os.makedirs(old, exist_ok=True)
+    for name in record["remove"] + record["move"]:
+        new, dest, moved_out = os.path.join(staging, name), os.path.join(folder, name), os.path.join(old, name)
+        if name in record["move"] and not os.path.lexists(new):
+            continue  # already swapped in
+        if os.path.lexists(dest):
+            if os.path.lexists(moved_out):
+                _remove(moved_out)
+            os.rename(dest, moved_out)
+        if name in record["move"]:
+            os.rename(new, dest)
+    _fsync(folder)
+    _remove(staging)
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+
+def finish_interrupted(folder) -> None:
+    """Clean up after runs into ``folder`` that were killed: finish a swap a kill cut short, remove the staging
+    folders of runs that never got to theirs. :func:`output_set` calls it first."""
+    folder = os.fspath(folder)
+    if not os.path.isdir(folder):
+        return
+    with _locked(folder):
+        for staging in _staging_folders(folder):
+            if os.path.isfile(os.path.join(staging, _COMMIT)):
+                _swap_in(staging, folder)
+            else:
+                _remove(staging)
+
+
+@contextlib.contextmanager
+def output_set(folder, owns: Iterable[str] = (), keep_failed: bool = False):
+    """``with output_set(out) as staged:`` write the outputs into ``staged.staging``; when the block ends
+    without an error they replace their namesakes in ``out`` all together (see the module's docstring).
+
+    owns: further names in ``out`` that belong to this kind of output: those the new set lacks are removed in
+    the same swap (a plot that this run has no data for must not stay beside the new report). Other entries of
+    ``out`` are left alone. keep_failed: on an error (not on Ctrl-C or SIGTERM) keep the staging folder, for
+    the logs an error message names; the next run removes it."""
+    folder = os.fspath(folder)
+    os.makedirs(folder, exist_ok=True)
+    finish_interrupted(folder)
+    staging = os.path.join(folder, f"{PARTIAL}{os.getpid()}")
+    if os.path.isfile(os.path.join(staging, _COMMIT)):  # this process's own, from a set whose swap failed
+        with _locked(folder):
+            _swap_in(staging, folder)
+    _remove(staging)  # this process's own, kept from a failed set
+    os.makedirs(staging)
+    staged = OutputSet(folder, staging)
+    committed = False
+    with _sigterm_raises():
+        try:
+            yield staged
+            names = sorted(n for n in os.listdir(staging) if not n.startswith((_COMMIT, _OLD, _SCRATCH)))
+            for name in os.listdir(staging):
+                if name.startswith(_SCRATCH):
+                    _remove(os.path.join(staging, name))
+            _fsync_tree(staging)
+            with _signals_held(), _locked(folder):
+                write_json(os.path.join(staging, _COMMIT), {"move": names, "remove": sorted(set(owns) - set(names))})
+                committed = True  # from here on the swap is finished, if not by this process then by the next run
+                _swap_in(staging, folder)
+        except (KeyboardInterrupt, SystemExit, _TerminatedError):
+            if not committed:
+                _remove(staging)
+            raise
+        except BaseException:
+            if not committed and not keep_failed:
+                _remove(staging)
+            raise

@@ -596,3 +596,41 @@ def test_checkpoint_formats(tmp_path):
     torch.save({"epoch": 1, "optimizer": {}}, tmp_path / "no_weights.pth")
     with pytest.raises(AnalysisError, match="no model weights found"):
         load_checkpoint_state_dict(str(tmp_path / "no_weights.pth"))
+
+
+# --------------------------------------------------------------------------- the report, all-or-nothing
+def sigterm_at_the_nth_rename_into(folder, names, n, monkeypatch):
+    """SIGTERM this process just before the n-th rename of an output ``names`` into ``folder`` (a user's kill
+    arriving while the outputs are put in place)."""
+    import signal
+
+    seen = []
+    for fn in ("replace", "rename"):
+        real = getattr(os, fn)
+
+        def hooked(src, dst, *a, _real=real, **kw):
+            if os.path.dirname(os.path.abspath(dst)) == os.path.abspath(folder) and os.path.basename(dst) in names:
+                seen.append(dst)
+                if len(seen) == n:
+                    os.kill(os.getpid(), signal.SIGTERM)
+            return _real(src, dst, *a, **kw)
+
+        monkeypatch.setattr(os, fn, hooked)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_report_files_are_swapped_in_as_one_set(tmp_path, monkeypatch, n):
+    """Issue 18 item 10: a SIGTERM while el-analyze puts its outputs in place left a new table.md beside the
+    old report.json; now the folder holds the old set or the new one, whole."""
+    from el_plugins.analysis.report import PLOT_FILES, write_outputs
+
+    out = tmp_path / "report"
+    old = {"report.json": b"old", "table.md": b"old", "margins.png": b"old", "roc.png": b"old"}
+    write_outputs(str(out), old, remove_stale=list(PLOT_FILES))
+    new = {"report.json": b"new", "table.md": b"new", "margins.png": b"new"}
+    sigterm_at_the_nth_rename_into(out, set(old), n, monkeypatch)
+    with pytest.raises(SystemExit):
+        write_outputs(str(out), new, remove_stale=list(PLOT_FILES))
+    monkeypatch.undo()
+    got = {name: (out / name).read_bytes() for name in os.listdir(out)}
+    assert got in (old, new), got

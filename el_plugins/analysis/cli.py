@@ -24,7 +24,8 @@ import sys
 from typing import List, Optional
 
 from el_plugins import commands
-from el_plugins.analysis.report import PLOT_FILES, AnalysisError, output_folder_problem
+from el_plugins.analysis.report import PLOT_FILES, AnalysisError
+from el_plugins.files import output_folder_problem
 from el_plugins.devices import add_device_argument
 
 logger = logging.getLogger(__name__)

@@ -2,16 +2,14 @@
 evaluation back ends share: their errors, the device check and the batch loop's progress bar."""
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
-import os
 import sys
 from typing import Dict, Iterable, List, Optional, Tuple
 
 from el_plugins.analysis.streaming import StreamingAnalysis
 from el_plugins.commands import USAGE_EXIT, CommandError, UsageError
-from el_plugins.files import atomic_write
+from el_plugins.files import output_set
 
 CONVENTIONS = {
     "margin": "z_y - max_{k != y} z_k (logits z, target y); > 0 iff correctly classified",
@@ -183,26 +181,13 @@ def render_plots(runs: Dict[str, Tuple[str, StreamingAnalysis]], what: str, ood_
 
 # --------------------------------------------------------------------------- writing
 def write_outputs(out_dir: str, files: Dict[str, bytes], remove_stale: Optional[List[str]] = None) -> None:
-    """Write every file to a temporary beside it (:func:`el_plugins.files.atomic_write`); the temporaries
-    are renamed over the outputs only when all of them are written, report.json last."""
-    os.makedirs(out_dir, exist_ok=True)
-    with contextlib.ExitStack() as stack:  # the contexts exit, and rename, in reverse order
-        for name in sorted(files, key=lambda f: f == "report.json", reverse=True):
-            stack.enter_context(atomic_write(os.path.join(out_dir, name), "wb")).write(files[name])
-    for name in remove_stale or ():
-        if name not in files and os.path.isfile(os.path.join(out_dir, name)):
-            os.unlink(os.path.join(out_dir, name))
-
-
-def output_folder_problem(path) -> Optional[str]:
-    """Why ``path`` cannot be an output folder (it, or a folder above it, is a file), or None."""
-    given, path = path, os.path.abspath(path)
-    while not os.path.lexists(path):
-        path = os.path.dirname(path)
-    if os.path.isdir(path):
-        return None
-    what = "a file" if os.path.exists(path) else "a broken link"
-    return f"is {what}, not a folder" if path == os.path.abspath(given) else f"{path} is {what}, not a folder"
+    """Write every file into ``out_dir`` as one set (:func:`el_plugins.files.output_set`): the new report, table
+    and plots replace the previous ones together, and the names in ``remove_stale`` that this set lacks (a
+    previous run's OOD plots) are removed with them; an interrupted write leaves the previous set."""
+    with output_set(out_dir, owns=remove_stale or ()) as staged:
+        for name, data in files.items():
+            with open(staged.path(name), "wb") as f:
+                f.write(data)
 
 
 def report_files(report: dict, plots: Dict[str, bytes]) -> Dict[str, bytes]:

@@ -31,7 +31,7 @@ PARTS = ("translation", "vision")
 
 
 def parse_args(argv):
-    from el_plugins.analysis.report import output_folder_problem
+    from el_plugins.files import output_folder_problem
 
     ap = argparse.ArgumentParser(prog="el-demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
