@@ -8,7 +8,9 @@ The convention (the same as argparse's own usage errors):
   and exit 1: raise :class:`CommandError` (or a subclass); :func:`run` turns it into the message;
 - messages go through :mod:`logging` to stderr as ``prog: message`` (:func:`setup_logging`);
 - ``--no-progress`` (:func:`add_progress_argument`) turns tqdm's bars off; they are on by default and
-  written to stderr, so that stdout holds only a command's result.
+  written to stderr, so that stdout holds only a command's result;
+- a child program that failed is reported in one line: its cause (:func:`failure_cause`) and the log
+  with its whole output.
 
 Torch-free and framework-free, so every command can import it before anything heavy.
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 from typing import Callable, Optional, Sequence
 
@@ -91,6 +94,21 @@ def setup_logging(prog: str, level: int = logging.INFO) -> logging.Logger:
     return logger
 
 
+_CAUSE = re.compile(r"^(\w+\.)*\w*(Error|Exception|Exit|Interrupt|error)\b(:|$)")
+
+
+def failure_cause(output: str) -> str:
+    """The line of a failed program's output that says why: its last exception line (and the next line, where
+    that one ends in ':'), else its last line. For ``prog: error: <program> failed: <cause> (log: ...)``."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    cause = lines[-1] if lines else "it printed nothing"
+    for i in range(len(lines) - 1, -1, -1):
+        if _CAUSE.match(lines[i]):
+            cause = lines[i] + (f" {lines[i + 1]}" if lines[i].endswith(":") and i + 1 < len(lines) else "")
+            break
+    return cause if len(cause) <= 400 else cause[:399] + "\u2026"
+
+
 def fairseq_program(name: str) -> str:
     """The path of fairseq's console program ``name`` (fairseq-train, -generate, -preprocess, ...) of this
     Python's environment: beside the interpreter, so a virtual environment that is not activated works."""
@@ -98,4 +116,4 @@ def fairseq_program(name: str) -> str:
 
 
 __all__ = ["CommandError", "FAILURE_EXIT", "USAGE_EXIT", "UsageError", "add_progress_argument", "error",
-           "fairseq_program", "run", "setup_logging"]
+           "failure_cause", "fairseq_program", "run", "setup_logging"]

@@ -296,7 +296,8 @@ def output_set(folder, owns: Iterable[str] = (), keep_failed: bool = False):
     owns: further names in ``out`` that belong to this kind of output: those the new set lacks are removed in
     the same swap (a plot that this run has no data for must not stay beside the new report). Other entries of
     ``out`` are left alone. keep_failed: on an error (not on Ctrl-C or SIGTERM) keep the staging folder, for
-    the logs an error message names; the next run removes it."""
+    the logs an error message names (not its :meth:`OutputSet.scratch` folders; not at all if nothing else is
+    in it); the next run removes it."""
     folder = os.fspath(folder)
     os.makedirs(folder, exist_ok=True)
     finish_interrupted(folder)
@@ -325,6 +326,10 @@ def output_set(folder, owns: Iterable[str] = (), keep_failed: bool = False):
                 _remove(staging)
             raise
         except BaseException:
-            if not committed and not keep_failed:
-                _remove(staging)
+            if not committed:
+                for name in os.listdir(staging) if keep_failed else ():
+                    if name.startswith(_SCRATCH):  # kept for its logs, not its work files
+                        _remove(os.path.join(staging, name))
+                if not keep_failed or not os.listdir(staging):
+                    _remove(staging)
             raise

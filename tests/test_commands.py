@@ -162,3 +162,19 @@ def test_setup_logging_one_handler_writing_to_the_stderr_of_the_moment(capsys):
     commands.setup_logging("second")  # a second command in the same process
     logging.getLogger("el_plugins.x").info("two")
     assert capsys.readouterr().err == "second: two\n"  # once, with the command running now
+
+
+def test_failure_cause_is_the_line_that_says_why():
+    """A failed child program is reported in one line (issue 18 item 15): its last exception line."""
+    traceback = ("2024 | INFO | loading\nTraceback (most recent call last):\n  File \"x.py\", line 1, in <module>\n"
+                 "    main()\nFileNotFoundError: Dataset not found: tset (bin)\n\n")
+    assert commands.failure_cause(traceback) == "FileNotFoundError: Dataset not found: tset (bin)"
+    assert commands.failure_cause("Traceback ...\nRuntimeError: Error(s) in loading state_dict for M:\n"
+                                  "\tsize mismatch for w: 3 vs 4.\n") == \
+        "RuntimeError: Error(s) in loading state_dict for M: size mismatch for w: 3 vs 4."
+    assert commands.failure_cause("usage: fairseq-generate ...\nfairseq-generate: error: argument --beam: bad\n") == \
+        "fairseq-generate: error: argument --beam: bad"
+    assert commands.failure_cause("struct.error: unpack requires a buffer of 4 bytes") == \
+        "struct.error: unpack requires a buffer of 4 bytes"
+    assert commands.failure_cause("") == "it printed nothing"
+    assert len(commands.failure_cause("ValueError: " + "x" * 1000)) == 400

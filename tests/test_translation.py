@@ -214,9 +214,184 @@ def test_prepare_train_generate_bleu(tmp_path):
             "--save-dir", tmp_path / "ckpt", "--no-progress-bar", "--num-workers", "0")
     out = run_cli("el-bleu", "generate", data_bin, "--path", tmp_path / "ckpt" / "checkpoint_last.pt", "--cpu",
                   "--raw-ref", tmp_path / "data" / "text" / "test.raw.en", "--out", tmp_path / "bleu").stdout
+    assert sorted(os.listdir(tmp_path / "bleu")) == ["bleu.json", "generate.log", "hyp.tok.txt", "ref.tok.txt"]
     result = json.loads((tmp_path / "bleu" / "bleu.json").read_text())
     assert result["sentences"] == 43  # all of them, not a multiple of 8
+    assert result["post_process"] == "sentencepiece" and "el-plugins.json says so" in out  # the data-bin's record
     # our tokenized BLEU is the number fairseq-generate prints itself
     assert result["tokenized_bleu"] == pytest.approx(result["fairseq_generate_bleu4"], abs=0.01)
     assert re.search(r"sacreBLEU += [\d.]+ +\(nrefs:1\|case:mixed\|eff:no\|tok:13a", out)
     assert len((tmp_path / "bleu" / "hyp.tok.txt").read_text().splitlines()) == 43
+
+
+# --------------------------------------------------------------------------- el-bleu: hostile input (issue 18)
+def test_el_bleu_drops_a_byte_order_mark(tmp_path):
+    """Item 7: a BOM glued to the first token lowered BLEU (unigram precision 66.7 instead of 83.3)."""
+    hyp, ref = "the cat sat on the mat", "the cat sat on a mat"
+    (tmp_path / "h.txt").write_text(hyp + "\n")
+    for option in ("--hyp", "--ref", "--raw-ref"):
+        files = {"--hyp": tmp_path / "h.txt", "--ref": tmp_path / "r.txt", "--raw-ref": tmp_path / "raw.txt"}
+        for flag, path in files.items():
+            if flag != "--hyp":
+                path.write_text(ref + "\n")
+        files[option] = tmp_path / f"bom{option}.txt"
+        files[option].write_bytes(b"\xef\xbb\xbf" + (hyp if option == "--hyp" else ref).encode() + b"\n")
+        out = run_cli("el-bleu", "score", *[x for kv in files.items() for x in kv]).stdout
+        want = bleu.tokenized_bleu([hyp], [ref])
+        assert f"tokenized BLEU-4 = {want.score:.2f}" in out and "83.3/" in out, (option, out)
+        assert f"sacreBLEU        = {bleu.sacre_bleu([hyp], [ref])[0].score:.2f}" in out, (option, out)
+
+
+@pytest.fixture(scope="module")
+def word_level_run(toy_data_bin, tmp_path_factory):
+    """A tiny model trained on the word-level toy data-bin (fairseq-preprocess of plain words, no subwords)."""
+    save = tmp_path_factory.mktemp("word_level")
+    run_cli("fairseq-train", toy_data_bin, *TINY_TRANSFORMER, "--optimizer", "adam", "--lr", "0.003",
+            "--max-tokens", "2000", "--max-update", "8", "--cpu", "--criterion", "label_smoothed_cross_entropy",
+            "--save-dir", save, "--no-progress-bar", "--num-workers", "0", "--no-epoch-checkpoints",
+            "--disable-validation")
+    return save / "checkpoint_last.pt"
+
+
+def test_el_bleu_generate_tells_the_data_bins_subwords(toy_data_bin, word_level_run, tmp_path):
+    """Item 2: --post-process sentencepiece (the old default) on a word-level data-bin deleted every space."""
+    proc = run_cli("el-bleu", "generate", toy_data_bin, "--path", word_level_run, "--cpu", "--out", tmp_path / "b")
+    result = json.loads((tmp_path / "b" / "bleu.json").read_text())
+    assert result["post_process"] == "none", result
+    assert "--post-process auto: none" in proc.stdout and "dict.en.txt" in proc.stdout, proc.stdout[-2000:]
+    refs = (tmp_path / "b" / "ref.tok.txt").read_text().splitlines()
+    words = [line.split() for line in (toy_data_bin.parent / "raw" / "test.en").read_text().splitlines()]
+    assert [r.split() for r in refs] == words  # the references keep their words apart
+    bad = run_cli("el-bleu", "generate", toy_data_bin, "--path", word_level_run, "--cpu", "--post-process",
+                  "sentencepiece", "--out", tmp_path / "c", check=False)
+    assert bad.returncode == 2 and "Traceback" not in bad.stdout, bad.stdout[-2000:]
+    assert (f"el-bleu: error: --post-process sentencepiece: {toy_data_bin / 'dict.en.txt'} has no sentencepiece "
+            "piece") in bad.stdout, bad.stdout[-2000:]
+    assert not (tmp_path / "c").exists()
+
+
+def test_el_bleu_generate_checks_before_any_work(toy_data_bin, word_level_run, tmp_path):
+    """Items 15, 16, 18: what can be checked is, before fairseq-generate runs, in one line; --out a file too."""
+    def generate(*args, data=toy_data_bin):
+        return run_cli("el-bleu", "generate", data, "--path", word_level_run, "--cpu", *args, check=False)
+
+    a_file = tmp_path / "bleu.json"
+    a_file.write_text("{}")
+    lm = tmp_path / "lm-bin"  # another task's data-bin: a language model's (no language pair)
+    lm.mkdir()
+    for name in ("dict.txt", "test.bin", "test.idx"):
+        (lm / name).write_bytes(b"")
+    for args, data, message in (
+            (["--out", a_file], toy_data_bin, f"--out {a_file}: is a file, not a folder"),
+            (["--out", a_file / "sub"], toy_data_bin, f"--out {a_file / 'sub'}: {a_file} is a file, not a folder"),
+            (["--gen-subset", "tset"], toy_data_bin, "--gen-subset tset: DATA_BIN has no such split (it has: test, train, valid)"),
+            (["--post-process", "bogus"], toy_data_bin, "argument --post-process: invalid choice: 'bogus'"),
+            (["--max-tokens", "0"], toy_data_bin, "--max-tokens must be >= 1, got 0"),
+            (["--max-tokens", "-5"], toy_data_bin, "--max-tokens must be >= 1, got -5"),
+            ([], lm, f"DATA_BIN {lm} is not a translation data-bin"),
+    ):
+        proc = generate(*args, data=data)
+        assert proc.returncode == 2, (args, proc.stdout[-2000:])
+        last = proc.stdout.strip().splitlines()[-1]
+        assert last.startswith("el-bleu") and message in last, (args, proc.stdout[-2000:])
+        assert "Traceback" not in proc.stdout and "fairseq" not in proc.stdout.split("error:")[0], proc.stdout[-2000:]
+    assert a_file.read_text() == "{}"
+
+    junk = tmp_path / "junk.pt"  # what only fairseq-generate finds: one line, the cause and the log
+    junk.write_bytes(b"not a checkpoint")
+    proc = run_cli("el-bleu", "generate", toy_data_bin, "--path", junk, "--cpu", check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stdout, proc.stdout[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    assert [line for line in lines if "error" in line] == lines[-1:], lines
+    assert lines[-1].startswith("el-bleu: error: fairseq-generate failed (exit 1): _pickle.UnpicklingError: "), lines
+    log = re.search(r"its output is in (\S+)\)$", lines[-1]).group(1)
+    assert "Traceback" in open(log).read()
+    os.unlink(log)
+
+
+# --------------------------------------------------------------------------- el-prepare-iwslt: reruns (issue 18)
+def release_tgz(tmp_path, name, n_train):
+    d = fake_iwslt14_release(tmp_path / name, n_train=n_train)
+    tgz = tmp_path / f"{name}.tgz"
+    with tarfile.open(tgz, "w:gz") as tar:
+        tar.add(d, arcname="de-en")
+    return tgz
+
+
+def prepare(release, out, check=True):
+    return run_cli("el-prepare-iwslt", "--release", release, "--corpus", "iwslt14.de-en", "--out", out,
+                   "--vocab-size", "100", "--workers", "1", check=check)
+
+
+def files_of(folder):
+    """{relative path: bytes} of every file under ``folder``."""
+    return {os.path.relpath(os.path.join(d, f), folder): open(os.path.join(d, f), "rb").read()
+            for d, _, files in os.walk(folder) for f in files}
+
+
+def test_el_prepare_iwslt_twice_into_the_same_out_prepares_the_new_release(tmp_path):
+    """Items 3 and 9: the second run failed in fairseq-preprocess (dict.de.txt exists), and it read the
+    stale OUT/release of the first run: 97 training lines instead of 221."""
+    out = tmp_path / "prepared"
+    small, large = release_tgz(tmp_path, "small", 60), release_tgz(tmp_path, "large", 240)
+    assert "train: 58 pairs" in prepare(small, out).stdout
+    log = prepare(large, out).stdout
+    assert "train: 230 pairs" in log, log[-2000:]
+    assert len((out / "text" / "train.en").read_text().splitlines()) == 230
+    record = json.loads((out / "data-bin" / "el-plugins.json").read_text())
+    assert record["post_process"] == "sentencepiece" and record["source_lang"] == "de" and record["target_lang"] == "en"
+    assert sorted(os.listdir(out)) == ["data-bin", "preprocess.log", "spm.model", "spm.vocab", "text"]
+    again = files_of(out)
+    prepare(large, out)  # the same release again: the same files
+    assert files_of(out).keys() == again.keys()
+    same = lambda files: {k: v for k, v in files.items() if not k.endswith((".log", ".model"))}  # noqa: E731
+    assert same(files_of(out)) == same(again)  # (the logs and spm.model name the staging folder)
+
+
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGKILL"])
+def test_el_prepare_iwslt_interrupted_leaves_the_previous_output(tmp_path, signum):
+    """Item 9: an interrupted run rewrote text/ and spm.model and left them beside the old data-bin."""
+    import signal
+    import subprocess
+    import time
+
+    from el_plugins.testing.programs import BIN
+
+    out = tmp_path / "prepared"
+    prepare(release_tgz(tmp_path, "small", 60), out)
+    before = files_of(out)
+    large = release_tgz(tmp_path, "large", 240)
+    proc = subprocess.Popen([os.path.join(BIN, "el-prepare-iwslt"), "--release", large, "--corpus", "iwslt14.de-en",
+                             "--out", out, "--vocab-size", "100", "--workers", "1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    staging = out / f".el-partial-{proc.pid}"
+    deadline = time.time() + 120
+    while not (staging / "text" / "train.de").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    assert proc.poll() is None, "finished before it could be interrupted"
+    proc.send_signal(getattr(signal, signum))
+    proc.wait(timeout=60)
+    assert staging.exists() == (signum == "SIGKILL")  # SIGTERM cleans up; after a kill -9 the next run does
+    assert {k: v for k, v in files_of(out).items() if not k.startswith(".el-partial-")} == before
+    assert "train: 230 pairs" in prepare(large, out).stdout
+    assert sorted(os.listdir(out)) == ["data-bin", "preprocess.log", "spm.model", "spm.vocab", "text"]
+
+
+def test_el_prepare_iwslt_truncated_or_ambiguous_release(tmp_path):
+    """Item 11: a truncated .tgz gave an EOFError traceback and left a partial extraction behind; a release
+    folder with two copies of a file silently used the first."""
+    tgz = release_tgz(tmp_path, "rel", 60)
+    cut = tmp_path / "cut.tgz"
+    cut.write_bytes(tgz.read_bytes()[: tgz.stat().st_size // 2])
+    out = tmp_path / "prepared"
+    proc = prepare(cut, out, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stdout, proc.stdout[-3000:]
+    assert f"el-prepare-iwslt: error: --release {cut}: the archive is truncated or damaged" in proc.stdout
+    assert os.listdir(out) == []
+
+    two = tmp_path / "two"
+    for copy in ("a", "b"):
+        fake_iwslt14_release(two / copy)
+    proc = prepare(two, out, check=False)
+    assert proc.returncode == 1 and "has 2 files matching 'train.tags.de-en.de'" in proc.stdout, proc.stdout[-2000:]
+    assert os.listdir(out) == []

@@ -8,23 +8,32 @@
 * sacreBLEU: on detokenized hypotheses against the original references (``--raw-ref``), with its
   signature, the number to compare across papers.
 
-``generate`` runs the real fairseq-generate (beam 5 by default) and scores its output. Results go to
-stdout; a failure (files that do not pair up, fairseq-generate failing) is ``el-bleu: error: ...``, exit 1.
+``generate`` runs the real fairseq-generate (beam 5 by default) and scores its output. It checks first what
+it can (DATA_BIN is a translation data-bin with the split, --out a folder) and undoes DATA_BIN's own subwords
+(--post-process auto: el_plugins.translation.data_bin). Results go to stdout; a failure (files that do not
+pair up, fairseq-generate failing: its cause in one line, with the log of its output) is ``el-bleu: error:
+...``, exit 1.
 """
 import argparse
+import contextlib
 import logging
 import os
 import re
 import subprocess
 import sys
+import tempfile
 from typing import List, Optional, Sequence
 
 from el_plugins import commands
-from el_plugins.files import read_lines, write_json, write_lines
+from el_plugins.files import output_folder_problem, output_set, read_lines, write_json, write_lines
+from el_plugins.translation import data_bin as data_bins
 
 PROG = "el-bleu"
 logger = logging.getLogger(__name__)
 _LINE = re.compile(r"^([STHD])-(\d+)\t(.*)$")
+# fairseq-generate's --post-process values (fairseq.data.data_utils.post_process), and 'auto': DATA_BIN's own
+POST_PROCESS = ("auto", "none", "sentencepiece", "subword_nmt", "@@ ", "@@", "wordpiece", "letter", "silence", "_EOW")
+OUTPUTS = ("hyp.tok.txt", "ref.tok.txt", "bleu.json", "generate.log")  # what generate --out writes, as one set
 
 
 def tokenized_bleu(hyps: Sequence[str], refs: Sequence[str]):
@@ -93,10 +102,30 @@ def score(hyps_tok: List[str], refs_tok: List[str], lang: str, raw_refs: Optiona
             "references": "raw" if raw_refs is not None else "detokenized"}
 
 
+def choose_post_process(data_bin: str, target: str, asked: str) -> str:
+    """The --post-process to give fairseq-generate: DATA_BIN's own for 'auto' (logged). An explicit
+    'sentencepiece' on a data-bin without sentencepiece pieces (it would glue each sentence into one 'word')
+    is a :class:`commands.UsageError`; another choice that is not DATA_BIN's is a warning."""
+    kind, why = data_bins.subword_kind(data_bin, target)
+    if asked == "auto":
+        logger.info("--post-process auto: %s (%s)", kind, why)
+        return kind
+    if asked == "sentencepiece" and not data_bins.has_sentencepiece_pieces(data_bin, target):
+        raise commands.UsageError(
+            f"--post-process sentencepiece: {os.path.join(data_bin, f'dict.{target}.txt')} has no sentencepiece "
+            f"piece (no symbol starts with '{data_bins.SENTENCEPIECE_MARK}'), so it would delete every space of "
+            f"every sentence; this data-bin's is {kind!r} ({why}): give --post-process {kind} or auto")
+    if asked != kind:
+        logger.warning("warning: --post-process %s, but %s (--post-process auto would give %s)", asked, why, kind)
+    return asked
+
+
 def generate(data_bin: str, path: str, *, beam: int = 5, subset: str = "test", post_process: str = "sentencepiece",
-             cpu: bool = False, max_tokens: int = 8000, extra: Sequence[str] = (), env=None) -> str:
-    """Run fairseq-generate (in ``env``, default this process's environment); returns its stdout
-    (raises with the tail of its output if it fails)."""
+             cpu: bool = False, max_tokens: int = 8000, extra: Sequence[str] = (), env=None,
+             log: Optional[str] = None) -> str:
+    """Run fairseq-generate (in ``env``, default this process's environment); returns its stdout. Its output
+    also goes to ``log`` (default: a temporary file, removed when it succeeds); a failure is a RuntimeError
+    with the cause in one line and the log's path."""
     cmd = [commands.fairseq_program("fairseq-generate"), data_bin, "--path", path,
            "--beam", str(beam), "--gen-subset", subset, "--max-tokens", str(max_tokens), "--num-workers", "0",
            # fairseq-fixed 0.12.3.1 drops the last len % 8 sentences with the default multiple of 8
@@ -109,8 +138,15 @@ def generate(data_bin: str, path: str, *, beam: int = 5, subset: str = "test", p
         proc = subprocess.run([*cmd, *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     except OSError as exc:  # not installed in this environment
         raise RuntimeError(f"cannot run {cmd[0]} ({exc.strerror or exc}); is fairseq installed here?") from None
+    if log is not None or proc.returncode != 0:
+        if log is None:
+            fd, log = tempfile.mkstemp(prefix="el-bleu-fairseq-generate-", suffix=".log")
+            os.close(fd)
+        with open(log, "w", encoding="utf-8") as f:
+            f.write(proc.stdout)
     if proc.returncode != 0:
-        raise RuntimeError(f"fairseq-generate failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}")
+        raise RuntimeError(f"fairseq-generate failed (exit {proc.returncode}): {commands.failure_cause(proc.stdout)} "
+                           f"(its output is in {log})")
     return proc.stdout
 
 
@@ -122,7 +158,8 @@ def main(argv=None):
     g.add_argument("--path", required=True, help="checkpoint (e.g. the averaged one)")
     g.add_argument("--beam", type=int, default=5)
     g.add_argument("--gen-subset", default="test")
-    g.add_argument("--post-process", default="sentencepiece", help="fairseq's --post-process (default: sentencepiece)")
+    g.add_argument("--post-process", default="auto", choices=POST_PROCESS,
+                   help="fairseq's --post-process, what undoes the subwords (default: auto, DATA_BIN's own)")
     g.add_argument("--raw-ref", help="the original (detokenized) references for sacreBLEU, one per line")
     g.add_argument("--lang", default="en", help="target language for detokenization (default: en)")
     g.add_argument("--cpu", action="store_true")
@@ -143,6 +180,11 @@ def main(argv=None):
             ap.error(f"DATA_BIN: no such folder {args.data_bin!r}")
         if args.beam < 1:
             ap.error(f"--beam must be >= 1, got {args.beam}")
+        if args.max_tokens < 1:
+            ap.error(f"--max-tokens must be >= 1, got {args.max_tokens}")
+        problem = args.out and output_folder_problem(args.out)
+        if problem:
+            ap.error(f"--out {args.out}: {problem} (give a folder for the hypotheses, references and bleu.json)")
     commands.setup_logging(PROG)
     return commands.run(PROG, lambda: _run(args), errors=(ValueError, RuntimeError, OSError))
 
@@ -151,16 +193,21 @@ def _run(args) -> int:
     """The work of main() once the options are checked; prints the scores (stdout) and returns 0."""
     raw = read_lines(args.raw_ref) if args.raw_ref else None
     if args.command == "generate":
-        out = generate(args.data_bin, args.path, beam=args.beam, subset=args.gen_subset,
-                       post_process=args.post_process, cpu=args.cpu, max_tokens=args.max_tokens)
-        hyps, refs, fairseq_bleu = parse_generate_output(out)
-        result = score(hyps, refs, args.lang, raw)
-        result.update(fairseq_generate_bleu4=fairseq_bleu, checkpoint=args.path, beam=args.beam)
-        if args.out:
-            os.makedirs(args.out, exist_ok=True)
-            for name, lines in (("hyp.tok.txt", hyps), ("ref.tok.txt", refs)):
-                write_lines(os.path.join(args.out, name), lines)
-            write_json(os.path.join(args.out, "bleu.json"), result)
+        _, target = data_bins.language_pair(args.data_bin, args.gen_subset)
+        post_process = choose_post_process(args.data_bin, target, args.post_process)
+        with contextlib.ExitStack() as stack:  # with --out, its files and fairseq-generate's log: one set
+            staged = stack.enter_context(output_set(args.out, owns=OUTPUTS, keep_failed=True)) if args.out else None
+            out = generate(args.data_bin, args.path, beam=args.beam, subset=args.gen_subset,
+                           post_process=post_process, cpu=args.cpu, max_tokens=args.max_tokens,
+                           log=staged.path("generate.log") if staged else None)
+            hyps, refs, fairseq_bleu = parse_generate_output(out)
+            result = score(hyps, refs, args.lang, raw)
+            result.update(fairseq_generate_bleu4=fairseq_bleu, checkpoint=args.path, beam=args.beam,
+                          post_process=post_process)
+            if staged:
+                for name, lines in (("hyp.tok.txt", hyps), ("ref.tok.txt", refs)):
+                    write_lines(staged.path(name), lines)
+                write_json(staged.path("bleu.json"), result)
     else:
         result = score(read_lines(args.hyp), read_lines(args.ref), args.lang, raw)
     print(f"tokenized BLEU-4 = {result['tokenized_bleu']:.2f}   ({result['tokenized_bleu_detail']})")

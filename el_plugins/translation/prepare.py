@@ -5,8 +5,11 @@ sentencepiece subwords, fairseq-preprocess. Also reads the IWSLT release files.
 
 writes ``OUT/text/{train,valid,test}.{src,tgt}`` (subword pieces), ``OUT/text/test.tok.<tgt>`` (the
 tokenized reference, for tokenized BLEU), ``OUT/text/test.raw.<tgt>`` (the original reference, for
-sacreBLEU), ``OUT/spm.model`` and ``OUT/data-bin`` (what fairseq-train reads). A release that is not what
-it should be, or fairseq-preprocess failing, is ``el-prepare-iwslt: error: ...`` (exit 1; :class:`PrepareError`).
+sacreBLEU), ``OUT/spm.model`` and ``OUT/data-bin`` (what fairseq-train reads; its ``el-plugins.json`` says
+how it was made, for el-bleu). They are one output set (el_plugins.files.output_set): a rerun into the same
+OUT starts them over and replaces the previous ones only when it succeeds; an interrupted or failed run
+leaves them as they were. A release that is not what it should be (a truncated .tgz included), or
+fairseq-preprocess failing, is ``el-prepare-iwslt: error: ...`` (exit 1; :class:`PrepareError`).
 """
 import argparse
 import glob
@@ -16,10 +19,12 @@ import re
 import subprocess
 import sys
 import tarfile
+import zlib
 from typing import Dict, List, Sequence, Tuple
 
 from el_plugins import commands
-from el_plugins.files import read_lines, write_lines
+from el_plugins.files import output_set, read_lines, write_lines
+from el_plugins.translation import data_bin as data_bins
 
 PROG = "el-prepare-iwslt"
 logger = logging.getLogger(__name__)
@@ -40,6 +45,7 @@ CORPORA = {
         valid_sets=["IWSLT17.TED.dev2010"], test_sets=["IWSLT17.TED.tst2015"]),
 }
 MAX_LEN, MAX_RATIO = 175, 1.5  # training pairs kept (in tokens), as fairseq's prepare scripts do
+OUTPUTS = ("text", "spm.model", "spm.vocab", "data-bin", "preprocess.log")  # one output set
 _SEG = re.compile(r"<seg[^>]*>(.*)</seg>", re.IGNORECASE)
 
 
@@ -48,14 +54,18 @@ class PrepareError(commands.CommandError):
 
 
 # --------------------------------------------------------------------------- IWSLT release files
-def _release_dir(release: str, workdir: str) -> str:
+def _release_dir(release: str, scratch: str) -> str:
+    """The folder of the release: ``release`` itself, or the .tgz unpacked into ``scratch`` (a fresh folder)."""
     if os.path.isdir(release):
         return release
     if os.path.isfile(release) and tarfile.is_tarfile(release):
-        target = os.path.join(workdir, "release")
-        with tarfile.open(release) as tar:
-            tar.extractall(target, filter="data")
-        return target
+        try:
+            with tarfile.open(release) as tar:
+                tar.extractall(scratch, filter="data")
+        except (EOFError, zlib.error, tarfile.TarError) as exc:
+            raise PrepareError(f"--release {release}: the archive is truncated or damaged and cannot be unpacked "
+                               f"({type(exc).__name__}: {exc}); download it again") from None
+        return scratch
     raise commands.UsageError(f"--release {release!r} is neither a folder nor a .tgz of the IWSLT release")
 
 
@@ -64,6 +74,10 @@ def _find(root: str, pattern: str) -> str:
     if not hits:
         raise PrepareError(f"the IWSLT release under {root} has no file matching {pattern!r}; "
                            "is it the right corpus (see --corpus) and complete?")
+    if len(hits) > 1:
+        raise PrepareError(f"the IWSLT release under {root} has {len(hits)} files matching {pattern!r} "
+                           f"({', '.join(hits[:3])}{', ...' if len(hits) > 3 else ''}): give --release the folder "
+                           "or .tgz of one release")
     return hits[0]
 
 
@@ -136,14 +150,30 @@ def _clean_train(src: List[str], tgt: List[str]) -> Tuple[List[str], List[str]]:
 
 def prepare_parallel_corpus(splits: Splits, out: str, src: str, tgt: str, *, vocab_size: int, lowercase: bool,
                             joined_dictionary: bool, workers: int = 1) -> str:
-    """Tokenize, learn a joint sentencepiece model on train, encode, run fairseq-preprocess. Returns data-bin."""
-    import sentencepiece as spm
+    """Tokenize, learn a joint sentencepiece model on train, encode, run fairseq-preprocess, into ``out`` as
+    one output set (:data:`OUTPUTS`, replaced together; a failure leaves the previous ones and keeps the
+    staging folder for preprocess.log). Returns out/data-bin."""
+    check_splits(splits)
+    with output_set(out, owns=OUTPUTS, keep_failed=True) as staged:
+        write_parallel_corpus(splits, staged.staging, src, tgt, vocab_size=vocab_size, lowercase=lowercase,
+                              joined_dictionary=joined_dictionary, workers=workers)
+    return os.path.join(out, "data-bin")
 
+
+def check_splits(splits: Splits) -> None:
     for split in ("train", "valid", "test"):
         if split not in splits or not splits[split][0]:
             raise PrepareError(f"the corpus has no {split} pairs")
         if len(splits[split][0]) != len(splits[split][1]):
             raise PrepareError(f"{split}: {len(splits[split][0])} source but {len(splits[split][1])} target lines")
+
+
+def write_parallel_corpus(splits: Splits, out: str, src: str, tgt: str, *, vocab_size: int, lowercase: bool,
+                          joined_dictionary: bool, workers: int = 1) -> str:
+    """The work of :func:`prepare_parallel_corpus`, into ``out``, a fresh folder. Returns out/data-bin."""
+    import sentencepiece as spm
+
+    check_splits(splits)
     text = os.path.join(out, "text")
     os.makedirs(text, exist_ok=True)
     tokenized = {split: (moses_tokenize(s, src, lowercase), moses_tokenize(t, tgt, lowercase))
@@ -177,8 +207,13 @@ def prepare_parallel_corpus(splits: Splits, out: str, src: str, tgt: str, *, voc
             failed = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT).returncode != 0
         except OSError as exc:  # not installed in this environment
             raise PrepareError(f"cannot run {cmd[0]} ({exc.strerror or exc}); is fairseq installed here?") from None
-        if failed:
-            raise PrepareError(f"fairseq-preprocess failed, see {log}")
+    if failed:
+        with open(log, encoding="utf-8", errors="replace") as f:
+            cause = commands.failure_cause(f.read())
+        raise PrepareError(f"fairseq-preprocess failed: {cause} (its output is in {log})")
+    data_bins.write_record(data_bin, subwords="sentencepiece", post_process="sentencepiece", source_lang=src,
+                           target_lang=tgt, lowercase=lowercase, vocab_size=vocab_size,
+                           joined_dictionary=joined_dictionary, sentencepiece_model=os.path.join("..", "spm.model"))
     return data_bin
 
 
@@ -205,14 +240,14 @@ def main(argv=None):
 
 
 def _prepare(args) -> int:
+    """The release read (a .tgz unpacked into the staging folder, never reused) and prepared, as one set."""
     c = CORPORA[args.corpus]
-    os.makedirs(args.out, exist_ok=True)
-    splits = read_iwslt_release(_release_dir(args.release, args.out), args.corpus)
-    logger.info(" ".join(f"{k}: {len(v[0])} pairs" for k, v in splits.items()))
-    data_bin = prepare_parallel_corpus(
-        splits, args.out, c["src"], c["tgt"], vocab_size=args.vocab_size or c["vocab_size"],
-        lowercase=c["lowercase"], joined_dictionary=c["joined_dictionary"], workers=args.workers)
-    print(f"wrote {data_bin}")
+    with output_set(args.out, owns=OUTPUTS, keep_failed=True) as staged:
+        splits = read_iwslt_release(_release_dir(args.release, staged.scratch("release")), args.corpus)
+        logger.info(" ".join(f"{k}: {len(v[0])} pairs" for k, v in splits.items()))
+        write_parallel_corpus(splits, staged.staging, c["src"], c["tgt"], vocab_size=args.vocab_size or c["vocab_size"],
+                              lowercase=c["lowercase"], joined_dictionary=c["joined_dictionary"], workers=args.workers)
+    print(f"wrote {os.path.join(args.out, 'data-bin')}")
     return 0
 
 
