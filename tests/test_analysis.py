@@ -5,6 +5,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 
 import numpy as np
@@ -634,3 +635,107 @@ def test_report_files_are_swapped_in_as_one_set(tmp_path, monkeypatch, n):
     monkeypatch.undo()
     got = {name: (out / name).read_bytes() for name in os.listdir(out)}
     assert got in (old, new), got
+
+
+# --------------------------------------------------------------------------- hostile input (issue 18)
+def test_streaming_counts_and_leaves_out_rows_with_non_finite_logits():
+    """Item 4: NaN rows were counted as misclassified, and a diverged model's summary read as 'not applicable'."""
+    g = torch.Generator().manual_seed(0)
+    z, t = torch.randn(10, 5, generator=g), torch.randint(0, 5, (10,), generator=g)
+    bad = z.clone()
+    bad[2, 1], bad[5, 0], bad[7, 3] = float("nan"), float("inf"), float("-inf")
+    keep = torch.ones(10, dtype=torch.bool)
+    keep[[2, 5, 7]] = False
+    a = A.StreamingAnalysis()
+    a.update(bad, t)
+    a.update_ood(torch.cat([z, torch.full((1, 5), float("nan"))]))
+    with pytest.warns(A.streaming.NonFiniteLogitsWarning, match="3 of 10 in-distribution rows have NaN or infinite "
+                                                                 "logits; 1 of 11 OOD rows"):
+        s = a.summary()
+    clean = A.StreamingAnalysis()
+    clean.update(z[keep], t[keep])
+    clean.update_ood(z)
+    want = clean.summary()
+    assert s["rows"] == 7 and s["non_finite_rows"] == 3 and s["ood"]["non_finite_rows"] == 1
+    assert s["accuracy"] == want["accuracy"] and s["margin"] == want["margin"] and s["ood"]["rows"] == 10
+    json.dumps(s, allow_nan=False)
+
+    diverged = A.StreamingAnalysis()
+    diverged.update(torch.full((4, 5), float("nan")), t[:4])
+    with pytest.raises(ValueError, match=r"4 of 4 in-distribution rows have NaN or infinite logits \(all of them"):
+        diverged.summary()
+
+
+def test_streaming_refuses_batches_with_another_number_of_classes():
+    """Item 18: batches of different V were accepted into one summary."""
+    a = A.StreamingAnalysis()
+    a.update(torch.randn(4, 5), torch.tensor([0, 1, 2, 3]))
+    with pytest.raises(ValueError, match=r"these logits have 7 classes \(shape \(4, 7\)\) but the earlier batches had 5"):
+        a.update(torch.randn(4, 7), torch.tensor([0, 1, 2, 3]))
+    with pytest.raises(ValueError, match="these OOD logits have 3 classes"):
+        a.update_ood(torch.randn(2, 3))
+    assert a.rows == 4 and a.ood_rows == 0
+
+
+def test_report_and_table_say_how_many_rows_were_left_out(caplog):
+    from el_plugins.analysis import report as rep
+
+    z, t = torch.randn(6, 4), torch.tensor([0, 1, 2, 3, 0, 1])
+    z[0, 0] = float("nan")
+    a = A.StreamingAnalysis()
+    a.update(z, t)
+    with caplog.at_level(logging.WARNING, logger="el_plugins"):
+        rep.check_finite("EL", a)
+    assert "EL: 1 of 6 in-distribution rows have NaN or infinite logits; they are left out" in caplog.text
+    report = rep.build_report({"row_unit": "images"}, {"EL": ("el.pth", a)})
+    assert report["runs"]["EL"]["non_finite_rows"] == 1 and report["runs"]["EL"]["rows"] == 5
+    assert "| images with NaN/inf logits, left out | 1 |" in rep.format_markdown(report)
+    nan = A.StreamingAnalysis()
+    nan.update(torch.full((3, 4), float("nan")), t[:3])
+    with pytest.raises(rep.AnalysisError, match="EL: 3 of 3 in-distribution rows .* nothing to analyze"):
+        rep.check_finite("EL", nan)
+
+
+def test_el_analyze_refuses_a_diverged_model(digits_runs, tmp_path):
+    d = digits_runs
+    state = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
+             for k, v in torch.load(d["el"], weights_only=True).items()}
+    torch.save(state, tmp_path / "nan.pth")
+    out = tmp_path / "report"
+    proc = el_analyze("timm", *TIMM_ARGS, "--checkpoint", tmp_path / "nan.pth", "--names", "NaN", "--data", d["val"],
+                      "--out", out)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last == (f"el-analyze timm: error: NaN: {d['n_val']} of {d['n_val']} in-distribution rows have NaN or "
+                    "infinite logits (all of them: the model diverged?): there is nothing to analyze"), last
+    assert not out.exists() or not os.listdir(out)
+
+
+def test_use_ema_on_a_plain_state_dict_warns(tmp_path, caplog):
+    """Item 18: --use-ema on a plain state dict (no EMA weights in it) used it without a word."""
+    from el_plugins.analysis.timm_eval import load_checkpoint_state_dict
+
+    torch.save({"fc.weight": torch.zeros(2, 3)}, tmp_path / "plain.pth")
+    with caplog.at_level(logging.WARNING, logger="el_plugins"):
+        _, source = load_checkpoint_state_dict(str(tmp_path / "plain.pth"), use_ema=True)
+    assert source == "state dict" and "plain.pth is a plain state dict, without EMA weights" in caplog.text
+
+
+@pytest.fixture(scope="module")
+def toy_checkpoint(toy_data_bin, tmp_path_factory):
+    from el_plugins.testing.toy_fairseq import train_tiny_model
+
+    return train_tiny_model(toy_data_bin, tmp_path_factory.mktemp("toy_model"), updates=2)
+
+
+def test_el_analyze_fairseq_says_why_the_checkpoint_does_not_fit_the_data(toy_checkpoint, tmp_path):
+    """Item 17: a data-bin whose dictionaries differ from the checkpoint's; the message stopped before the reason."""
+    from el_plugins.testing.toy_fairseq import binarize_toy_corpus
+
+    other = binarize_toy_corpus(tmp_path / "other", sizes=(("train", 30), ("valid", 10), ("test", 10)))
+    proc = el_analyze("fairseq", "--checkpoint", toy_checkpoint, "--data", other, "--out", tmp_path / "report")
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert re.search(r"could not load it as a fairseq checkpoint with --data \S+ \(RuntimeError: "
+                     r"encoder\.embed_tokens\.weight is \[\d+, 32\] in the checkpoint but \[\d+, 32\] for --data.*: "
+                     r"--data's dictionaries are not the ones the checkpoint was trained with", last), last

@@ -9,7 +9,7 @@ import pytest
 
 from el_plugins.testing.programs import run_cli
 from el_plugins.testing.toy_corpus import make_splits
-from el_plugins.testing.toy_fairseq import TINY_TRANSFORMER
+from el_plugins.testing.toy_fairseq import TINY_TRANSFORMER, train_tiny_model
 from el_plugins.translation import bleu, recipe
 from el_plugins.translation.prepare import (
     CORPORA, prepare_parallel_corpus, read_iwslt_release, read_train_tags, read_xml_segments)
@@ -245,12 +245,7 @@ def test_el_bleu_drops_a_byte_order_mark(tmp_path):
 @pytest.fixture(scope="module")
 def word_level_run(toy_data_bin, tmp_path_factory):
     """A tiny model trained on the word-level toy data-bin (fairseq-preprocess of plain words, no subwords)."""
-    save = tmp_path_factory.mktemp("word_level")
-    run_cli("fairseq-train", toy_data_bin, *TINY_TRANSFORMER, "--optimizer", "adam", "--lr", "0.003",
-            "--max-tokens", "2000", "--max-update", "8", "--cpu", "--criterion", "label_smoothed_cross_entropy",
-            "--save-dir", save, "--no-progress-bar", "--num-workers", "0", "--no-epoch-checkpoints",
-            "--disable-validation")
-    return save / "checkpoint_last.pt"
+    return train_tiny_model(toy_data_bin, tmp_path_factory.mktemp("word_level"))
 
 
 def test_el_bleu_generate_tells_the_data_bins_subwords(toy_data_bin, word_level_run, tmp_path):

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from typing import List, Optional
 
 import torch
 
-from el_plugins.analysis.report import AnalysisError, AnalysisUsageError, batches, checked_device
+from el_plugins.analysis.report import AnalysisError, AnalysisUsageError, batches, check_finite, checked_device
 from el_plugins.analysis.streaming import StreamingAnalysis
 from el_plugins.devices import move_to_device, prepare_model
 
@@ -27,12 +28,35 @@ def load(path: str, data: str):
         models, _cfg, task = checkpoint_utils.load_model_ensemble_and_task([path], arg_overrides={"data": data})
     except Exception as exc:
         raise AnalysisError(f"--checkpoint {path}: could not load it as a fairseq checkpoint with --data {data} "
-                            f"({type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''})") from None
+                            f"({_why(exc)})") from None
     model = models[0]
     if getattr(getattr(model, "decoder", None), "adaptive_softmax", None) is not None:
         raise AnalysisError(f"--checkpoint {path}: models with an adaptive softmax are not supported "
                             f"(their outputs are not full-vocabulary logits)")
     return model, task
+
+
+_SIZE_MISMATCH = re.compile(r"size mismatch for (\S+): copying a param with shape torch\.Size\(\[([^\]]*)\]\) "
+                            r"from checkpoint, the shape in current model is torch\.Size\(\[([^\]]*)\]\)")
+
+
+def _why(exc: Exception) -> str:
+    """Why loading failed, in one line: for parameters of other shapes (the data-bin's dictionaries are not the
+    checkpoint's), which ones and how; else the exception's first line and what follows a trailing ':'."""
+    text = str(exc).strip()
+    mismatches = _SIZE_MISMATCH.findall(text)
+    if mismatches:
+        shown = "; ".join(f"{name} is [{theirs}] in the checkpoint but [{ours}] for --data" for name, theirs, ours in
+                          mismatches[:3]) + (f"; and {len(mismatches) - 3} more" if len(mismatches) > 3 else "")
+        hint = (": --data's dictionaries are not the ones the checkpoint was trained with (another data-bin, or "
+                "another fairseq-preprocess run?)" if any("embed" in m[0] or "output_projection" in m[0]
+                                                          for m in mismatches) else "")
+        return f"{type(exc).__name__}: {shown}{hint}"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    first = lines[0] if lines else ""
+    if first.endswith(":") and len(lines) > 1:
+        first += " " + lines[1]
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
 @torch.inference_mode()
@@ -93,6 +117,7 @@ def run(args, names: List[str]):
         skipped[name] = len(left_out)
         if left_out:
             logger.warning("%s: %d sentences longer than the model's max positions were skipped", name, len(left_out))
+        check_finite(name, analysis)
         if not analysis.rows:
             raise AnalysisError(f"--split {args.split}: no target tokens to analyze")
         runs[name] = (os.path.abspath(path), analysis)

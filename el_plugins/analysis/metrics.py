@@ -147,6 +147,13 @@ def row_values(logits: torch.Tensor, targets: torch.Tensor, ignore_index: Option
     }
 
 
+def finite_rows(logits: torch.Tensor, targets: Optional[torch.Tensor] = None,
+                ignore_index: Optional[int] = None) -> torch.Tensor:
+    """Per row (rows equal to ignore_index dropped): whether all its logits are finite (no NaN, no +-inf)."""
+    z, _ = _flatten(logits, targets, ignore_index)
+    return torch.isfinite(z).all(1)
+
+
 def accuracy(logits: torch.Tensor, targets: torch.Tensor, ignore_index: Optional[int] = None) -> float:
     """Fraction of rows with argmax_k z_k == y (nan for no rows)."""
     z, t = _flatten(logits, targets, ignore_index)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import sys
+import warnings
 from typing import Dict, Iterable, List, Optional, Tuple
 
-from el_plugins.analysis.streaming import StreamingAnalysis
+from el_plugins.analysis.streaming import NonFiniteLogitsWarning, StreamingAnalysis
 from el_plugins.commands import USAGE_EXIT, CommandError, UsageError
 from el_plugins.files import output_set
 
@@ -23,6 +25,7 @@ CONVENTIONS = {
     "ood": "in-distribution = positive class; for min_energy and free_energy lower means in-distribution, "
            "for max_prob higher; auroc and fpr95 are fractions (fpr95 = FPR at the highest threshold with TPR >= 95%)",
 }
+logger = logging.getLogger(__name__)
 PLOT_FILES = ("margins.png", "energy.png", "target_prob.png", "reliability.png", "ood_energy.png", "roc.png")
 
 
@@ -65,13 +68,31 @@ def batches(loader: Iterable, *, desc: Optional[str] = None, progress: bool = Tr
                 leave=False)
 
 
+def check_finite(name: str, analysis: StreamingAnalysis) -> None:
+    """Warn about the rows of run ``name`` with NaN or infinite logits (left out of every metric, counted in
+    report.json and the table); refuse (:class:`AnalysisError`) when no row of a data set is left."""
+    problem = analysis.non_finite_problem()
+    if problem is None:
+        return
+    if (analysis.non_finite_rows and not analysis.rows) or (analysis.ood_non_finite_rows and not analysis.ood_rows):
+        raise AnalysisError(f"{name}: {problem}: there is nothing to analyze")
+    logger.warning("warning: %s: %s; they are left out of every metric (report.json: non_finite_rows)", name, problem)
+
+
 # --------------------------------------------------------------------------- report.json
+def _summary(analysis: StreamingAnalysis) -> dict:
+    """``analysis.summary()`` without its warning about non-finite rows (el-analyze says it once per run)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NonFiniteLogitsWarning)
+        return analysis.summary()
+
+
 def build_report(meta: dict, runs: Dict[str, Tuple[str, StreamingAnalysis]]) -> dict:
     return {
         "tool": "el-analyze",
         **meta,
         "conventions": CONVENTIONS,
-        "runs": {name: {"checkpoint": ckpt, **analysis.summary()} for name, (ckpt, analysis) in runs.items()},
+        "runs": {name: {"checkpoint": ckpt, **_summary(analysis)} for name, (ckpt, analysis) in runs.items()},
     }
 
 
@@ -94,6 +115,8 @@ def table_rows(report: dict) -> List[Tuple[str, List[str]]]:
 
     skipped = report.get("skipped_images") or {}
     rows = [(unit, [str(r["rows"]) for r in runs])]
+    if any(r.get("non_finite_rows") for r in runs):
+        rows.append((f"{unit} with NaN/inf logits, left out", [str(r.get("non_finite_rows", 0)) for r in runs]))
     if skipped.get("data"):
         rows.append((f"unreadable {unit} skipped", [str(skipped["data"])] * len(runs)))
     rows += [
@@ -113,6 +136,9 @@ def table_rows(report: dict) -> List[Tuple[str, List[str]]]:
     if any(r.get("ood") for r in runs):
         tpr_pct = round(100 * next(r["ood"]["tpr"] for r in runs if r.get("ood")))
         rows.append((f"OOD {unit}", [str(r["ood"]["rows"]) if r.get("ood") else "-" for r in runs]))
+        if any((r.get("ood") or {}).get("non_finite_rows") for r in runs):
+            rows.append((f"OOD {unit} with NaN/inf logits, left out",
+                         [str(r["ood"].get("non_finite_rows", 0)) if r.get("ood") else "-" for r in runs]))
         if skipped.get("ood_data"):
             rows.append((f"OOD unreadable {unit} skipped", [str(skipped["ood_data"])] * len(runs)))
         rows.append(("OOD min energy mean", [_num(r["ood"]["min_energy"]["mean"]) if r.get("ood") else "-" for r in runs]))
@@ -149,7 +175,7 @@ def render_plots(runs: Dict[str, Tuple[str, StreamingAnalysis]], what: str, ood_
     from el_plugins.analysis import plots
 
     arrays = {name: analysis.arrays() for name, (_, analysis) in runs.items()}
-    summaries = {name: analysis.summary() for name, (_, analysis) in runs.items()}
+    summaries = {name: _summary(analysis) for name, (_, analysis) in runs.items()}
     ind = {name: a["id"] for name, a in arrays.items()}
     log_end = next(iter(runs.values()))[1].log_end
     files = {

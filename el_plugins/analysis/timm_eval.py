@@ -13,7 +13,7 @@ import torch
 
 from el_plugins.checkpoints import CheckpointError, CheckpointRefused, load_checkpoint
 
-from el_plugins.analysis.report import AnalysisError, AnalysisUsageError, batches, checked_device
+from el_plugins.analysis.report import AnalysisError, AnalysisUsageError, batches, check_finite, checked_device
 from el_plugins.analysis.streaming import StreamingAnalysis
 from el_plugins.devices import move_to_device, prepare_model
 
@@ -111,6 +111,9 @@ def load_checkpoint_state_dict(path: str, use_ema: bool = False, trust: bool = F
         obj, source = obj.state_dict(), "module"
     elif isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         source = "state dict"
+        if use_ema:
+            logger.warning("%s is a plain state dict, without EMA weights: --use-ema has nothing to use; using it as "
+                           "it is", path)
     elif isinstance(obj, dict):
         keys = (EMA_KEYS + STATE_DICT_KEYS) if use_ema else (STATE_DICT_KEYS + EMA_KEYS)
         source = next((k for k in keys if isinstance(obj.get(k), dict)), None)
@@ -303,6 +306,7 @@ def run(args, names: List[str]):
         analysis = evaluate(model, data_loader, device, log_end=args.log_end, n_bins=args.bins, ood=ood_loader,
                             progress=args.progress, desc=f"{name} {os.path.basename(os.path.normpath(args.data))}",
                             max_batches=args.max_batches, skipped=skipped)
+        check_finite(name, analysis)
         _check_readable(analysis.rows, skipped["data"], "--data", args.data)
         if ood_loader is not None:
             _check_readable(analysis.ood_rows, skipped["ood_data"], "--ood-data", args.ood_data)

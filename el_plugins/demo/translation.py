@@ -19,10 +19,11 @@ import time
 from tqdm import tqdm
 
 from el_plugins.analysis.fairseq_eval import evaluate, load
-from el_plugins.commands import CommandError
+from el_plugins.commands import CommandError, failure_cause
 from el_plugins.devices import resolve_device, subprocess_env
 from el_plugins.translation import bleu, recipe
 from el_plugins.translation.average_checkpoints import average_checkpoints, save_atomic, select_checkpoints
+from el_plugins.files import read_lines
 from el_plugins.translation.prepare import prepare_parallel_corpus
 
 LOSS_NAMES = {"ce": "LS-CE", "el": "EL"}
@@ -32,23 +33,32 @@ logger = logging.getLogger(__name__)
 
 def train_with_progress(cmd, log_path, total_updates, desc, env=None, progress=True):
     """Run fairseq-train (its own bar off: ``--no-progress-bar``), mirror its output to log_path, show a
-    progress bar of its updates (``progress=False``: none); returns the per-epoch validation rows."""
-    curve = []
+    progress bar of its updates (``progress=False``: none); returns the per-epoch validation rows. Interrupted
+    (Ctrl-C, SIGTERM, an error), it stops fairseq-train too: nothing goes on writing into the run's folder."""
+    curve, lines = [], []
     with open(log_path, "w") as log, tqdm(total=total_updates, desc=desc, unit="upd", file=sys.stderr,
                                           dynamic_ncols=True, disable=not progress) as bar:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-        for line in proc.stdout:
-            log.write(line)
-            m = re.search(r"num_updates[= ](\d+)", line)
-            if m:
-                bar.update(min(int(m.group(1)), total_updates) - bar.n)
-            v = _VALID.search(line)
-            if v:
-                fields = dict(re.findall(r"\| (\w+) ([-\d.]+)", v.group(0)))
-                curve.append({"epoch": int(fields["epoch"]) if "epoch" in fields else len(curve) + 1,
-                              "updates": int(fields["num_updates"]), "valid_nll_bits": float(fields["nll_loss"])})
-        if proc.wait() != 0:
-            raise CommandError(f"fairseq-train failed (exit {proc.returncode}); see {log_path}")
+        try:
+            for line in proc.stdout:
+                log.write(line)
+                lines.append(line)
+                m = re.search(r"num_updates[= ](\d+)", line)
+                if m:
+                    bar.update(min(int(m.group(1)), total_updates) - bar.n)
+                v = _VALID.search(line)
+                if v:
+                    fields = dict(re.findall(r"\| (\w+) ([-\d.]+)", v.group(0)))
+                    curve.append({"epoch": int(fields["epoch"]) if "epoch" in fields else len(curve) + 1,
+                                  "updates": int(fields["num_updates"]), "valid_nll_bits": float(fields["nll_loss"])})
+            proc.wait()
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        if proc.returncode != 0:
+            raise CommandError(f"fairseq-train failed (exit {proc.returncode}): {failure_cause(''.join(lines[-200:]))} "
+                               f"(its output is in {log_path})")
     return curve
 
 
@@ -61,13 +71,8 @@ def run_translation(out, splits, src, tgt, *, device="cpu", max_update=400, voca
     t0 = time.time()
     logger.info("[translation] preparing %d training pairs (sentencepiece %d, fairseq-preprocess)",
                 len(splits["train"][0]), vocab_size)
-    try:
-        data_bin = prepare_parallel_corpus(splits, os.path.join(out, "data"), src, tgt, vocab_size=vocab_size,
-                                           lowercase=False, joined_dictionary=False, workers=2)
-    except SystemExit as exc:  # its message for a command line: the corpus, or fairseq-preprocess, failed
-        if not isinstance(exc.code, str):
-            raise
-        raise CommandError(exc.code) from None
+    data_bin = prepare_parallel_corpus(splits, os.path.join(out, "data"), src, tgt, vocab_size=vocab_size,
+                                       lowercase=False, joined_dictionary=False, workers=2)
     raw_refs = os.path.join(out, "data", "text", f"test.raw.{tgt}")
     result = {"data_bin": data_bin, "prepare_seconds": round(time.time() - t0, 1), "runs": {}, "curves": {}}
     margins = {}
@@ -79,7 +84,11 @@ def run_translation(out, splits, src, tgt, *, device="cpu", max_update=400, voca
                                    cpu=cpu, max_update=max_update, log_end=log_end if loss == "el" else None)
         curve = train_with_progress(cmd, os.path.join(run_dir, "train.log"), max_update, f"[translation] train {name}",
                                     env=env, progress=progress)
-        paths = select_checkpoints(os.path.join(run_dir, "checkpoints"), num_epoch=average_last)
+        paths = select_checkpoints(os.path.join(run_dir, "checkpoints"), num_epoch=average_last, allow_fewer=True)
+        if len(paths) < average_last:
+            logger.warning("[translation] %s: %d updates made %d epoch checkpoint(s), fewer than the %d to average: "
+                           "averaging %s", name, max_update, len(paths), average_last,
+                           "those" if len(paths) > 1 else "that one")
         averaged = os.path.join(run_dir, f"average_last{len(paths)}.pt")
         save_atomic(average_checkpoints(paths), averaged)
         try:
@@ -87,8 +96,7 @@ def run_translation(out, splits, src, tgt, *, device="cpu", max_update=400, voca
         except RuntimeError as exc:  # fairseq-generate failed; the message has the tail of its output
             raise CommandError(str(exc)) from None
         hyps, refs, fairseq_bleu = bleu.parse_generate_output(gen)
-        with open(raw_refs, encoding="utf-8") as f:
-            scores = bleu.score(hyps, refs, tgt, [line.rstrip("\n") for line in f])
+        scores = bleu.score(hyps, refs, tgt, read_lines(raw_refs))
         model, task = load(averaged, data_bin)
         analysis = evaluate(model, task, "valid", device, log_end=log_end, max_tokens=eval_max_tokens,
                             desc=f"[translation] analyze {name}", progress=progress)

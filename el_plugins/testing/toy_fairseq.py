@@ -25,6 +25,17 @@ def binarize_toy_corpus(root, sizes, seed=1):
     return root / "bin"
 
 
+def train_tiny_model(data_bin, save_dir, updates=8, criterion="label_smoothed_cross_entropy"):
+    """fairseq-train the tiny transformer on ``data_bin`` for ``updates`` updates on the CPU (no validation, no
+    epoch checkpoints); returns save_dir/checkpoint_last.pt (a Path)."""
+    save_dir = pathlib.Path(save_dir)
+    run_cli("fairseq-train", data_bin, *TINY_TRANSFORMER, "--optimizer", "adam", "--lr", "0.003",
+            "--max-tokens", "2000", "--max-update", str(updates), "--cpu", "--criterion", criterion,
+            "--save-dir", save_dir, "--no-progress-bar", "--num-workers", "0", "--no-epoch-checkpoints",
+            "--disable-validation")
+    return save_dir / "checkpoint_last.pt"
+
+
 def train_inner_logs(log):
     """The per-update ``train_inner`` records (dicts) of a fairseq-train log written with --log-format json
     --log-interval 1; AssertionError, with the log's end, where there are none."""

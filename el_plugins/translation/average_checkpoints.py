@@ -43,9 +43,10 @@ class AverageCheckpointsError(ValueError):
 
 # ----------------------------------------------------------------------------------------- selection
 def select_checkpoints(run_dir: str, num_epoch: Optional[int] = None, num_update: Optional[int] = None,
-                       upper_bound: Optional[int] = None) -> List[str]:
+                       upper_bound: Optional[int] = None, allow_fewer: bool = False) -> List[str]:
     """The paths of the last ``num_epoch`` epoch (or ``num_update`` update) checkpoints in ``run_dir``,
-    newest first, ignoring epochs (updates) above ``upper_bound``. Exactly one of the two counts."""
+    newest first, ignoring epochs (updates) above ``upper_bound``. Exactly one of the two counts.
+    Fewer than asked are an error, unless ``allow_fewer`` (then all there are, at least one)."""
     if (num_epoch is None) == (num_update is None):
         raise AverageCheckpointsError("give exactly one of num_epoch and num_update")
     count, pattern, kind = ((num_epoch, EPOCH_PATTERN, "epoch") if num_epoch is not None
@@ -61,7 +62,7 @@ def select_checkpoints(run_dir: str, num_epoch: Optional[int] = None, num_update
             number = int(match.group(1))
             (above if upper_bound is not None and number > upper_bound else found).append((number, name))
     found.sort(reverse=True)
-    if len(found) < count:
+    if len(found) < count and not (allow_fewer and found):
         listed = ", ".join(name for _, name in found) or "none"
         msg = f"asked for {count} {kind} checkpoints in {run_dir} but found {len(found)}: {listed}"
         if above:
