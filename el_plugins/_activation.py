@@ -9,17 +9,43 @@ whose name is that module (setup.py declares them), e.g. the module that registe
 Programs that never import fairseq or timm import nothing of el-plugins or torch.
 
 Set ``EL_PLUGINS_DISABLE=1`` to turn this off; ``import el_plugins.fairseq_plugin`` (or
-``--user-dir``) and ``import el_plugins.timm_plugin`` still activate by hand.
+``--user-dir``) and ``import el_plugins.timm_plugin`` still activate by hand. Like every el-plugins switch
+(:func:`read_switch`) it takes ``1`` or ``0``, unset meaning 0; any other value (``false``, ``no``) never
+breaks Python's start-up: the hook stays in place and stops the program that imports fairseq or timm, with a
+message naming the variable.
 """
 import os
 import sys
 
 ENTRY_POINT_GROUP = "el_plugins.activate"
 TRIGGERS = ("fairseq.criterions", "timm.loss")
+DISABLE_ENV = "EL_PLUGINS_DISABLE"
+SWITCH_VALUES = {"1": True, "0": False}
+_switch_problem = None  # set by install(): a bad EL_PLUGINS_DISABLE, reported when fairseq or timm is imported
+
+
+class SwitchError(ValueError):
+    """An el-plugins environment switch with a value other than 0 or 1."""
+
+
+def read_switch(name: str, on: str = "on", off: str = "off", unset: str = "on"):
+    """The switch ``name`` of the environment: True for 1, False for 0, None when unset or empty; any other
+    value is a :class:`SwitchError` naming the variable and the allowed values (``on``, ``off``: what 1 and
+    0 mean, ``unset``: what leaving it unset means)."""
+    value = os.environ.get(name, "").strip()
+    if value == "":
+        return None
+    if value not in SWITCH_VALUES:
+        raise SwitchError(f"{name}={value!r} is not allowed: use {name}=1 ({on}) or {name}=0 ({off}), "
+                          f"or leave it unset ({unset})")
+    return SWITCH_VALUES[value]
 
 
 def activate(module_name: str) -> None:
-    """Import the plugins registered for ``module_name`` in the ``el_plugins.activate`` group."""
+    """Import the plugins registered for ``module_name`` in the ``el_plugins.activate`` group (or stop the
+    program, as a bad command-line flag would, when EL_PLUGINS_DISABLE has a value that is not 0 or 1)."""
+    if _switch_problem is not None:
+        raise SystemExit(f"el-plugins: {_switch_problem}")
     from importlib.metadata import entry_points
 
     for ep in entry_points(group=ENTRY_POINT_GROUP):
@@ -69,8 +95,12 @@ class _ActivationFinder:
 
 def install(triggers=TRIGGERS) -> None:
     """Called from el_plugins.pth at interpreter start-up; cheap and idempotent."""
-    if os.environ.get("EL_PLUGINS_DISABLE", "") not in ("", "0"):
-        return
+    global _switch_problem
+    try:
+        if read_switch(DISABLE_ENV, on="el-plugins does not activate", off="it activates", unset="it activates"):
+            return
+    except SwitchError as exc:  # start-up must not fail: say so when fairseq or timm is imported
+        _switch_problem = str(exc)
     if any(isinstance(f, _ActivationFinder) for f in sys.meta_path):
         return
     already = [name for name in triggers if name in sys.modules]

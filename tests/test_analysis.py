@@ -379,6 +379,13 @@ def test_el_analyze_timm_ce_vs_el(digits_runs, tmp_path):
     assert (out / "table.md").read_text().startswith("| | CE | EL |")
     assert not [p for p in out.iterdir() if p.name.startswith(".") or ".el-partial-" in p.name]  # no temporaries left
 
+    # run again into the same --out, without OOD data: the new set replaces the old one whole
+    again = el_analyze("timm", *TIMM_ARGS, "--checkpoint", d["el"], "--names", "EL", "--data", d["val"], "--out", out)
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert sorted(os.listdir(out)) == ["energy.png", "margins.png", "reliability.png", "report.json", "table.md",
+                                       "target_prob.png"]  # ood_energy.png and roc.png went with the old report
+    assert list(json.loads((out / "report.json").read_text())["runs"]) == ["EL"]
+
 
 def _expect_error(capsys, argv, *patterns, code=2):
     """el-analyze in-process: exit ``code`` (2 a usage error, 1 input it cannot analyze) with
@@ -600,36 +607,18 @@ def test_checkpoint_formats(tmp_path):
 
 
 # --------------------------------------------------------------------------- the report, all-or-nothing
-def sigterm_at_the_nth_rename_into(folder, names, n, monkeypatch):
-    """SIGTERM this process just before the n-th rename of an output ``names`` into ``folder`` (a user's kill
-    arriving while the outputs are put in place)."""
-    import signal
-
-    seen = []
-    for fn in ("replace", "rename"):
-        real = getattr(os, fn)
-
-        def hooked(src, dst, *a, _real=real, **kw):
-            if os.path.dirname(os.path.abspath(dst)) == os.path.abspath(folder) and os.path.basename(dst) in names:
-                seen.append(dst)
-                if len(seen) == n:
-                    os.kill(os.getpid(), signal.SIGTERM)
-            return _real(src, dst, *a, **kw)
-
-        monkeypatch.setattr(os, fn, hooked)
-
-
 @pytest.mark.parametrize("n", [1, 2, 3])
 def test_report_files_are_swapped_in_as_one_set(tmp_path, monkeypatch, n):
     """Issue 18 item 10: a SIGTERM while el-analyze puts its outputs in place left a new table.md beside the
     old report.json; now the folder holds the old set or the new one, whole."""
     from el_plugins.analysis.report import PLOT_FILES, write_outputs
+    from el_plugins.testing.interrupts import sigterm_at_rename
 
     out = tmp_path / "report"
     old = {"report.json": b"old", "table.md": b"old", "margins.png": b"old", "roc.png": b"old"}
     write_outputs(str(out), old, remove_stale=list(PLOT_FILES))
     new = {"report.json": b"new", "table.md": b"new", "margins.png": b"new"}
-    sigterm_at_the_nth_rename_into(out, set(old), n, monkeypatch)
+    sigterm_at_rename(out, set(old), n, monkeypatch)
     with pytest.raises(SystemExit):
         write_outputs(str(out), new, remove_stale=list(PLOT_FILES))
     monkeypatch.undo()

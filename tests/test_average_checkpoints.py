@@ -261,3 +261,37 @@ def test_loading_keeps_the_process_wide_allow_list(tmp_path):
     allow_training_checkpoint_globals()
     assert _average(paths)["model"]["w"].tolist() == [0.5, 0.5]
     assert _torch.load(paths[0], weights_only=True)["args"].arch == "x"
+
+
+# --------------------------------------------------------------------------- hostile input (issue 18 item 18)
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_checkpoints_with_nan_or_infinite_parameters_are_refused(tmp_path, bad):
+    """They were averaged without a word, carrying NaN into every averaged parameter."""
+    good = fake_checkpoint(tmp_path / "c1.pt", model_of(1), updates=10)
+    model = model_of(2)
+    model["enc.weight"][1, 2] = bad
+    diverged = fake_checkpoint(tmp_path / "c2.pt", model, updates=20)
+    out = run_avg("--inputs", good, diverged, "--output", tmp_path / "avg.pt")
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    assert out.stderr.strip().splitlines()[-1] == (
+        f"el-average-checkpoints: error: {diverged}: parameter 'enc.weight' has 1 NaN or infinite value(s) of 12 "
+        "(did the run diverge?): the average would carry them into the model; leave this checkpoint out")
+    assert not (tmp_path / "avg.pt").exists()
+
+
+@pytest.mark.parametrize("name", ["checkpoint5.pt", "checkpoint_9_90.pt", "checkpoint_last.pt"])
+def test_output_named_like_a_run_checkpoint_among_them_is_refused(tmp_path, name):
+    """--output checkpoint5.pt inside the run folder was written, and a later --num-epoch-checkpoints took it for
+    epoch 5."""
+    run = make_run(tmp_path / "run", epochs=(1, 2, 3))
+    if name == "checkpoint_last.pt":
+        os.unlink(run / name)
+    out = run_avg("--inputs", run, "--num-epoch-checkpoints", "2", "--output", run / name)
+    assert out.returncode == 1, out.stderr
+    assert (f"el-average-checkpoints: error: --output {run / name}: {name} is the name of one of a run's own "
+            "checkpoints, in a folder of them") in out.stderr, out.stderr
+    assert not (run / name).exists() or name != "checkpoint5.pt"
+    elsewhere = tmp_path / "averages"
+    elsewhere.mkdir()
+    assert run_avg("--inputs", run, "--num-epoch-checkpoints", "2", "--output", elsewhere / name).returncode == 0
+    assert run_avg("--inputs", run, "--num-epoch-checkpoints", "2", "--output", run / "average2.pt").returncode == 0

@@ -178,3 +178,22 @@ def test_failure_cause_is_the_line_that_says_why():
         "struct.error: unpack requires a buffer of 4 bytes"
     assert commands.failure_cause("") == "it printed nothing"
     assert len(commands.failure_cause("ValueError: " + "x" * 1000)) == 400
+
+
+@pytest.mark.parametrize("name,args", [
+    ("el-prepare-iwslt", ["--release", "release", "--corpus", "iwslt14.de-en"]),
+    ("el-reproduce", ["mnist"]),
+    ("el-bleu", ["generate", "bin", "--path", "c.pt"]),
+    ("el-demo", []),
+])
+def test_an_output_folder_below_a_file_is_refused_before_any_work(tmp_path, name, args):
+    """Issue 18 item 16, in every command: --out inside a file was found only when the outputs were written."""
+    (tmp_path / "release").mkdir()
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "c.pt").write_bytes(b"")
+    (tmp_path / "notes.txt").write_text("a file")
+    for out in ("notes.txt", "notes.txt/sub"):
+        proc = run(name, *args, "--out", out, cwd=tmp_path)
+        assert_error(proc, name, 2, f"--out {out}: ")
+        assert "is a file, not a folder" in proc.stderr, proc.stderr
+    assert (tmp_path / "notes.txt").read_text() == "a file"

@@ -2,7 +2,10 @@
 commands on a corpus whose splits are not multiples of --required-batch-size-multiple (8): with the
 fix every sentence is trained on, validated and translated; with its off switch fairseq's dropped
 last batch is back. Plus direct checks of the patched batch_by_size and of the switches."""
+import os
 import re
+import subprocess
+import sys
 import types
 
 import numpy as np
@@ -183,3 +186,36 @@ def test_an_invalid_switch_value_is_an_error_naming_it(monkeypatch, name, value)
     monkeypatch.setenv(name, value)
     with pytest.raises(fixes.FixSwitchError, match=rf"{name}='{value}' is not allowed: use {name}=1 \(on\) or {name}=0"):
         fixes.apply_fixes()
+
+
+# --- EL_PLUGINS_DISABLE takes 0/1 like the fix switches (issue 18 item 18) ------------------------
+
+def _import_timm_loss(value):
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    env.pop("EL_PLUGINS_DISABLE", None)
+    if value is not None:
+        env["EL_PLUGINS_DISABLE"] = value
+    return subprocess.run([sys.executable, "-c", "import timm.loss; print('el' in timm.loss.LOSS_TYPES)"],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+
+
+@pytest.mark.parametrize("value,active", [(None, True), ("", True), ("0", True), ("1", False)])
+def test_disable_switch_values(value, active):
+    proc = _import_timm_loss(value)
+    assert proc.returncode == 0 and proc.stdout.strip().splitlines()[-1] == str(active), proc.stdout[-2000:]
+
+
+@pytest.mark.parametrize("value", ["false", "no", "true", "off"])
+def test_disable_switch_other_values_stop_the_program_naming_the_variable(value, tmp_path):
+    """EL_PLUGINS_DISABLE=false turned activation off, and fairseq then only said 'invalid choice'."""
+    message = (f"el-plugins: EL_PLUGINS_DISABLE='{value}' is not allowed: use EL_PLUGINS_DISABLE=1 (el-plugins does "
+               "not activate) or EL_PLUGINS_DISABLE=0 (it activates), or leave it unset (it activates)")
+    proc = _import_timm_loss(value)
+    assert proc.returncode == 1 and proc.stdout.strip().splitlines()[-1] == message, proc.stdout[-2000:]
+    assert "Traceback" not in proc.stdout
+    empty = subprocess.run([sys.executable, "-c", "print('python starts')"], stdout=subprocess.PIPE, text=True,
+                           env=dict(os.environ, EL_PLUGINS_DISABLE=value))
+    assert empty.returncode == 0 and empty.stdout == "python starts\n"  # start-up itself never fails
+    if value == "false":
+        proc = run_cli("fairseq-train", "--help", env={"EL_PLUGINS_DISABLE": value}, check=False)
+        assert proc.returncode != 0 and message in proc.stdout and "invalid choice" not in proc.stdout, proc.stdout[-2000:]

@@ -282,8 +282,12 @@ def test_launcher_runs_train_py_with_el(tmp_path, digits_folder, new_style, mixu
 def test_launcher_without_loss_el_leaves_train_py_alone(tmp_path, digits_folder):
     train_py, out = write_train_py(tmp_path, False), tmp_path / "out"
     run_cli("el-timm-train", train_py, digits_folder, "--output", out, "--steps", "1")
-    result, _ = read_run(out)
+    result, args_yaml = read_run(out)
     assert result["criterion"] == "LabelSmoothingCrossEntropy()"
+    assert "log_end: null" in args_yaml and "el_bonus_weight: null" in args_yaml  # not used, not recorded as used
+    run_cli("el-timm-train", train_py, digits_folder, "--output", out, "--steps", "1", "--loss", "el")  # again
+    result, args_yaml = read_run(out)
+    assert result["criterion"].startswith("EncouragingLoss(log_end=0.75,") and "log_end: 0.75" in args_yaml
 
 
 @pytest.mark.parametrize("new_style", [True, False])
@@ -303,6 +307,16 @@ def test_launcher_reads_el_options_from_config_yaml(tmp_path, digits_folder, new
     (["--loss", "el", "--jsd-loss"], None, "--loss el cannot be combined with --jsd-loss"),
     (["--loss", "el", "--bce-loss"], None, "--loss el cannot be combined with --bce-loss"),
     ([], "loss: el\nlog_end: 0\n", r"--log-end \(log_end\) must be in \(0, 1\]"),
+    # issue 18 item 6: EL's options without --loss el were ignored, yet written to args.yaml
+    (["--log-end", "0.3"], None, r"--log-end \(log_end: 0.3\) applies to --loss el only, and this run trains with "
+                                 r"train.py's own loss: add --loss el"),
+    (["--loss", "ce", "--log-end", "0.3"], None, r"--log-end \(log_end: 0.3\) applies to --loss el only, and this "
+                                                 r"run trains with --loss ce"),
+    (["--loss", "ce", "--el-bonus-weight", "2"], None, r"--el-bonus-weight \(el_bonus_weight: 2\) applies to --loss el"),
+    ([], "loss: ce\nlog_end: 0.3\n", r"--log-end \(log_end: 0.3\) applies to --loss el only"),
+    # ... and a config key with a dash was ignored (args.yaml then held log-end: 0.3 and log_end: 0.75)
+    ([], "loss: el\nlog-end: 0.3\n", r"log-end: \(from the config file\) is not read: .* write log_end:"),
+    ([], "loss: el\njsd-loss: true\n", r"jsd-loss: \(from the config file\) is not read: .* write jsd_loss:"),
 ])
 @pytest.mark.parametrize("new_style", [True, False])
 def test_launcher_stops_on_bad_el_options_before_training(tmp_path, digits_folder, new_style, args, config, message):

@@ -121,6 +121,23 @@ def test_recipe_bad_values(kwargs, message):
         recipe.train_command("iwslt14.de-en", "b", "s", **kwargs)
 
 
+@pytest.mark.parametrize("extra,flag,own", [
+    (["--criterion", "cross_entropy"], "--criterion", "--loss"),
+    (["--criterion=cross_entropy"], "--criterion", "--loss"),
+    (["--log-end", "0.9"], "--log-end", "--log-end"),
+    (["--update-freq", "8"], "--update-freq", "--gpus"),
+    (["--save-dir", "elsewhere"], "--save-dir", "--save-dir"),
+])
+def test_recipe_refuses_flags_after_the_separator_that_it_sets_itself(extra, flag, own):
+    """Issue 18 item 18: `-- --criterion cross_entropy` silently trained cross-entropy under --loss el."""
+    with pytest.raises(ValueError, match=f"{extra[0]} after --: el-translation-train sets {flag} itself, from its own "
+                                         f"{own}"):
+        recipe.train_command("toy", "b", "s", loss="el", extra=extra)
+    proc = run_cli("el-translation-train", "--recipe", "toy", "--data", "b", "--loss", "el", "--save-dir", "s",
+                   "--dry-run", "--", *extra, check=False)
+    assert proc.returncode == 2 and f"el-translation-train: error: {extra[0]} after --" in proc.stdout, proc.stdout
+
+
 def test_el_translation_train_cli(tmp_path):
     out = run_cli("el-translation-train", "--recipe", "iwslt17.fr-en", "--data", "bin", "--loss", "el",
                   "--save-dir", "s", "--dry-run", "--", "--patience", "5").stdout
@@ -347,25 +364,17 @@ def test_el_prepare_iwslt_twice_into_the_same_out_prepares_the_new_release(tmp_p
 def test_el_prepare_iwslt_interrupted_leaves_the_previous_output(tmp_path, signum):
     """Item 9: an interrupted run rewrote text/ and spm.model and left them beside the old data-bin."""
     import signal
-    import subprocess
-    import time
 
-    from el_plugins.testing.programs import BIN
+    from el_plugins.testing.interrupts import interrupt_when, start_cli
 
     out = tmp_path / "prepared"
     prepare(release_tgz(tmp_path, "small", 60), out)
     before = files_of(out)
     large = release_tgz(tmp_path, "large", 240)
-    proc = subprocess.Popen([os.path.join(BIN, "el-prepare-iwslt"), "--release", large, "--corpus", "iwslt14.de-en",
-                             "--out", out, "--vocab-size", "100", "--workers", "1"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = start_cli("el-prepare-iwslt", "--release", large, "--corpus", "iwslt14.de-en", "--out", out,
+                     "--vocab-size", "100", "--workers", "1")
     staging = out / f".el-partial-{proc.pid}"
-    deadline = time.time() + 120
-    while not (staging / "text" / "train.de").exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    assert proc.poll() is None, "finished before it could be interrupted"
-    proc.send_signal(getattr(signal, signum))
-    proc.wait(timeout=60)
+    interrupt_when(proc, (staging / "text" / "train.de").exists, getattr(signal, signum))
     assert staging.exists() == (signum == "SIGKILL")  # SIGTERM cleans up; after a kill -9 the next run does
     assert {k: v for k, v in files_of(out).items() if not k.startswith(".el-partial-")} == before
     assert "train: 230 pairs" in prepare(large, out).stdout

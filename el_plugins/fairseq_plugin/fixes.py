@@ -19,38 +19,24 @@ is an error naming the variable, never silently ignored.
 import functools
 import inspect
 import logging
-import os
-from typing import Dict, Optional
+from typing import Dict
 
 import numpy as np
+
+from el_plugins._activation import SwitchError, read_switch
 
 logger = logging.getLogger("el_plugins")
 
 ALL_FIXES_ENV = "EL_PLUGINS_FAIRSEQ_FIXES"
 BATCH_BY_SIZE_ENV = "EL_PLUGINS_FIX_BATCH_BY_SIZE"
 WEIGHTS_ONLY_ENV = "EL_PLUGINS_FIX_WEIGHTS_ONLY"
-SWITCH_VALUES = {"1": True, "0": False}
 MARK = "__el_plugins_fix__"  # set on our wrapper, so a second activation does not wrap it again
-
-
-class FixSwitchError(ValueError):
-    """An el-plugins fix switch has a value other than 0 or 1."""
-
-
-def _switch(name: str) -> Optional[bool]:
-    """The value of one switch: True/False, or None when unset or empty."""
-    value = os.environ.get(name, "").strip()
-    if value == "":
-        return None
-    if value not in SWITCH_VALUES:
-        raise FixSwitchError(f"{name}={value!r} is not allowed: use {name}=1 (on) or {name}=0 (off), "
-                             f"or leave it unset (on)")
-    return SWITCH_VALUES[value]
+FixSwitchError = SwitchError  # an el-plugins fix switch has a value other than 0 or 1
 
 
 def fix_enabled(env: str) -> bool:
     """Whether the fix switched by ``env`` is on; both switches are checked, so a typo always stops."""
-    every, own = _switch(ALL_FIXES_ENV), _switch(env)
+    every, own = read_switch(ALL_FIXES_ENV), read_switch(env)
     return own if own is not None else every is not False
 
 

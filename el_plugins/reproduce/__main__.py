@@ -22,12 +22,17 @@ import time
 
 from el_plugins import commands
 from el_plugins.devices import add_device_argument
+from el_plugins.files import output_folder_problem
 from el_plugins.reproduce.paper import PAPER_LOG_END, PAPER_SMOOTHING, VARIANTS
 
 PROG = "el-reproduce"
 logger = logging.getLogger(__name__)
 QUICK = {"seeds": 2, "epochs": 1, "train_images": 12000, "test_images": 2000, "attack_images": 200, "apgd_steps": 20,
          "pgd_steps": 10}
+FULL = {"seeds": 3, "epochs": 5, "train_images": 60000, "test_images": 10000, "attack_images": 500, "apgd_steps": 100,
+        "pgd_steps": 20}  # the defaults without --quick; a value given on the command line wins over both
+OUTPUTS = ("results.json", "table.md", "roc.png", "margins.png", "reliability.png",
+           *(f"energy_{v}.png" for v in VARIANTS))  # one output set (el_plugins.files.output_set)
 
 
 def _usable_cores() -> int:
@@ -43,27 +48,28 @@ def parse_args(argv=None):
     ap.add_argument("experiment", choices=("mnist",), help="mnist: the paper's MNIST tables (1, 4, 11, 13)")
     ap.add_argument("--out", default="runs/reproduce-mnist", help="output folder (default: runs/reproduce-mnist)")
     ap.add_argument("--data", default="data", help="the data folder; filled by `el-data mnist` when empty (default: data)")
-    ap.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1 per variant, N >= 2 (default: 3)")
+    ap.add_argument("--seeds", type=int, default=None, help="seeds 0 .. N-1 per variant, N >= 2 (default: 3)")
     ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {','.join(VARIANTS)}")
-    ap.add_argument("--epochs", type=int, default=5, help="training epochs per model (default: 5)")
+    ap.add_argument("--epochs", type=int, default=None, help="training epochs per model (default: 5)")
     ap.add_argument("--batch-size", type=int, default=128, help="(default: 128)")
     ap.add_argument("--lr", type=float, default=3e-3, help="peak learning rate of the one-cycle schedule (default: 3e-3)")
     ap.add_argument("--log-end", type=float, default=PAPER_LOG_END,
                     help=f"EL's log_end in (0, 1] (default: {PAPER_LOG_END}, the paper's for all its MNIST tables)")
     ap.add_argument("--smoothing", type=float, default=PAPER_SMOOTHING,
                     help=f"label smoothing of the +LS variants, in (0, 1) (default: {PAPER_SMOOTHING})")
-    ap.add_argument("--train-images", type=int, default=60000, help="use the first N training images (default: all 60000)")
-    ap.add_argument("--test-images", type=int, default=10000,
+    ap.add_argument("--train-images", type=int, default=None, help="use the first N training images (default: all 60000)")
+    ap.add_argument("--test-images", type=int, default=None,
                     help="use the first N MNIST and Fashion-MNIST test images (default: all 10000)")
-    ap.add_argument("--attack-images", type=int, default=500, help="attack the first N test images (default: 500)")
-    ap.add_argument("--apgd-steps", type=int, default=100, help="iterations of each APGD attack (default: 100)")
-    ap.add_argument("--pgd-steps", type=int, default=20, help="PGD iterations (default: 20)")
+    ap.add_argument("--attack-images", type=int, default=None, help="attack the first N test images (default: 500)")
+    ap.add_argument("--apgd-steps", type=int, default=None, help="iterations of each APGD attack (default: 100)")
+    ap.add_argument("--pgd-steps", type=int, default=None, help="PGD iterations (default: 20)")
     add_device_argument(ap)
     ap.add_argument("--threads", type=int, default=None,
                     help="torch CPU threads (default: the usable cores, at most 8)")
     ap.add_argument("--note", default="", help="a remark stored in results.json settings (e.g. 'CPU shared with other jobs')")
     ap.add_argument("--quick", action="store_true",
-                    help="CI smoke run: " + ", ".join(f"{k.replace('_', '-')} {v}" for k, v in QUICK.items()))
+                    help="CI smoke run: " + ", ".join(f"{k.replace('_', '-')} {v}" for k, v in QUICK.items())
+                    + " (where not given)")
     commands.add_progress_argument(ap)
     ap.add_argument("--render", metavar="RESULTS_JSON",
                     help="train nothing: write table.md beside an existing results.json from it, and print it")
@@ -73,9 +79,9 @@ def parse_args(argv=None):
             ap.error(f"--render {args.render}: no such file")
         return args
 
-    if args.quick:
-        for key, value in QUICK.items():
-            setattr(args, key, min(getattr(args, key), value))
+    for key in QUICK:  # --quick changes the defaults only: a value given on the command line is used as it is
+        if getattr(args, key) is None:
+            setattr(args, key, (QUICK if args.quick else FULL)[key])
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     bad = [v for v in args.variants if v not in VARIANTS]
     if bad or not args.variants:
@@ -102,9 +108,9 @@ def parse_args(argv=None):
     if not 0 < args.smoothing < 1:
         ap.error(f"--smoothing must be in (0, 1), got {args.smoothing}")
     for name in ("out", "data"):
-        path = getattr(args, name)
-        if os.path.exists(path) and not os.path.isdir(path):
-            ap.error(f"--{name} {path}: exists and is not a folder")
+        problem = output_folder_problem(getattr(args, name))
+        if problem:
+            ap.error(f"--{name} {getattr(args, name)}: {problem}")
     if importlib.util.find_spec("torchattacks") is None:
         ap.error("the attacks need torchattacks: pip install --no-deps torchattacks==3.5.1 (scripts/setup.sh does)")
     return args
@@ -147,13 +153,26 @@ def render(path: str) -> int:
     try:
         with open(path, encoding="utf-8") as f:
             results = json.load(f)
+        if not isinstance(results, dict) or not isinstance(results.get("variants"), dict) or not results["variants"]:
+            raise ValueError("it has no measured variants ('variants' is missing or empty)")
         text = report.render_table_md(results)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, StopIteration) as exc:
         raise commands.CommandError(f"--render {path}: not a results.json of el-reproduce mnist "
                                     f"({type(exc).__name__}: {exc})") from None
     write_text(os.path.join(os.path.dirname(os.path.abspath(path)), "table.md"), text)
     print(text)
     return 0
+
+
+def write_results(out: str, results: dict, arrays: dict):
+    """results.json, table.md and the plots written into ``out`` as one set (:data:`OUTPUTS`: an interrupted
+    write leaves the previous set; a previous run's plots that this one lacks go with it); their paths."""
+    from el_plugins.files import output_set
+    from el_plugins.reproduce import report
+
+    with output_set(out, owns=OUTPUTS) as staged:
+        written = report.write_outputs(staged.staging, results, arrays)
+    return [staged.final(path) for path in written]
 
 
 def main(argv=None):
@@ -188,7 +207,7 @@ def _reproduce(args, argv) -> int:
         f"on {settings.train_images:,} images, {settings.device}" + (f", {args.threads} thread(s)" if settings.threads else ""))
     results, arrays = mnist.run(settings, data, data_info(args.data, args), progress=args.progress, log=log)
     results["settings"]["wall_seconds_with_data"] = round(time.time() - started, 1)
-    written = report.write_outputs(args.out, results, arrays)
+    written = write_results(args.out, results, arrays)
     print(report.render_table_md(results))
     log(f"wrote {', '.join(written)}")
     return 0

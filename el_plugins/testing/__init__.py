@@ -10,6 +10,8 @@
                                       transformer trained on it, fairseq-train's per-update log records
   el_plugins.testing.programs         running console scripts and ``python -m`` modules as their own
                                       processes (the installed package, the caller's environment), a free port
+  el_plugins.testing.interrupts       a command interrupted as a user does (SIGTERM, SIGKILL at a chosen
+                                      moment, or while its outputs are renamed into place)
   el_plugins.testing.mixed_precision  trained-like logits and the gradient precision measure of the
                                       float16/bfloat16 tests
 

@@ -108,25 +108,40 @@ def _mixup_active(args):
         getattr(args, "cutmix_minmax", None) is not None
 
 
+EL_DEFAULTS = {"log_end": 0.75, "el_bonus_weight": 1.0}  # with --loss el, where not given
+
+
 def check_and_apply(args, parser, module, own_loss_option):
     """Validate the EL options of parsed train.py args and make training use EL (no-op unless --loss el).
 
     Values from a ``-c config.yaml`` reach args through set_defaults, which argparse never checks: the loss
-    is checked against the --loss choices here, and log_end / el_bonus_weight are checked whatever the loss,
-    since they are recorded in the run's args.yaml."""
+    is checked against the --loss choices here, log_end / el_bonus_weight are checked (they are recorded in the
+    run's args.yaml) and refused without --loss el, which would not use them, and a config key spelled with
+    dashes (``log-end:``), which train.py would ignore, is refused naming the key."""
+    dests = {action.dest for action in parser._actions}
+    for key in vars(args):
+        if "-" in key and key.replace("-", "_") in dests:
+            parser.error(f"{key}: (from the config file) is not read: train.py takes a config key by its option's "
+                         f"name with underscores; write {key.replace('-', '_')}:")
     loss_action = parser._option_string_actions["--loss"]
     if loss_action.choices is not None and args.loss is not None and args.loss not in loss_action.choices:
         parser.error(f"loss: {args.loss!r} (from the config file) is not an allowed --loss: choose from "
                      f"{', '.join(map(repr, loss_action.choices))}")
     try:
-        log_end = EF.check_log_end(_number_or_text(args.log_end), "--log-end (log_end)")
-        bonus_weight = EF.check_bonus_weight(_number_or_text(args.el_bonus_weight),
-                                             "--el-bonus-weight (el_bonus_weight)")
+        given = {"log_end": None if args.log_end is None else
+                 EF.check_log_end(_number_or_text(args.log_end), "--log-end (log_end)"),
+                 "el_bonus_weight": None if args.el_bonus_weight is None else
+                 EF.check_bonus_weight(_number_or_text(args.el_bonus_weight), "--el-bonus-weight (el_bonus_weight)")}
     except ValueError as exc:
         parser.error(str(exc))
     if getattr(args, "loss", None) != "el":
+        loss = f"--loss {args.loss}" if args.loss else "train.py's own loss"
+        for key, value in given.items():
+            if value is not None:
+                parser.error(f"--{key.replace('_', '-')} ({key}: {value:g}) applies to --loss el only, and this run "
+                             f"trains with {loss}: add --loss el (loss: el), or leave {key} out")
         return
-    args.log_end, args.el_bonus_weight = log_end, bonus_weight
+    args.log_end, args.el_bonus_weight = (EL_DEFAULTS[k] if v is None else v for k, v in given.items())
     for flag in ("jsd_loss", "bce_loss"):
         if getattr(args, flag, False):
             parser.error(f"--loss el cannot be combined with --{flag.replace('_', '-')}: EL replaces the training loss "
@@ -171,10 +186,12 @@ def install(module):
     if own_loss_option:
         group.add_argument("--loss", default=None, choices=("ce", "el"),
                            help="el: train with the encouraging loss; ce (default): train.py's own loss")
-    group.add_argument("--log-end", type=_log_end_arg, default=0.75,
-                       help="EL: where the bonus log(1-p) turns linear, in (0, 1]; 1 = normal bonus (default: 0.75)")
-    group.add_argument("--el-bonus-weight", type=_bonus_weight_arg, default=1.0,
-                       help="EL: weight of the bonus, >= 0; 0 = cross-entropy (default: 1.0)")
+    group.add_argument("--log-end", type=_log_end_arg, default=None,
+                       help="EL: where the bonus log(1-p) turns linear, in (0, 1]; 1 = normal bonus (default with "
+                            "--loss el: 0.75; refused without it)")
+    group.add_argument("--el-bonus-weight", type=_bonus_weight_arg, default=None,
+                       help="EL: weight of the bonus, >= 0; 0 = cross-entropy (default with --loss el: 1.0; refused "
+                            "without it)")
     parse_args = parser.parse_args
 
     @functools.wraps(parse_args)

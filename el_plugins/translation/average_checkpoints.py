@@ -13,8 +13,9 @@ install), for current torch and with safer input/output handling:
   in int64 and floor-divided, as fairseq does. Everything else (cfg/args, extra_state,
   optimizer_history, ...) is taken from the newest input (most updates), so fairseq-generate
   ``--path`` reads the result like any checkpoint.
-* Inputs whose parameter names, shapes or dtypes differ, too few checkpoints, a missing file and an
-  output that is one of the inputs are refused with ``el-average-checkpoints: error: ...`` (exit 1; bad
+* Inputs whose parameter names, shapes or dtypes differ or that hold NaN or infinite values, too few
+  checkpoints, a missing file, an output that is one of the inputs and an output named like a run's own
+  checkpoint (``checkpoint5.pt``) among them are refused with ``el-average-checkpoints: error: ...`` (exit 1; bad
   options exit 2), no traceback (el_plugins.commands). The output is written
   atomically (el_plugins.files: ``OUTPUT.el-partial-PID`` beside it, fsync, ``os.replace``); an error,
   Ctrl-C or SIGTERM removes the partial file, and the next run removes one left by a kill -9.
@@ -153,6 +154,11 @@ def average_checkpoints(paths: Sequence[str]) -> Dict[str, Any]:
                 theirs = f"a {getattr(dtype, '__name__', dtype)}" if shape is None else f"{list(shape)} {dtype}"
                 raise AverageCheckpointsError(
                     f"{path}: parameter {name!r} is {list(value.shape)} {value.dtype}, in {first_path} {theirs}")
+            if (value.is_floating_point() or value.is_complex()) and not bool(torch.isfinite(value).all()):
+                bad = int(value.numel() - torch.isfinite(value).sum())
+                raise AverageCheckpointsError(
+                    f"{path}: parameter {name!r} has {bad} NaN or infinite value(s) of {value.numel()} (did the run "
+                    "diverge?): the average would carry them into the model; leave this checkpoint out")
             acc = _accumulator_dtype(value.dtype)
             if name in sums:
                 sums[name].add_(value.to(acc))
@@ -203,8 +209,13 @@ def save_atomic(state: Dict[str, Any], path: str) -> None:
         torch.save(state, f)
 
 
+RUN_CHECKPOINT_NAMES = (EPOCH_PATTERN, UPDATE_PATTERN, re.compile(r"checkpoint_(last|best)\.pt"))
+
+
 def check_output(output: str, inputs: Sequence[str]) -> None:
-    """Refuse an output that is (a link to, or a hard link of) one of the inputs, or a directory."""
+    """Refuse an output that is (a link to, or a hard link of) one of the inputs, or a directory, or that has
+    the name of a run's own checkpoint (checkpoint5.pt, checkpoint_2_500.pt, checkpoint_last.pt) in a folder of
+    fairseq checkpoints, where fairseq-train and a later --num-*-checkpoints would take it for one."""
     real = os.path.realpath(output)
     if os.path.isdir(real):
         raise AverageCheckpointsError(f"--output {output} is a directory")
@@ -214,6 +225,15 @@ def check_output(output: str, inputs: Sequence[str]) -> None:
             same = os.path.samefile(path, output)
         if same:
             raise AverageCheckpointsError(f"--output {output} is the input {path}; refusing to overwrite it")
+    folder, name = os.path.dirname(real), os.path.basename(real)
+    if any(p.fullmatch(name) for p in RUN_CHECKPOINT_NAMES):
+        others = [n for n in (os.listdir(folder) if os.path.isdir(folder) else ()) if n != name and
+                  any(p.fullmatch(n) for p in RUN_CHECKPOINT_NAMES)]
+        if others or any(os.path.dirname(os.path.realpath(p)) == folder for p in inputs):
+            raise AverageCheckpointsError(
+                f"--output {output}: {name} is the name of one of a run's own checkpoints, in a folder of them: "
+                "fairseq-train and a later --num-epoch-checkpoints or --num-update-checkpoints would take it for "
+                f"one; name it otherwise, e.g. {os.path.join(os.path.dirname(output), 'average.pt')}")
 
 
 # ----------------------------------------------------------------------------------------------- CLI

@@ -23,7 +23,7 @@ import zlib
 from typing import Dict, List, Sequence, Tuple
 
 from el_plugins import commands
-from el_plugins.files import output_set, read_lines, write_lines
+from el_plugins.files import output_folder_problem, output_set, read_lines, write_lines
 from el_plugins.translation import data_bin as data_bins
 
 PROG = "el-prepare-iwslt"
@@ -231,8 +231,9 @@ def main(argv=None):
         ap.error(f"--vocab-size must be >= 100, got {args.vocab_size}")
     if args.workers < 1:
         ap.error(f"--workers must be >= 1, got {args.workers}")
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        ap.error(f"--out {args.out}: exists and is not a folder")
+    problem = output_folder_problem(args.out)
+    if problem:
+        ap.error(f"--out {args.out}: {problem} (give a folder for the prepared corpus)")
     if not os.path.exists(args.release):
         ap.error(f"--release {args.release!r} is neither a folder nor a .tgz of the IWSLT release (no such file)")
     commands.setup_logging(PROG)

@@ -46,6 +46,10 @@ RECIPES = {
         "--max-tokens", "2048", "--max-update", "400", "--label-smoothing", "0.1"]),
 }
 LOSSES = ("ce", "el")
+# fairseq-train flags this command sets from its own options: after -- they would silently override them
+OWN_FLAGS = {"--criterion": "--loss", "--log-end": "--log-end", "--save-dir": "--save-dir", "--seed": "--seed",
+             "--update-freq": "--gpus", "--distributed-world-size": "--gpus", "--max-update": "--max-update",
+             "--cpu": "--cpu"}
 
 
 def criterion_args(loss: str, log_end: float) -> List[str]:
@@ -64,6 +68,11 @@ def train_command(recipe: str, data_bin: str, save_dir: str, *, loss: str, seed:
     if loss == "ce" and log_end is not None:
         raise ValueError(f"--log-end {log_end} applies to --loss el only; --loss ce trains fairseq's "
                          "label_smoothed_cross_entropy, which has no log_end")
+    for arg in extra:
+        flag = arg.split("=", 1)[0]
+        if flag in OWN_FLAGS:
+            raise ValueError(f"{arg} after --: el-translation-train sets {flag} itself, from its own {OWN_FLAGS[flag]} "
+                             "(fairseq-train would take the later one, silently); give that instead")
     r = RECIPES[recipe]
     log_end = EF.check_log_end(r["log_end"] if log_end is None else log_end, "--log-end")
     if not (isinstance(gpus, int) and gpus >= 1):
@@ -115,8 +124,45 @@ def main(argv=None):
         return 0
     if not os.path.isdir(args.data):
         ap.error(f"--data: no such folder {args.data!r}")
+    problem = resume_problem(args.save_dir, cmd)
+    if problem:
+        ap.error(problem)
     commands.setup_logging(PROG)
     return commands.run(PROG, lambda: _train(cmd))
+
+
+def _run_of(criterion: str, log_end) -> str:
+    """How this command's options would say the run of ``criterion`` (and ``log_end``)."""
+    loss = next((k for k in LOSSES if criterion_args(k, 0.0)[1] == criterion), None)
+    if loss is None:
+        return f"--criterion {criterion}"
+    return f"--loss {loss}" + (f" --log-end {log_end:g}" if loss == "el" and log_end is not None else "")
+
+
+def resume_problem(save_dir: str, cmd: Sequence[str]):
+    """Why fairseq-train must not resume ``save_dir``'s checkpoint_last.pt with ``cmd`` (it would go on
+    training another run, of another loss or log_end, without a word), or None. A rerun of the same command
+    resumes it, as fairseq-train does."""
+    last = os.path.join(save_dir, "checkpoint_last.pt")
+    if not os.path.isfile(last):
+        return None
+    from el_plugins.checkpoints import CheckpointError, load_checkpoint
+
+    try:
+        state = load_checkpoint(last)
+    except CheckpointError as exc:
+        return f"--save-dir {save_dir}: fairseq-train would resume from {exc}; remove it to start over"
+    saved = (state.get("cfg") or {}).get("criterion") if isinstance(state, dict) else None
+    if not saved and isinstance(state, dict) and state.get("args") is not None:  # fairseq < 0.10 checkpoints
+        saved = dict(vars(state["args"]), _name=getattr(state["args"], "criterion", None))
+    name, log_end = (saved or {}).get("_name"), (saved or {}).get("log_end")
+    new_name = cmd[cmd.index("--criterion") + 1]
+    new_log_end = float(cmd[cmd.index("--log-end") + 1]) if "--log-end" in cmd else None
+    if name is None or (name == new_name and (new_log_end is None or log_end == new_log_end)):
+        return None
+    return (f"--save-dir {save_dir} holds a run of {_run_of(name, log_end)} (its {os.path.basename(last)}) but this "
+            f"is {_run_of(new_name, new_log_end)}: fairseq-train would go on training it with the other loss; give "
+            "another --save-dir, or remove that one to start over")
 
 
 def _train(cmd: List[str]) -> int:
