@@ -12,10 +12,12 @@ Layout (framework-free core first, thin adapters after, tools last):
   el_plugins.commands           what every el-* command shares: the error convention (``prog: error:``,
                                 exit 2 usage / 1 failure), logging, --no-progress, fairseq's programs
   el_plugins.checkpoints        torch >= 2.6 loading of fairseq / timm checkpoints (load_checkpoint)
-  el_plugins.files              all-or-nothing file writes and UTF-8 line reading, for every command
+  el_plugins.files              all-or-nothing file writes and output sets (what a rerun does: start over,
+                                swap the new outputs in whole) and UTF-8 line reading, for every command
   el_plugins.devices            the one --device option: check it, move models and batches
   el_plugins.analysis           margins, energy, ECE, OOD metrics and el-analyze
-  el_plugins.translation        IWSLT preparation, recipes, checkpoint averaging, BLEU (el-* commands)
+  el_plugins.translation        IWSLT preparation, recipes, checkpoint averaging, BLEU (el-* commands),
+                                what a data-bin holds (data_bin)
   el_plugins.demo               el-demo: translation (LS-CE vs EL) and vision (CE vs EL) on generated data
   el_plugins.testing            generated data (toy corpus, digits folder, the spec's worked example) and
                                 test helpers, used by the tests, the benchmarks and the demo

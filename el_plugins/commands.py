@@ -11,6 +11,8 @@ The convention (the same as argparse's own usage errors):
   written to stderr, so that stdout holds only a command's result;
 - a child program that failed is reported in one line: its cause (:func:`failure_cause`) and the log
   with its whole output.
+- a rerun into the same output starts it over and swaps the new outputs in whole once they are complete
+  (:func:`el_plugins.files.output_set`); an interrupted or failed run leaves the previous ones as they were.
 
 Torch-free and framework-free, so every command can import it before anything heavy.
 """

@@ -165,7 +165,7 @@ def test_el_translation_train_twice_resumes_the_same_run_and_refuses_another(toy
             "--", "--max-tokens", "500", "--disable-validation", "--no-epoch-checkpoints"]
     run_cli("el-translation-train", "--loss", "el", *args)
     again = run_cli("el-translation-train", "--loss", "el", *args).stdout
-    assert "loaded checkpoint" in again and "@ 3 updates" in again, again[-3000:]
+    assert "Loaded checkpoint" in again and "(epoch 1 @ 3 updates)" in again, again[-3000:]  # resumed
     for loss, extra, message in (
             ("ce", [], "holds a run of --loss el --log-end 0.5 (its checkpoint_last.pt) but this is --loss ce"),
             ("el", ["--log-end", "0.75"], "holds a run of --loss el --log-end 0.5 (its checkpoint_last.pt) but "
