@@ -189,9 +189,9 @@ def test_el_demo_twice_and_interrupted(tmp_path):
     args = ["--data", corpus, "--parts", "translation", "--updates", "6", "--vocab-size", "120", "--no-progress",
             "--out", out]
     first = run_cli("el-demo", *args, timeout=1800).stdout
-    assert "fewer than the 5 to average: averaging those" in first, first[-3000:]
+    assert "epoch checkpoint(s), fewer than the 5 to average: averaging th" in first, first[-3000:]
     results = json.loads((out / "results.json").read_text())
-    assert 1 < len(results["translation"]["runs"]["EL"]["averaged_checkpoints"]) < 5
+    assert 1 <= len(results["translation"]["runs"]["EL"]["averaged_checkpoints"]) < 5
     assert results["translation"]["data_bin"] == str(out / "translation" / "data" / "data-bin")
     before = files_of(out)
     proc = start_cli("el-demo", *args)
