@@ -399,3 +399,46 @@ def test_el_prepare_iwslt_truncated_or_ambiguous_release(tmp_path):
     proc = prepare(two, out, check=False)
     assert proc.returncode == 1 and "has 2 files matching 'train.tags.de-en.de'" in proc.stdout, proc.stdout[-2000:]
     assert os.listdir(out) == []
+
+
+def fake_data_bin(folder, symbols, pairs=(("de", "en"),), splits=("train", "valid", "test")):
+    """The files fairseq-preprocess writes, with empty data: dict.<lang>.txt and <split>.<src>-<tgt>.<lang>.*"""
+    folder.mkdir(parents=True)
+    for src, tgt in pairs:
+        for lang in (src, tgt):
+            (folder / f"dict.{lang}.txt").write_text("".join(f"{s} 1\n" for s in symbols))
+            for split in splits:
+                for ext in ("bin", "idx"):
+                    (folder / f"{split}.{src}-{tgt}.{lang}.{ext}").write_bytes(b"")
+    return folder
+
+
+def test_what_a_data_bin_holds(tmp_path, caplog):
+    import logging
+
+    from el_plugins.commands import UsageError
+    from el_plugins.translation import data_bin
+
+    pieces = fake_data_bin(tmp_path / "spm", ["\u2581the", "\u2581cat", "s"])
+    bpe = fake_data_bin(tmp_path / "bpe", ["the", "ca@@", "t"])
+    words = fake_data_bin(tmp_path / "words", ["the", "cat"])
+    assert data_bin.language_pair(str(pieces), "test") == ("de", "en")
+    assert [data_bin.subword_kind(str(d), "en")[0] for d in (pieces, bpe, words)] == ["sentencepiece", "subword_nmt",
+                                                                                      "none"]
+    data_bin.write_record(str(words), post_process="sentencepiece")  # the record wins over the dictionary
+    assert data_bin.subword_kind(str(words), "en") == ("sentencepiece", f"{words / 'el-plugins.json'} says so")
+    os.unlink(words / "el-plugins.json")
+    with pytest.raises(UsageError, match=r"--post-process sentencepiece: .*dict.en.txt has no sentencepiece piece"):
+        bleu.choose_post_process(str(words), "en", "sentencepiece")
+    with caplog.at_level(logging.INFO, logger="el_plugins"):
+        assert bleu.choose_post_process(str(bpe), "en", "auto") == "subword_nmt"
+        assert bleu.choose_post_process(str(pieces), "en", "none") == "none"
+    assert "--post-process auto: subword_nmt" in caplog.text
+    assert "warning: --post-process none, but" in caplog.text and "has sentencepiece pieces" in caplog.text
+    both = fake_data_bin(tmp_path / "both", ["a"], pairs=(("de", "en"), ("fr", "en")))
+    with pytest.raises(UsageError, match=r"holds several language pairs \(de-en, fr-en\)"):
+        data_bin.language_pair(str(both), "test")
+    half = fake_data_bin(tmp_path / "half", ["a"])
+    os.unlink(half / "test.de-en.en.idx")
+    with pytest.raises(UsageError, match=r"--gen-subset test: DATA_BIN has no such split \(it has: train, valid\)"):
+        data_bin.language_pair(str(half), "test")

@@ -33,16 +33,18 @@ def read_record(data_bin: str) -> Dict:
 
 
 def splits_by_pair(data_bin: str) -> Dict[Tuple[str, str], Set[str]]:
-    """{(src, tgt): splits} of the binarized splits in ``data_bin`` whose two dictionaries are there."""
+    """{(src, tgt): splits} of the splits in ``data_bin`` binarized on both sides (.bin and .idx), whose two
+    dictionaries are there."""
     names = set(os.listdir(data_bin))
-    found: Dict[Tuple[str, str], Set[str]] = {}
+    sides: Dict[Tuple[Tuple[str, str], str], Set[str]] = {}  # (pair, split) -> languages present
     for name in names:
         m = _SPLIT_FILE.fullmatch(name)
-        if not m or m.group(4) not in m.group(2, 3) or f"{name[:-len('.idx')]}.bin" not in names:
-            continue
-        pair = m.group(2, 3)
-        if all(f"dict.{lang}.txt" in names for lang in pair):
-            found.setdefault(pair, set()).add(m.group(1))
+        if m and m.group(4) in m.group(2, 3) and f"{name[:-len('.idx')]}.bin" in names:
+            sides.setdefault((m.group(2, 3), m.group(1)), set()).add(m.group(4))
+    found: Dict[Tuple[str, str], Set[str]] = {}
+    for (pair, split), langs in sides.items():
+        if langs == set(pair) and all(f"dict.{lang}.txt" in names for lang in pair):
+            found.setdefault(pair, set()).add(split)
     return found
 
 
@@ -58,8 +60,7 @@ def language_pair(data_bin: str, split: str, flag: str = "--gen-subset") -> Tupl
         raise UsageError(f"DATA_BIN {data_bin} holds several language pairs "
                          f"({', '.join(sorted('-'.join(p) for p in found))}): give a data-bin of one")
     for pair, splits in found.items():
-        if split in splits and all(os.path.isfile(os.path.join(data_bin, f"{split}.{pair[0]}-{pair[1]}.{lang}.idx"))
-                                   for lang in pair):
+        if split in splits:
             return pair
     have = sorted(set().union(*found.values()))
     raise UsageError(f"{flag} {split}: DATA_BIN has no such split (it has: {', '.join(have)})")
