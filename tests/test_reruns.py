@@ -193,6 +193,7 @@ def test_el_demo_twice_and_interrupted(tmp_path):
     results = json.loads((out / "results.json").read_text())
     assert 1 <= len(results["translation"]["runs"]["EL"]["averaged_checkpoints"]) < 5
     assert results["translation"]["data_bin"] == str(out / "translation" / "data" / "data-bin")
+    assert (out / "translation" / "el" / "generate.log").is_file() and (out / "translation" / "el" / "train.log").is_file()
     before = files_of(out)
     proc = start_cli("el-demo", *args)
     staging = out / f".el-partial-{proc.pid}"

@@ -92,8 +92,8 @@ def run_translation(out, splits, src, tgt, *, device="cpu", max_update=400, voca
         averaged = os.path.join(run_dir, f"average_last{len(paths)}.pt")
         save_atomic(average_checkpoints(paths), averaged)
         try:
-            gen = bleu.generate(data_bin, averaged, beam=5, cpu=cpu, env=env)
-        except RuntimeError as exc:  # fairseq-generate failed; the message has the tail of its output
+            gen = bleu.generate(data_bin, averaged, beam=5, cpu=cpu, env=env, log=os.path.join(run_dir, "generate.log"))
+        except RuntimeError as exc:  # fairseq-generate failed; the message has its cause and the log's path
             raise CommandError(str(exc)) from None
         hyps, refs, fairseq_bleu = bleu.parse_generate_output(gen)
         scores = bleu.score(hyps, refs, tgt, read_lines(raw_refs))
