@@ -11,12 +11,7 @@ Failures of the programs it runs are :class:`el_plugins.commands.CommandError`.
 """
 import logging
 import os
-import re
-import subprocess
-import sys
 import time
-
-from tqdm import tqdm
 
 from el_plugins.analysis.fairseq_eval import evaluate, load
 from el_plugins.commands import CommandError
@@ -24,32 +19,10 @@ from el_plugins.devices import resolve_device, subprocess_env
 from el_plugins.translation import bleu, recipe
 from el_plugins.translation.average_checkpoints import average_checkpoints, save_atomic, select_checkpoints
 from el_plugins.translation.prepare import prepare_parallel_corpus
+from el_plugins.translation.training import train_with_progress
 
 LOSS_NAMES = {"ce": "LS-CE", "el": "EL"}
-_VALID = re.compile(r"\| valid on 'valid' subset \|.*")
 logger = logging.getLogger(__name__)
-
-
-def train_with_progress(cmd, log_path, total_updates, desc, env=None, progress=True):
-    """Run fairseq-train (its own bar off: ``--no-progress-bar``), mirror its output to log_path, show a
-    progress bar of its updates (``progress=False``: none); returns the per-epoch validation rows."""
-    curve = []
-    with open(log_path, "w") as log, tqdm(total=total_updates, desc=desc, unit="upd", file=sys.stderr,
-                                          dynamic_ncols=True, disable=not progress) as bar:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-        for line in proc.stdout:
-            log.write(line)
-            m = re.search(r"num_updates[= ](\d+)", line)
-            if m:
-                bar.update(min(int(m.group(1)), total_updates) - bar.n)
-            v = _VALID.search(line)
-            if v:
-                fields = dict(re.findall(r"\| (\w+) ([-\d.]+)", v.group(0)))
-                curve.append({"epoch": int(fields["epoch"]) if "epoch" in fields else len(curve) + 1,
-                              "updates": int(fields["num_updates"]), "valid_nll_bits": float(fields["nll_loss"])})
-        if proc.wait() != 0:
-            raise CommandError(f"fairseq-train failed (exit {proc.returncode}); see {log_path}")
-    return curve
 
 
 def run_translation(out, splits, src, tgt, *, device="cpu", max_update=400, vocab_size=600, average_last=5, seed=1,

@@ -8,7 +8,8 @@
 * sacreBLEU: on detokenized hypotheses against the original references (``--raw-ref``), with its
   signature, the number to compare across papers.
 
-``generate`` runs the real fairseq-generate (beam 5 by default) and scores its output. Results go to
+``generate`` runs the real fairseq-generate (beam 5 and 128 sentences per batch by default, as the authors'
+generate.py) and scores its output. Results go to
 stdout; a failure (files that do not pair up, fairseq-generate failing) is ``el-bleu: error: ...``, exit 1.
 """
 import argparse
@@ -93,14 +94,22 @@ def score(hyps_tok: List[str], refs_tok: List[str], lang: str, raw_refs: Optiona
             "references": "raw" if raw_refs is not None else "detokenized"}
 
 
+GENERATE_BATCH_SIZE = 128  # sentences per batch, as the authors' generate.py runs (--batch-size 128)
+
+
 def generate(data_bin: str, path: str, *, beam: int = 5, subset: str = "test", post_process: str = "sentencepiece",
-             cpu: bool = False, max_tokens: int = 8000, extra: Sequence[str] = (), env=None) -> str:
-    """Run fairseq-generate (in ``env``, default this process's environment); returns its stdout
-    (raises with the tail of its output if it fails)."""
+             cpu: bool = False, batch_size: Optional[int] = GENERATE_BATCH_SIZE, max_tokens: Optional[int] = None,
+             extra: Sequence[str] = (), env=None) -> str:
+    """Run fairseq-generate (in ``env``, default this process's environment) with ``batch_size`` sentences per
+    batch (and/or at most ``max_tokens`` tokens); returns its stdout (raises with the tail of its output if it fails)."""
     cmd = [commands.fairseq_program("fairseq-generate"), data_bin, "--path", path,
-           "--beam", str(beam), "--gen-subset", subset, "--max-tokens", str(max_tokens), "--num-workers", "0",
+           "--beam", str(beam), "--gen-subset", subset, "--num-workers", "0",
            # fairseq-fixed 0.12.3.1 drops the last len % 8 sentences with the default multiple of 8
            "--required-batch-size-multiple", "1"]
+    if batch_size is not None:
+        cmd += ["--batch-size", str(batch_size)]
+    if max_tokens is not None:
+        cmd += ["--max-tokens", str(max_tokens)]
     if post_process != "none":
         cmd += ["--post-process", post_process]
     if cpu:
@@ -126,7 +135,9 @@ def main(argv=None):
     g.add_argument("--raw-ref", help="the original (detokenized) references for sacreBLEU, one per line")
     g.add_argument("--lang", default="en", help="target language for detokenization (default: en)")
     g.add_argument("--cpu", action="store_true")
-    g.add_argument("--max-tokens", type=int, default=8000)
+    g.add_argument("--batch-size", type=int, default=GENERATE_BATCH_SIZE,
+                   help=f"sentences per batch (default: {GENERATE_BATCH_SIZE}, the authors' generate.py setting)")
+    g.add_argument("--max-tokens", type=int, default=None, help="at most this many tokens per batch as well")
     g.add_argument("--out", help="folder for hyp/ref files and bleu.json")
     s = sub.add_parser("score", help="score tokenized hypotheses against tokenized references")
     s.add_argument("--hyp", required=True)
@@ -141,8 +152,10 @@ def main(argv=None):
     if args.command == "generate":
         if not os.path.isdir(args.data_bin):
             ap.error(f"DATA_BIN: no such folder {args.data_bin!r}")
-        if args.beam < 1:
-            ap.error(f"--beam must be >= 1, got {args.beam}")
+        for name in ("beam", "batch_size", "max_tokens"):
+            value = getattr(args, name)
+            if value is not None and value < 1:
+                ap.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
     commands.setup_logging(PROG)
     return commands.run(PROG, lambda: _run(args), errors=(ValueError, RuntimeError, OSError))
 
@@ -152,7 +165,8 @@ def _run(args) -> int:
     raw = read_lines(args.raw_ref) if args.raw_ref else None
     if args.command == "generate":
         out = generate(args.data_bin, args.path, beam=args.beam, subset=args.gen_subset,
-                       post_process=args.post_process, cpu=args.cpu, max_tokens=args.max_tokens)
+                       post_process=args.post_process, cpu=args.cpu, batch_size=args.batch_size,
+                       max_tokens=args.max_tokens)
         hyps, refs, fairseq_bleu = parse_generate_output(out)
         result = score(hyps, refs, args.lang, raw)
         result.update(fairseq_generate_bleu4=fairseq_bleu, checkpoint=args.path, beam=args.beam)
