@@ -282,7 +282,8 @@ def test_paper_recipe_chooses_checkpoint_best_by_valid_bleu(tmp_path):
                   "--max-update", "60", "--save-dir", tmp_path / "ckpt", "--", *TINY_TRANSFORMER, "--max-tokens",
                   "1000", "--warmup-updates", "10", "--lr", "3e-3", "--num-workers", "0").stdout
     valid = [dict(re.findall(r"\| (\w+) ([-\d.]+)", line)) for line in log.splitlines() if "valid on 'valid'" in line]
-    assert len(valid) >= 3 and all("bleu" in v and "best_bleu" in v for v in valid), log[-3000:]
+    assert len(valid) >= 3 and all("bleu" in v for v in valid), log[-3000:]
+    assert all("best_bleu" in v for v in valid[1:]), log[-3000:]  # (fairseq logs the best from epoch 2 on)
     bleus = [float(v["bleu"]) for v in valid]
     best = torch.load(tmp_path / "ckpt" / "checkpoint_best.pt", map_location="cpu", weights_only=False)
     assert best["extra_state"]["best"] == pytest.approx(max(bleus), abs=0.01)
