@@ -115,3 +115,23 @@ def test_readme_table_is_the_committed_results(committed):
     assert translation_report.readme_block(readme) == translation_report.render_tables(committed)
     minutes = committed["settings"]["wall_seconds"] / 60
     assert f"{committed['settings']['wall_seconds']:.0f} s ({minutes:.1f} min)" in readme
+
+
+def test_device_cuda_trains_on_the_gpu_and_cpu_on_the_cpu():
+    """No GPU needed: the commands a run would start, for each device (the analysis moves the averaged model to
+    the device as el-demo's does, tested in tests/test_devices.py)."""
+    import torch
+
+    from el_plugins.devices import subprocess_env
+
+    s = translation.Settings()
+    cpu = translation.training_command("el", 2, "bin", "run", s, torch.device("cpu"))
+    gpu = translation.training_command("el", 2, "bin", "run", s, torch.device("cuda", 1))
+    assert "--cpu" in cpu and "--cpu" not in gpu
+    assert [a for a in cpu if a != "--cpu"] == gpu
+    assert gpu[gpu.index("--criterion"):gpu.index("--update-freq")] == [
+        "--criterion", "label_smoothed_encouraging_loss", "--log-end", "0.5", "--smoothing-convention", "paper"]
+    assert "--seed" in gpu and gpu[gpu.index("--seed") + 1] == "2"
+    assert subprocess_env(torch.device("cuda", 1), {})["CUDA_VISIBLE_DEVICES"] == "1"
+    done = run_cli("el-reproduce", "translation", "--device", "bogus", check=False)
+    assert done.returncode == 2 and "--device bogus: not a device name" in done.stdout

@@ -70,7 +70,7 @@ RECIPES = {
          "--encoder-embed-dim", "128", "--decoder-embed-dim", "128", "--encoder-ffn-embed-dim", "512",
          "--decoder-ffn-embed-dim", "512", "--encoder-attention-heads", "4", "--decoder-attention-heads", "4",
          "--share-all-embeddings", *ADAM, "--lr", "2e-3", "--lr-scheduler", "inverse_sqrt", "--warmup-updates", "400",
-         "--weight-decay", "0.0001", "--dropout", "0.1", "--max-tokens", "4096", "--max-epoch", "4",
+         "--weight-decay", "0.0001", "--dropout", "0.1", "--max-tokens", "2048", "--max-epoch", "3",
          "--label-smoothing", "0.1"],
         update_freq=1, log_end=0.5, smoothing_convention="paper",
         follows="el-plugins' own, for 2 CPU cores (the paper's IWSLT recipes need a GPU); tuned for the baseline"),
