@@ -25,11 +25,16 @@ class BuildPyWithPth(build_py):
         return super().get_outputs(include_bytecode) + [os.path.join(self.build_lib, PTH)]
 
 
+def read_text(name):
+    with open(os.path.join(HERE, name), encoding="utf-8") as f:
+        return f.read()
+
+
 def read_version():
-    with open(os.path.join(HERE, "el_plugins", "__init__.py")) as f:
-        for line in f:
-            if line.startswith("__version__"):
-                return line.split("=")[1].strip().strip("\"'")
+    """The one version: ``__version__`` in el_plugins/__init__.py (read, not imported)."""
+    for line in read_text(os.path.join("el_plugins", "__init__.py")).splitlines():
+        if line.startswith("__version__"):
+            return line.split("=")[1].strip().strip("\"'")
     raise RuntimeError("no __version__ in el_plugins/__init__.py")
 
 
@@ -37,9 +42,22 @@ setup(
     name="el-plugins",
     version=read_version(),
     description="The encouraging loss (Zhao et al., AAAI 2022) as a fairseq criterion and a timm loss",
-    long_description=open(os.path.join(HERE, "README.md")).read(),
+    long_description=read_text("README.md"),
     long_description_content_type="text/markdown",
     license="MIT",
+    license_files=["LICENSE"],
+    # No project URLs: el-plugins has no public home page yet (README.md and CHANGELOG.md travel in the sdist).
+    classifiers=[
+        "Development Status :: 3 - Alpha",
+        "Intended Audience :: Science/Research",
+        "Intended Audience :: Developers",
+        "License :: OSI Approved :: MIT License",
+        "Operating System :: POSIX :: Linux",
+        "Programming Language :: Python :: 3",
+        "Programming Language :: Python :: 3 :: Only",
+        "Programming Language :: Python :: 3.11",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
     python_requires=">=3.9",
     packages=find_packages(include=["el_plugins", "el_plugins.*"]),
     cmdclass={"build_py": BuildPyWithPth},
