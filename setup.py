@@ -7,6 +7,7 @@ imported. The ``el_plugins.activate`` entry points say what to load for which mo
 """
 import os
 
+import setuptools
 from setuptools import find_packages, setup
 from setuptools.command.build_py import build_py
 
@@ -23,6 +24,11 @@ class BuildPyWithPth(build_py):
 
     def get_outputs(self, include_bytecode=1):
         return super().get_outputs(include_bytecode) + [os.path.join(self.build_lib, PTH)]
+
+
+if int(setuptools.__version__.split(".")[0]) < 77:  # older ones ignore license_expression with a warning
+    raise SystemExit(f"el-plugins: building needs setuptools >= 77 (this is {setuptools.__version__}): "
+                     "pip install -U setuptools")
 
 
 def read_text(name):
@@ -44,14 +50,13 @@ setup(
     description="The encouraging loss (Zhao et al., AAAI 2022) as a fairseq criterion and a timm loss",
     long_description=read_text("README.md"),
     long_description_content_type="text/markdown",
-    license="MIT",
+    license_expression="MIT",  # core metadata 2.4 (setuptools >= 77); no licence classifier, which it replaces
     license_files=["LICENSE"],
     # No project URLs: el-plugins has no public home page yet (README.md and CHANGELOG.md travel in the sdist).
     classifiers=[
         "Development Status :: 3 - Alpha",
         "Intended Audience :: Science/Research",
         "Intended Audience :: Developers",
-        "License :: OSI Approved :: MIT License",
         "Operating System :: POSIX :: Linux",
         "Programming Language :: Python :: 3",
         "Programming Language :: Python :: 3 :: Only",
