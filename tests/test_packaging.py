@@ -109,14 +109,15 @@ PROBE = r"""
 import importlib.metadata, json, sys
 hooks = [type(f).__module__ for f in sys.meta_path]
 started = {name: getattr(sys.modules[name], "__file__", None) for name in sys.modules if name.startswith("el_plugins")}
+out = dict(hooks=hooks, modules=started)
 if sys.argv[1] == "installed":
     import el_plugins, timm.loss
     dist = importlib.metadata.distribution("el-plugins")
-    started.update(installed=dict(
+    out["installed"] = dict(
         package=el_plugins.__file__, version=el_plugins.__version__, el_in_timm="el" in timm.loss.LOSS_TYPES,
-        files=[str(f) for f in dist.files], metadata=dist.read_text("METADATA"),
-        console_scripts=sorted(ep.name for ep in dist.entry_points if ep.group == "console_scripts")))
-print(json.dumps(dict(hooks=hooks, modules=started)))
+        location=str(dist.locate_file("")), files=[str(f) for f in dist.files], metadata=dist.read_text("METADATA"),
+        console_scripts=sorted(ep.name for ep in dist.entry_points if ep.group == "console_scripts"))
+print(json.dumps(out))
 """
 
 
@@ -159,10 +160,10 @@ def test_installed_activates_without_user_dir(kind, dists, tmp_path):
     # The hook: el_plugins.pth in the fresh site-packages, recorded, run at start-up from there.
     assert (site / "el_plugins.pth").read_bytes() == (ROOT / "el_plugins.pth").read_bytes()
     after = probe(python, tmp_path, "installed")
-    installed = after["modules"].pop("installed")
+    installed = after["installed"]
     assert "el_plugins._activation" in after["hooks"], after
     assert after["modules"]["el_plugins._activation"] == str(site / "el_plugins" / "_activation.py"), after
-    assert "el_plugins.pth" in installed["files"]
+    assert installed["location"] == str(site) and "el_plugins.pth" in installed["files"], installed["location"]
     assert installed["package"] == str(site / "el_plugins" / "__init__.py"), installed["package"]
     assert installed["version"] == source_version()
     assert installed["el_in_timm"], "'el' is not in timm.loss.LOSS_TYPES in the fresh environment"
