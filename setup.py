@@ -7,6 +7,7 @@ imported. The ``el_plugins.activate`` entry points say what to load for which mo
 """
 import os
 
+import setuptools
 from setuptools import find_packages, setup
 from setuptools.command.build_py import build_py
 
@@ -25,11 +26,21 @@ class BuildPyWithPth(build_py):
         return super().get_outputs(include_bytecode) + [os.path.join(self.build_lib, PTH)]
 
 
+if int(setuptools.__version__.split(".")[0]) < 77:  # older ones ignore license_expression with a warning
+    raise SystemExit(f"el-plugins: building needs setuptools >= 77 (this is {setuptools.__version__}): "
+                     "pip install -U setuptools")
+
+
+def read_text(name):
+    with open(os.path.join(HERE, name), encoding="utf-8") as f:
+        return f.read()
+
+
 def read_version():
-    with open(os.path.join(HERE, "el_plugins", "__init__.py")) as f:
-        for line in f:
-            if line.startswith("__version__"):
-                return line.split("=")[1].strip().strip("\"'")
+    """The one version: ``__version__`` in el_plugins/__init__.py (read, not imported)."""
+    for line in read_text(os.path.join("el_plugins", "__init__.py")).splitlines():
+        if line.startswith("__version__"):
+            return line.split("=")[1].strip().strip("\"'")
     raise RuntimeError("no __version__ in el_plugins/__init__.py")
 
 
@@ -37,9 +48,21 @@ setup(
     name="el-plugins",
     version=read_version(),
     description="The encouraging loss (Zhao et al., AAAI 2022) as a fairseq criterion and a timm loss",
-    long_description=open(os.path.join(HERE, "README.md")).read(),
+    long_description=read_text("README.md"),
     long_description_content_type="text/markdown",
-    license="MIT",
+    license_expression="MIT",  # core metadata 2.4 (setuptools >= 77); no licence classifier, which it replaces
+    license_files=["LICENSE"],
+    # No project URLs: el-plugins has no public home page yet (README.md and CHANGELOG.md travel in the sdist).
+    classifiers=[
+        "Development Status :: 3 - Alpha",
+        "Intended Audience :: Science/Research",
+        "Intended Audience :: Developers",
+        "Operating System :: POSIX :: Linux",
+        "Programming Language :: Python :: 3",
+        "Programming Language :: Python :: 3 :: Only",
+        "Programming Language :: Python :: 3.11",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
     python_requires=">=3.9",
     packages=find_packages(include=["el_plugins", "el_plugins.*"]),
     cmdclass={"build_py": BuildPyWithPth},
