@@ -15,15 +15,41 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 PTH = "el_plugins.pth"
 
 
+BUILD_INFO = os.path.join("el_plugins", "_build_info.json")
+
+
+def git_state():
+    """{'commit': HEAD of the checkout being built, 'dirty': uncommitted changes under el_plugins/ or setup.py}
+    (both None outside a git checkout, e.g. a build from the sdist)."""
+    import subprocess
+
+    def git(*args):
+        return subprocess.run(["git", "-C", HERE, *args], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                              text=True, check=True).stdout.strip()
+    try:
+        if os.path.realpath(git("rev-parse", "--show-toplevel")) != os.path.realpath(HERE):
+            raise ValueError("not this project's checkout")
+        return {"commit": git("rev-parse", "HEAD"),
+                "dirty": bool(git("status", "--porcelain", "--", "el_plugins", "setup.py", PTH))}
+    except (OSError, ValueError, subprocess.CalledProcessError):
+        return {"commit": None, "dirty": None}
+
+
 class BuildPyWithPth(build_py):
-    """Copy el_plugins.pth next to the package, so it lands in site-packages itself."""
+    """Copy el_plugins.pth next to the package, so it lands in site-packages itself, and record the git commit
+    built in el_plugins/_build_info.json (results files name the code that produced them: el_plugins.provenance)."""
 
     def run(self):
+        import json
+
         super().run()
         self.copy_file(os.path.join(HERE, PTH), os.path.join(self.build_lib, PTH), preserve_mode=0)
+        with open(os.path.join(self.build_lib, BUILD_INFO), "w", encoding="utf-8") as f:
+            json.dump(git_state(), f)
 
     def get_outputs(self, include_bytecode=1):
-        return super().get_outputs(include_bytecode) + [os.path.join(self.build_lib, PTH)]
+        return super().get_outputs(include_bytecode) + [os.path.join(self.build_lib, PTH),
+                                                        os.path.join(self.build_lib, BUILD_INFO)]
 
 
 if int(setuptools.__version__.split(".")[0]) < 77:  # older ones ignore license_expression with a warning

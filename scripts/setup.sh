@@ -40,7 +40,9 @@ if [ ! -e "$deps_stamp" ]; then
   rm -f "$VENV"/.el-deps-*; touch "$deps_stamp"
 fi
 
-pkg_stamp="$VENV/.el-pkg-$(stamp setup.py el_plugins.pth $(find el_plugins -name '*.py' | sort))"
+# the sources and the commit: the installed package records the commit it was built from (el_plugins.provenance)
+pkg_stamp="$VENV/.el-pkg-$( { stamp setup.py el_plugins.pth $(find el_plugins -name '*.py' | sort)
+  git rev-parse HEAD 2>/dev/null || true; } | sha256sum | cut -c1-16)"
 if [ ! -e "$pkg_stamp" ]; then
   say "installing el-plugins from $(pwd)"
   pip install --no-deps --force-reinstall .

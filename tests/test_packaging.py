@@ -214,3 +214,20 @@ def test_changelog_newest_release_is_the_version():
     bodies = re.split(r"^## .*$", text, flags=re.M)[1:]
     empty = [h for h, body in zip(headings, bodies) if not re.search(r"^- \S", body, flags=re.M)]
     assert not empty, f"CHANGELOG.md: sections without an entry: {empty}"
+
+
+def test_the_installed_package_records_the_commit_it_was_built_from():
+    """results files name the code that produced them (el_plugins.provenance): the version, and the commit that
+    setup.py recorded when it built the installed package (this checkout's HEAD when scripts/setup.sh built it)."""
+    import el_plugins
+    from el_plugins.provenance import describe, provenance
+
+    here = provenance()
+    assert here["el_plugins_version"] == el_plugins.__version__
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    head = subprocess.run(["git", "-C", repo, "rev-parse", "HEAD"], stdout=subprocess.PIPE, text=True)
+    if head.returncode == 0 and os.path.isfile(os.path.join(os.path.dirname(el_plugins.__file__), "_build_info.json")):
+        assert here["git_commit"] == head.stdout.strip()  # scripts/setup.sh reinstalls on every new commit
+    assert describe({"el_plugins_version": "9.9", "git_commit": "0123456789abcdef", "git_dirty": True}) == \
+        "el-plugins 9.9, commit 0123456789ab, uncommitted changes"
+    assert describe(None) == "el-plugins (version not recorded)"

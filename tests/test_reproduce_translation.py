@@ -5,6 +5,7 @@ import os
 
 import pytest
 
+import el_plugins
 from el_plugins.reproduce import translation, translation_report
 from el_plugins.testing.programs import run_cli
 
@@ -34,7 +35,8 @@ def test_quick_run_end_to_end_and_rerun(corpus, tmp_path):
     done = run_cli("el-reproduce", "translation", "--quick", "--no-progress", "--data", corpus, "--out", out,
                    "--work", work, timeout=900)
     results = json.loads((out / "results.json").read_text())
-    assert set(results) == {"data", "variants", "paper", "settings"}
+    assert set(results) == {"data", "variants", "paper", "settings", "produced_by"}
+    assert results["produced_by"]["el_plugins_version"] == el_plugins.__version__
     assert results["settings"]["quick"] is True and results["settings"]["reused_runs"] == 0
     assert {s: results["data"][s]["pairs"] for s in ("train", "valid", "test")} == {"train": 2000, "valid": 200,
                                                                                     "test": 200}
@@ -97,6 +99,8 @@ def committed():
 def test_committed_results_are_a_full_run(committed):
     s = committed["settings"]
     assert not s["quick"] and s["reused_runs"] == 0 and s["device"] == "cpu"
+    produced = committed["produced_by"]
+    assert produced["git_commit"] and produced["git_dirty"] is False  # a committed state of the code
     assert {v: len(e["seeds"]) for v, e in committed["variants"].items()} == {"ce": 3, "el": 3, "el_le1": 2}
     assert s["wall_seconds"] <= 90 * 60  # the budget on 2 CPU cores
     out = os.path.dirname(COMMITTED)

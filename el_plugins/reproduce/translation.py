@@ -278,7 +278,9 @@ def run(s: Settings, corpus_folder: str, work: str, *, progress: bool = True,
                     recipe_args=recipe.RECIPES[s.recipe].args, recipe_follows=recipe.RECIPES[s.recipe].follows,
                     python=platform.python_version(), platform=platform.platform(),
                     wall_seconds=round(time.time() - started, 1), reused_runs=reused)
-    results = {"data": data, "variants": variants, "paper": PAPER, "settings": settings}
+    from el_plugins.provenance import provenance
+
+    results = {"data": data, "variants": variants, "paper": PAPER, "settings": settings, "produced_by": provenance()}
     return results, extras
 
 

@@ -7,6 +7,7 @@ import math
 import os
 from typing import Dict, List, Optional
 
+from el_plugins.provenance import describe
 from el_plugins.reproduce.translation import TGT, VARIANTS
 
 README_BEGIN = "<!-- el-reproduce translation: begin (generated from results/translation/results.json; do not edit) -->"
@@ -96,6 +97,7 @@ def render_table_md(results: dict) -> str:
         f"Wall time: {s['wall_seconds']:.0f} s ({s['wall_seconds'] / 60:.1f} min) on {s['device']}"
         + (f", {s['reused_runs']} finished run(s) reused" if s.get("reused_runs") else "")
         + ("; --quick (CI smoke run: small subsets, not a result)" if s.get("quick") else "") + ".",
+        f"Produced by {describe(results.get('produced_by'))}.",
         "", "",
     ]
     return "\n".join(intro) + render_tables(results)
