@@ -78,11 +78,11 @@ FUSED_UNDER_COMPILE = (
     "compiler fuses itself) or implementation='reference'")
 
 
-def _choose_implementation(implementation: str, input: torch.Tensor, tuning) -> str:
-    """'fused' or 'reference' for ``implementation`` (see :data:`IMPLEMENTATIONS`) on ``input``; ``tuning``:
-    the fused tuning options given (their names)."""
+def _choose_implementation(implementation: str, input: torch.Tensor, tuning, what: str = "logits") -> str:
+    """'fused' or 'reference' for ``implementation`` (see :data:`IMPLEMENTATIONS`) on ``input`` (``what`` it
+    holds, for the error message); ``tuning``: the fused tuning options given (their names)."""
     check_choice(implementation, IMPLEMENTATIONS, "implementation")
-    check_floating(input)
+    check_floating(input, "input", what)
     compiling = torch.compiler.is_compiling()
     transformed = not compiling and torch._C._are_functorch_transforms_active()
     if implementation == "auto":
@@ -163,7 +163,7 @@ def _reference_encouraging_loss_with_stats(input, target, settings, w_target, q_
         lprobs = F.log_softmax(input.to(compute_dtype(input.dtype)), dim=-1)
     keep = torch.ones_like(target, dtype=torch.bool) if ignore_index is None else target.ne(ignore_index)
     # clamped: a bad target's (asynchronous) check then fires first under torch.compile, not an index error
-    safe_target = target.masked_fill(~keep, 0).clamp_(0, max(input.size(1) - 1, 0)).unsqueeze(-1)
+    safe_target = target.masked_fill(~keep, 0).clamp(0, max(input.size(1) - 1, 0)).unsqueeze(-1)
 
     lp_target = lprobs.gather(-1, safe_target).squeeze(-1)
     nll = (-lp_target).masked_fill(~keep, 0.0)
@@ -243,7 +243,7 @@ def linear_encouraging_loss_with_stats(
     supports one backward pass per forward (a second one raises a RuntimeError that says so).
     """
     tuning = _tuning(backend=backend, chunk_size=chunk_size, block_size=block_size)
-    implementation = _choose_implementation(implementation, input, tuning)
+    implementation = _choose_implementation(implementation, input, tuning, "features")
     settings_kwargs = dict(log_end=log_end, label_smoothing=label_smoothing, bonus_weight=bonus_weight,
                            ignore_index=ignore_index, reduction=reduction, smoothing_convention=smoothing_convention)
     if implementation == "reference":

@@ -73,7 +73,7 @@ class EncouragingLoss(nn.Module):
                 f'reduction={self.reduction!r}')
 
 
-class LinearEncouragingLoss(nn.Module):
+class LinearEncouragingLoss(EncouragingLoss):
     """The output layer and softmax EL in one module, as torch's nn.LinearCrossEntropyLoss: it owns the
     ``linear`` layer (in_features -> num_classes) and computes EL of its logits with
     el_plugins.functional.linear_encouraging_loss, which by default never holds the whole (N, C) logits.
@@ -85,16 +85,9 @@ class LinearEncouragingLoss(nn.Module):
     """
 
     def __init__(self, in_features: int, num_classes: int, *, bias: bool = False, device=None, dtype=None,
-                 log_end: float = 0.75, smoothing: float = 0., bonus_weight: float = 1., ignore_index=None,
-                 reduction: str = 'mean', implementation: str = 'auto'):
-        super().__init__()
+                 **settings):
+        super().__init__(**settings)
         self.linear = nn.Linear(in_features, num_classes, bias=bias, device=device, dtype=dtype)
-        self.implementation = EF.check_choice(implementation, EF.IMPLEMENTATIONS, 'implementation')
-        self.log_end = EF.check_log_end(log_end)
-        self.smoothing = EF.check_label_smoothing(smoothing, 'smoothing')
-        self.bonus_weight = EF.check_bonus_weight(bonus_weight)
-        self.ignore_index = EF.check_ignore_index(ignore_index)
-        self.reduction = EF.check_choice(reduction, EF.REDUCTIONS, 'reduction')
 
     def forward(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """x: (N, in_features) features; target: (N,) class indices."""
@@ -105,8 +98,7 @@ class LinearEncouragingLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return (f'in_features={self.linear.in_features}, num_classes={self.linear.out_features}, '
-                f'bias={self.linear.bias is not None}, log_end={self.log_end}, smoothing={self.smoothing}, '
-                f'bonus_weight={self.bonus_weight}, reduction={self.reduction!r}')
+                f'bias={self.linear.bias is not None}, {super().extra_repr()}')
 
 
 class BinaryEncouragingLoss(nn.Module):

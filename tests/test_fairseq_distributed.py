@@ -74,13 +74,13 @@ def run_train(args, env):
     return proc.stdout
 
 
-@pytest.mark.parametrize("shared", [False, True], ids=["own-projection", "shared-embeddings"])
+@pytest.mark.parametrize("shared", [False, True], ids=["own-projection", "shared-embeddings-update-freq-2"])
 def test_fused_output_layer_trains_as_the_logits_path(toy_data_bin, tmp_path, shared):
     """fairseq-train, 12 updates, --dropout 0: the default (the decoder's output layer fused into the loss) logs,
     update by update, the loss, nll_loss, bonus, p_target, past_log_end and accuracy of the logits path
-    (--el-fuse-output-layer off)."""
+    (--el-fuse-output-layer off); with shared embeddings also accumulating 2 batches per update."""
     env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
-    extra = ["--report-accuracy", *(["--share-decoder-input-output-embed"] if shared else [])]
+    extra = ["--report-accuracy", *(["--share-decoder-input-output-embed", "--update-freq", "2"] if shared else [])]
     fused, logits = (train_updates(run_train(fairseq_train(toy_data_bin, tmp_path / fuse, "--el-fuse-output-layer",
                                                            fuse, *extra), env), ("accuracy",))
                      for fuse in ("auto", "off"))

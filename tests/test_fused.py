@@ -444,10 +444,20 @@ def test_interpreted_triton_mixed_precision(dtype):
     assert fused_p99 <= autograd_p99 * 1.05, (fused_p99, autograd_p99)
 
 
+@interpreted
+def test_interpreted_triton_one_class_with_fairseq_smoothing_is_refused():
+    """V = 1 with the fairseq convention and eps > 0 (issue 18, item 8) is refused on the Triton path too; the
+    paper's convention gives the true gradient 0 there."""
+    z, t = torch.randn(5, 1), torch.zeros(5, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"smoothing_convention='fairseq' spreads label_smoothing over the V - 1"):
+        fused_loss(z, t, label_smoothing=0.1, smoothing_convention="fairseq", backend="triton")
+    x = z.requires_grad_()
+    fused_loss(x, t, label_smoothing=0.1, smoothing_convention="paper", backend="triton", block_size=16).backward()
+    assert (x.grad == 0).all()
+
+
 def test_triton_interpreted():
     """Runs the ``interpreted`` tests above in a subprocess with TRITON_INTERPRET=1."""
-    if INTERPRETED:
-        pytest.skip("already interpreted: the tests run directly")
     pytest.importorskip("triton")
     run_interpreted_tests(__file__)
 

@@ -13,7 +13,10 @@ SKIP_REASON = "runs in test_triton_interpreted's subprocess (TRITON_INTERPRET=1)
 
 def run_interpreted_tests(test_file, selection="interpreted and not test_triton_interpreted", timeout=600):
     """Run the tests of ``test_file`` that ``selection`` (a pytest -k expression) picks, with TRITON_INTERPRET=1;
-    returns pytest's output. AssertionError, with the output's end, unless they ran and all passed."""
+    returns pytest's output. AssertionError, with the output's end, unless they ran and all passed. Nothing to do
+    (returns None) in a process that interprets already: there the interpreted tests run directly."""
+    if INTERPRETED:
+        return None
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONWARNINGS="ignore")
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
                            os.path.abspath(test_file), "-k", selection],
