@@ -273,8 +273,9 @@ def fused_linear_loss(x, w, t, **kwargs):
     return EF.linear_encouraging_loss(x, w, t, implementation="fused", **kwargs)
 
 
-def check_mixed_precision(route, dtype, **fused_kwargs):
-    rows, features, classes, kwargs, scale = ROUTES[route]
+def check_mixed_precision(route, dtype, rows=None, **fused_kwargs):
+    route_rows, features, classes, kwargs, scale = ROUTES[route]
+    rows = rows or route_rows
     x64, w64, target = trained_like_features(rows, features, classes)
     x, w = x64.to(dtype), w64.to(dtype)
     truth = scaled_linear_gradients(reference_linear_loss, x.double(), w.double(), target, scale, **kwargs)
@@ -335,7 +336,7 @@ def test_interpreted_triton_linear(dtype, reduction, bias):
 
 @interpreted
 def test_interpreted_triton_linear_mixed_precision():
-    check_mixed_precision("timm-amp", torch.float16, backend="triton")
+    check_mixed_precision("timm-amp", torch.float16, rows=96, backend="triton")
 
 
 @interpreted
