@@ -238,7 +238,7 @@ def linear_encouraging_loss_with_stats(
     scale is applied in backward before the one rounding to each parameter's dtype). Ignored rows are dropped
     before the matmul (on CUDA, where that would wait for the host, they are computed and zeroed instead).
     backend: as in :func:`encouraging_loss_with_stats`; chunk_size: rows per chunk (default: a chunk's logits
-    about the size of ``input``, at least 64 rows); block_size: the Triton kernel's columns per block.
+    about the size of ``input``, at least 128 rows and 1M logits); block_size: the Triton kernel's columns per block.
     With reduction='none' the backward pass computes the chunks again; otherwise the fused implementation
     supports one backward pass per forward (a second one raises a RuntimeError that says so).
     """

@@ -59,8 +59,8 @@ def model_wrappers(model):
 
 def unwrap_model(model):
     """The fairseq model inside the wrappers of :func:`model_wrappers`."""
-    while not isinstance(model, BaseFairseqModel) and isinstance(getattr(model, "module", None), torch.nn.Module):
-        model = model.module
+    for wrapper in model_wrappers(model):
+        model = wrapper.module
     return model
 
 
@@ -80,8 +80,8 @@ def normalizes_with_plain_log_softmax(model) -> bool:
 
 def fusable_output_layer(model):
     """The decoder's output projection (an nn.Linear) when the fused output layer computes exactly what the
-    logits path would, else None: fairseq's Transformer (an encoder-decoder TransformerModelBase with its own
-    forward and targets) whose decoder is fairseq's TransformerDecoder(Base) with its own forward and
+    logits path would, else None: fairseq's Transformer (an encoder-decoder TransformerModelBase whose forward
+    and get_targets are fairseq's) whose decoder is fairseq's TransformerDecoder(Base) with fairseq's forward and
     output_layer, a plain nn.Linear projection (shared embeddings included), no adaptive softmax, the plain
     log-softmax normalization (:func:`normalizes_with_plain_log_softmax`); and no wrapper that hides
     parameters (fully sharded data parallel) or checks their use in forward (DDP's find_unused_parameters)."""

@@ -30,18 +30,23 @@ import torch
 
 from el_plugins.core import RowTerms, assemble_rows, bonus_from_log_prob, compute_dtype, reduce_outputs, reduce_rows
 
-from .encouraging_loss import NO_DOUBLE_BACKWARD, LossConfig, check_tuning, chunk_terms, scaled_gradients
+from .encouraging_loss import (MIN_CHUNK_ELEMENTS, NO_DOUBLE_BACKWARD, LossConfig, check_tuning, chunk_terms,
+                               scaled_gradients)
 
-MIN_CHUNK_ROWS = 64
+MIN_CHUNK_ROWS = 128
 """The fewest rows per chunk by default: a matrix product of fewer rows runs far below the machine's speed
-(measured on a CPU at V = 32000, d = 512: 16 rows ran at a quarter of 1024 rows' speed, 64 at half)."""
+(measured on 2 CPU cores at V = 32000, d = 512: 16 rows ran at a quarter of 1024 rows' speed, 64 at half,
+128 at two thirds). The chunk's two (rows, V) buffers stay small beside the gradients: at V = 128000, 125 MiB
+in float32 beside the weight's 250 MiB gradient (d = 512)."""
 
 
 def default_chunk_rows(n_rows: int, in_features: int, n_classes: int) -> int:
     """Rows per chunk: a chunk's logits (rows x n_classes) about the size of the input (n_rows x in_features),
-    as torch's and Liger-Kernel's heuristics choose, and at least MIN_CHUNK_ROWS rows."""
-    rows = -(-n_rows * in_features // max(n_classes, 1))
-    return max(1, min(n_rows, max(rows, MIN_CHUNK_ROWS)))
+    as torch's and Liger-Kernel's heuristics choose; at least MIN_CHUNK_ROWS rows and MIN_CHUNK_ELEMENTS logits
+    (every torch op is one OpenMP region, and many small ones stall on a shared CPU, see encouraging_loss)."""
+    n_classes = max(n_classes, 1)
+    rows = max(-(-n_rows * in_features // n_classes), -(-MIN_CHUNK_ELEMENTS // n_classes), MIN_CHUNK_ROWS)
+    return max(1, min(n_rows, rows))
 
 
 def _chunks(input, weight, bias, target, rows, keep, cfg: LossConfig, backend, chunk_rows, block_size,
