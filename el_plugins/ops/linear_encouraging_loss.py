@@ -11,8 +11,9 @@ dz already carries the reduction's scale (1 / rows for "mean"). The three gradie
 compute dtype; backward multiplies them by grad_output (the loss scale of mixed precision) and only then
 rounds each to its parameter's dtype, once, as the logits' fused op does. For float16/bfloat16 the matrix
 products run on float32 copies of W (and of each chunk of x), so W's float32 copy (V x d) is held during
-the forward pass: CPUs have no fast half-precision matrix product, and the gradient must not be rounded to
-half precision before the loss scale is known.
+the forward pass: the gradient must not be rounded to half precision before the loss scale is known, and
+torch has no half-precision product with a float32 result on CPUs. (On GPUs that makes the products slower
+than the logits path's half-precision ones, unless TF32 is allowed.)
 
 Peak extra memory: the gradients (float32 for half inputs) plus two (chunk, V) buffers: the logits, whose
 buffer also serves as the row computation's work space, and the gradient of the chunk's logits (the
