@@ -24,6 +24,8 @@ def test_tokenized_bleu_known_values():
     assert bleu.tokenized_bleu([hyp], [ref]).score == pytest.approx(expected, abs=1e-6)
     # tokenized BLEU does not re-tokenize: "cat." is one token
     assert bleu.tokenized_bleu(["the cat."], ["the cat ."]).score < 100
+    # unsmoothed, as fairseq's scorer: no matching 4-gram means BLEU 0 (sacreBLEU's default smoothing gives > 0)
+    assert bleu.tokenized_bleu(["the cat sat on the mat"], ["the cat sat in the mat"]).score == 0.0
 
 
 def test_sacrebleu_has_signature_and_tokenizes():

@@ -29,11 +29,13 @@ _LINE = re.compile(r"^([STHD])-(\d+)\t(.*)$")
 
 
 def tokenized_bleu(hyps: Sequence[str], refs: Sequence[str]):
-    """Corpus BLEU-4 on already tokenized text (whitespace split only)."""
+    """Corpus BLEU-4 on already tokenized text (whitespace split only), unsmoothed like fairseq's scorer:
+    BLEU = BP * exp(mean_n log p_n), so 0 when some n-gram precision p_n is 0 (sacreBLEU's default 'exp'
+    smoothing would give a small positive score there, and the two would no longer be one number)."""
     from sacrebleu.metrics import BLEU
 
     _check_lengths(hyps, refs)
-    return BLEU(tokenize="none", force=True).corpus_score(list(hyps), [list(refs)])
+    return BLEU(tokenize="none", smooth_method="none", force=True).corpus_score(list(hyps), [list(refs)])
 
 
 def sacre_bleu(hyps: Sequence[str], refs: Sequence[str]):
