@@ -7,6 +7,7 @@ imported. The ``el_plugins.activate`` entry points say what to load for which mo
 """
 import os
 
+import setuptools
 from setuptools import find_packages, setup
 from setuptools.command.build_py import build_py
 
@@ -14,22 +15,58 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 PTH = "el_plugins.pth"
 
 
+BUILD_INFO = os.path.join("el_plugins", "_build_info.json")
+
+
+def git_state():
+    """{'commit': HEAD of the checkout being built, 'dirty': uncommitted changes under el_plugins/ or setup.py}
+    (both None outside a git checkout, e.g. a build from the sdist)."""
+    import subprocess
+
+    def git(*args):
+        return subprocess.run(["git", "-C", HERE, *args], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                              text=True, check=True).stdout.strip()
+    try:
+        if os.path.realpath(git("rev-parse", "--show-toplevel")) != os.path.realpath(HERE):
+            raise ValueError("not this project's checkout")
+        return {"commit": git("rev-parse", "HEAD"),
+                "dirty": bool(git("status", "--porcelain", "--", "el_plugins", "setup.py", PTH))}
+    except (OSError, ValueError, subprocess.CalledProcessError):
+        return {"commit": None, "dirty": None}
+
+
 class BuildPyWithPth(build_py):
-    """Copy el_plugins.pth next to the package, so it lands in site-packages itself."""
+    """Copy el_plugins.pth next to the package, so it lands in site-packages itself, and record the git commit
+    built in el_plugins/_build_info.json (results files name the code that produced them: el_plugins.provenance)."""
 
     def run(self):
+        import json
+
         super().run()
         self.copy_file(os.path.join(HERE, PTH), os.path.join(self.build_lib, PTH), preserve_mode=0)
+        with open(os.path.join(self.build_lib, BUILD_INFO), "w", encoding="utf-8") as f:
+            json.dump(git_state(), f)
 
     def get_outputs(self, include_bytecode=1):
-        return super().get_outputs(include_bytecode) + [os.path.join(self.build_lib, PTH)]
+        return super().get_outputs(include_bytecode) + [os.path.join(self.build_lib, PTH),
+                                                        os.path.join(self.build_lib, BUILD_INFO)]
+
+
+if int(setuptools.__version__.split(".")[0]) < 77:  # older ones ignore license_expression with a warning
+    raise SystemExit(f"el-plugins: building needs setuptools >= 77 (this is {setuptools.__version__}): "
+                     "pip install -U setuptools")
+
+
+def read_text(name):
+    with open(os.path.join(HERE, name), encoding="utf-8") as f:
+        return f.read()
 
 
 def read_version():
-    with open(os.path.join(HERE, "el_plugins", "__init__.py")) as f:
-        for line in f:
-            if line.startswith("__version__"):
-                return line.split("=")[1].strip().strip("\"'")
+    """The one version: ``__version__`` in el_plugins/__init__.py (read, not imported)."""
+    for line in read_text(os.path.join("el_plugins", "__init__.py")).splitlines():
+        if line.startswith("__version__"):
+            return line.split("=")[1].strip().strip("\"'")
     raise RuntimeError("no __version__ in el_plugins/__init__.py")
 
 
@@ -37,9 +74,21 @@ setup(
     name="el-plugins",
     version=read_version(),
     description="The encouraging loss (Zhao et al., AAAI 2022) as a fairseq criterion and a timm loss",
-    long_description=open(os.path.join(HERE, "README.md")).read(),
+    long_description=read_text("README.md"),
     long_description_content_type="text/markdown",
-    license="MIT",
+    license_expression="MIT",  # core metadata 2.4 (setuptools >= 77); no licence classifier, which it replaces
+    license_files=["LICENSE"],
+    # No project URLs: el-plugins has no public home page yet (README.md and CHANGELOG.md travel in the sdist).
+    classifiers=[
+        "Development Status :: 3 - Alpha",
+        "Intended Audience :: Science/Research",
+        "Intended Audience :: Developers",
+        "Operating System :: POSIX :: Linux",
+        "Programming Language :: Python :: 3",
+        "Programming Language :: Python :: 3 :: Only",
+        "Programming Language :: Python :: 3.11",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
     python_requires=">=3.9",
     packages=find_packages(include=["el_plugins", "el_plugins.*"]),
     cmdclass={"build_py": BuildPyWithPth},

@@ -1,11 +1,16 @@
 """el-plugins: the encouraging loss (Zhao et al., AAAI 2022) for fairseq and timm.
 
-Layout (framework-free core first, thin adapters after, tools last):
-  el_plugins.functional         the EL math, torch only: the one public loss function
-                                (encouraging_loss_with_stats, implementation= auto/fused/reference, where
-                                the implementation is chosen), the reference form, validation, the bonus
-  el_plugins.ops                the fused kernels: chunked torch path and the Triton kernel
-  el_plugins.loss               torch.nn modules (EncouragingLoss, BinaryEncouragingLoss), timm-style
+Layout (framework-free core first, thin adapters after, tools last; each imports only those above it):
+  el_plugins.core               the EL math that functional and ops share, torch only: the bonus and its
+                                slope, the per-row terms, their assembly and reduction, the argument checks
+  el_plugins.ops                the fused kernels: chunked torch path and the Triton kernel, and the output
+                                layer fused into the loss (imports core only)
+  el_plugins.functional         the public loss functions, torch only: encouraging_loss_with_stats (logits)
+                                and linear_encouraging_loss_with_stats (features and an output layer, as
+                                F.linear_cross_entropy), where the implementation (auto/fused/reference) is
+                                chosen; the reference form; soft and multi-label targets
+  el_plugins.loss               torch.nn modules (EncouragingLoss, LinearEncouragingLoss,
+                                BinaryEncouragingLoss), timm-style
   el_plugins.fairseq_plugin     the fairseq criterion ``label_smoothed_encouraging_loss`` and the
                                 fixes applied to fairseq on activation (fixes.py)
   el_plugins.timm_plugin        ``'el'`` in timm's loss factory, and the el-timm-train launcher

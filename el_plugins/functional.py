@@ -14,235 +14,92 @@ b is concave and decreasing, so -b rewards confident correct predictions that cr
 rewarding. rho = 0 is plain (label-smoothed) cross-entropy. Everything is computed in float32 or
 wider, whatever the dtype of the logits. Every integration of el-plugins (the fairseq criterion,
 the timm loss, the analysis tools) calls these functions.
+
+The public functions, one per operation as in torch.nn.functional: :func:`encouraging_loss_with_stats`
+(logits), :func:`linear_encouraging_loss_with_stats` (features and an output layer, as
+``F.linear_cross_entropy``), :func:`soft_target_encouraging_loss`, :func:`binary_encouraging_loss`.
+``implementation=`` chooses the reference here or the fused op of :mod:`el_plugins.ops`; the math both
+share (the bonus, the row terms, the checks) is :mod:`el_plugins.core`, re-exported here.
 """
 from __future__ import annotations
 
-import math
-import numbers
 from typing import NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
 
-BONUS_CLAMP = 1e-5
-"""The normal bonus is log(max(1 - p, BONUS_CLAMP)), bounded below by log(1e-5) = -11.513."""
-
-SMOOTHING_CONVENTIONS = ("paper", "fairseq")
-"""How label smoothing spreads eps over the classes:
-``paper``: q_k = (1 - eps)[k = y] + eps / V (the paper's code, fairseq 0.10, timm);
-``fairseq``: q_y = 1 - eps, q_k = eps / (V - 1) for k != y (fairseq >= 0.12)."""
-
-REDUCTIONS = ("none", "sum", "mean")
-
-
-# --------------------------------------------------------------------------- validation
-def real_number(value) -> Optional[float]:
-    """``value`` as a float when it is a real number of any numeric type (int, float, numpy scalars, a
-    one-element torch tensor), else None. Booleans are not numbers here."""
-    if isinstance(value, torch.Tensor):
-        if value.numel() != 1 or value.dtype == torch.bool or value.is_complex():
-            return None
-        return float(value.item())
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):  # numpy's bool_ is not Real
-        return None
-    return float(value)
-
-
-def check_log_end(log_end: float, name: str = "log_end") -> float:
-    value = real_number(log_end)
-    if value is None or not 0.0 < value <= 1.0:
-        raise ValueError(
-            f"{name} must be in (0, 1], a number (1 = the normal bonus, < 1 = the conservative bonus, "
-            f"the paper uses 0.75 or 0.5), got {log_end!r}"
-        )
-    return value
-
-
-def check_label_smoothing(eps: float, name: str = "label_smoothing") -> float:
-    value = real_number(eps)
-    if value is None or not 0.0 <= value < 1.0:
-        raise ValueError(f"{name} must be in [0, 1), a number, got {eps!r}")
-    return value
-
-
-def check_bonus_weight(rho: float, name: str = "bonus_weight") -> float:
-    value = real_number(rho)
-    if value is None or not (math.isfinite(value) and value >= 0.0):
-        raise ValueError(f"{name} must be a finite number >= 0 (0 = plain cross-entropy), got {rho!r}")
-    return value
-
-
-def check_choice(value: str, allowed, name: str) -> str:
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
-    return value
-
-
-def check_targets(target: torch.Tensor, num_classes: int, ignore_index: Optional[int], *,
-                  synchronize: bool = True) -> None:
-    """Class-index targets must lie in [0, num_classes) (or equal ignore_index).
-
-    synchronize=True: raises a ValueError naming the first bad target (reading it stalls a GPU until
-    its queued work is done). synchronize=False: queues an asynchronous device-side assertion with the
-    same message instead (a RuntimeError when it is reached), so that a training step on a GPU never
-    waits for the host; the fused CUDA path uses it.
-    """
-    if target.dtype.is_floating_point or target.dtype == torch.bool:
-        raise ValueError(f"class-index targets must be an integer tensor, got {target.dtype}")
-    bad = (target < 0) | (target >= num_classes)
-    if ignore_index is not None:
-        bad &= target != ignore_index
-    allowed = f"targets must be in [0, {num_classes - 1}]" + (
-        f" or equal ignore_index={ignore_index}" if ignore_index is not None else "")
-    if not synchronize:
-        torch._assert_async(bad.any().logical_not(), f"a target is outside the {num_classes} classes: {allowed}")
-    elif bool(bad.any()):
-        first = target[bad].flatten()[0].item()
-        raise ValueError(f"target {first} is outside the {num_classes} classes: {allowed}")
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float32 for fp16/bf16/fp32 inputs, float64 for float64."""
-    return torch.promote_types(dtype, torch.float32)
-
-
-# --------------------------------------------------------------------------- the bonus
-def bonus_from_log_prob(log_p: torch.Tensor, log_end: float = 1.0) -> torch.Tensor:
-    """b(p) evaluated from log p (stable near p = 1: 1 - p is formed as -expm1(log p))."""
-    one_minus_p = -torch.expm1(log_p)
-    bonus = torch.log(torch.clamp(one_minus_p, min=BONUS_CLAMP))
-    if log_end < 1.0:
-        p = torch.exp(log_p)
-        tail = (p - log_end) / (log_end - 1.0) + math.log(1.0 - log_end)
-        bonus = torch.where(p > log_end, tail, bonus)
-    return bonus
-
-
-def bonus(p: torch.Tensor, log_end: float = 1.0) -> torch.Tensor:
-    """The bonus b(p) for probabilities p in [0, 1] (see the module docstring)."""
-    log_end = check_log_end(log_end)
-    p = p.to(compute_dtype(p.dtype))
-    return bonus_from_log_prob(torch.log(p), log_end)
-
-
-def bonus_slope_times_p(log_p: torch.Tensor, log_end: float = 1.0) -> torch.Tensor:
-    """p b'(p) = d b / d log p, from log p: -p / (1 - p) on the log branch (0 where the clamp
-    max(1 - p, 1e-5) is active), -p / (1 - log_end) on the tail p > log_end. The fused gradient's
-    g_k = rho q_k p_k b'(p_k) is built from it (the Triton kernel has its own copy of b and p b'(p))."""
-    p = torch.exp(log_p)
-    one_minus_p = -torch.expm1(log_p)
-    slope = torch.where(one_minus_p >= BONUS_CLAMP, -p / one_minus_p.clamp(min=BONUS_CLAMP), 0.0)
-    if log_end < 1.0:
-        slope = torch.where(p > log_end, -p / (1.0 - log_end), slope)
-    return slope
-
-
-# --------------------------------------------------------------------------- class-index targets
-class EncouragingLossOutput(NamedTuple):
-    """Reduced like the loss (or per row with reduction='none'); ignored rows count zero.
-
-    loss:        sum_k q_k (-log p_k + rho b(p_k))
-    nll_loss:    -log p_y (no smoothing, no bonus)
-    bonus:       rho * sum_k q_k b(p_k), the part of ``loss`` that EL adds
-    target_prob: p_y (no gradient)
-    past_log_end: 1 where p_y > log_end, else 0 (no gradient)
-    """
-
-    loss: torch.Tensor
-    nll_loss: torch.Tensor
-    bonus: torch.Tensor
-    target_prob: torch.Tensor
-    past_log_end: torch.Tensor
-
-
-class RowTerms(NamedTuple):
-    """What every implementation computes per row (the reference, the chunked torch path and the Triton
-    kernel alike); :func:`assemble_rows` puts the loss together from them, in one place for all."""
-
-    log_p_target: torch.Tensor  # log p_y
-    sum_log_p: torch.Tensor  # sum_k log p_k (zeros when q_o = 0)
-    bonus_target: torch.Tensor  # b(p_y)
-    sum_bonus: torch.Tensor  # sum_k b(p_k) over every class, y included (zeros when q_o = 0 or rho = 0)
-
-
-def assemble_rows(terms: RowTerms, w_target: float, q_other: float, rho: float):
-    """Per-row (loss, nll, bonus) from :class:`RowTerms`, with q = w_y * onehot(y) + q_o:
-
-        nll   = -log p_y
-        bonus = rho (w_y b(p_y) + q_o sum_k b(p_k))
-        loss  = w_y nll - q_o sum_k log p_k + bonus
-    """
-    nll = -terms.log_p_target
-    bonus = rho * (w_target * terms.bonus_target + q_other * terms.sum_bonus)
-    loss = w_target * nll - q_other * terms.sum_log_p + bonus
-    return loss, nll, bonus
-
-
-def reduce_outputs(loss, nll, bonus, log_p_target, keep, reduction: str, log_end: float) -> "EncouragingLossOutput":
-    """The reduced :class:`EncouragingLossOutput` of per-row values; rows where ``keep`` is False count zero."""
-    count = keep.sum()
-
-    def reduce(rows):
-        return reduce_rows(rows.masked_fill(~keep, 0.0), reduction, count)
-
-    with torch.no_grad():
-        p_target = torch.exp(log_p_target.detach())
-        past = (p_target > log_end).to(p_target.dtype)
-    return EncouragingLossOutput(reduce(loss), reduce(nll), reduce(bonus), reduce(p_target), reduce(past))
-
-
-def smoothing_weights(eps: float, num_classes: int, convention: str):
-    """(weight on the target's own term, weight q_o on every class) so that q = w_y*onehot + q_o."""
-    if convention == "paper":
-        q_other = eps / num_classes
-        return 1.0 - eps, q_other
-    q_other = eps / (num_classes - 1) if num_classes > 1 else 0.0
-    return 1.0 - eps - q_other, q_other
-
-
-def check_index_loss_args(input, target, *, log_end, label_smoothing, bonus_weight, ignore_index, reduction,
-                          smoothing_convention, synchronize=True):
-    """Validate the arguments of a class-index EL (shapes, ranges, targets); returns (log_end, eps, rho,
-    target), the target as int64 (any integer dtype is accepted). synchronize: see :func:`check_targets`."""
-    log_end = check_log_end(log_end)
-    eps = check_label_smoothing(label_smoothing)
-    rho = check_bonus_weight(bonus_weight)
-    check_choice(reduction, REDUCTIONS, "reduction")
-    check_choice(smoothing_convention, SMOOTHING_CONVENTIONS, "smoothing_convention")
-    if input.dim() != 2 or target.shape != input.shape[:1]:
-        raise ValueError(
-            f"expected input (N, V) and target (N,), got input {tuple(input.shape)} and target {tuple(target.shape)}"
-        )
-    if target.device != input.device:
-        raise ValueError(f"target is on {target.device} but input on {input.device}: put both on the same device")
-    check_targets(target, input.size(1), ignore_index, synchronize=synchronize)
-    return log_end, eps, rho, target.long()
-
-
-def _check_dense_loss_args(input, target, *, log_end, bonus_weight, reduction, what):
-    """Validate the arguments of a dense-target EL; returns (log_end, rho)."""
-    log_end = check_log_end(log_end)
-    rho = check_bonus_weight(bonus_weight)
-    check_choice(reduction, REDUCTIONS, "reduction")
-    if input.shape != target.shape:
-        raise ValueError(f"{what} must have the shape of the logits {tuple(input.shape)}, got {tuple(target.shape)}")
-    return log_end, rho
-
-
-def reduce_rows(x: torch.Tensor, reduction: str, count: torch.Tensor) -> torch.Tensor:
-    """Per-row values reduced: 'sum', 'mean' (divided by ``count``, at least 1: no rows give 0, not NaN), 'none'."""
-    if reduction == "sum":
-        return x.sum()
-    if reduction == "mean":
-        return x.sum() / count.clamp(min=1)
-    return x
+from el_plugins import ops
+from el_plugins.core import (  # noqa: F401  (the shared math, re-exported: el_plugins.functional is the public API)
+    BONUS_CLAMP,
+    REDUCTIONS,
+    SMOOTHING_CONVENTIONS,
+    EncouragingLossOutput,
+    RowTerms,
+    assemble_rows,
+    bonus,
+    bonus_from_log_prob,
+    bonus_slope_times_p,
+    check_bonus_weight,
+    check_choice,
+    check_count,
+    check_dense_loss_args,
+    check_floating,
+    check_ignore_index,
+    check_index_loss_args,
+    check_label_smoothing,
+    check_linear_loss_args,
+    check_log_end,
+    check_soft_targets,
+    check_targets,
+    compute_dtype,
+    real_number,
+    reduce_outputs,
+    reduce_rows,
+    smoothing_weights,
+)
 
 
 IMPLEMENTATIONS = ("auto", "fused", "reference")
-"""How :func:`encouraging_loss_with_stats` computes: ``fused`` (el_plugins.ops: loss and gradient in one
-pass, the gradient kept instead of (N, V) float32 intermediates; a Triton kernel on CUDA, chunked torch
-elsewhere), ``reference`` (plain autograd; supports repeated and double backward), ``auto`` (fused, except
-for float64 input on a GPU, which has no kernel, unless a fused tuning option is given)."""
+"""How the class-index losses compute: ``fused`` (el_plugins.ops: loss and gradient in one pass, the gradient
+kept instead of (N, V) float32 intermediates; a Triton kernel on CUDA, chunked torch elsewhere),
+``reference`` (plain autograd; supports repeated and double backward, torch.compile(fullgraph=True) and
+torch.func), ``auto`` (fused, except for float64 input on a GPU, which has no kernel, unless a fused tuning
+option is given; and the reference under torch.compile, where the compiler fuses it itself, and under
+torch.func transforms, which the fused op's hand-written gradient does not support)."""
+
+FUSED_UNDER_TRANSFORMS = (
+    "implementation='fused' computes its gradient by hand in the forward pass, which torch.func transforms "
+    "(vmap, grad, jacrev, ...) cannot see through: use implementation='auto' (the reference under torch.func) "
+    "or implementation='reference'")
+
+FUSED_UNDER_COMPILE = (
+    "implementation='fused' has data-dependent steps, so torch.compile runs it eagerly at a graph break; "
+    "torch.compile(fullgraph=True) needs implementation='auto' (the reference under torch.compile, which the "
+    "compiler fuses itself) or implementation='reference'")
+
+
+def _choose_implementation(implementation: str, input: torch.Tensor, tuning, what: str = "logits") -> str:
+    """'fused' or 'reference' for ``implementation`` (see :data:`IMPLEMENTATIONS`) on ``input`` (``what`` it
+    holds, for the error message); ``tuning``: the fused tuning options given (their names)."""
+    check_choice(implementation, IMPLEMENTATIONS, "implementation")
+    check_floating(input, "input", what)
+    compiling = torch.compiler.is_compiling()
+    transformed = not compiling and torch._C._are_functorch_transforms_active()
+    if implementation == "auto":
+        fused_has_no_kernel = input.dtype == torch.float64 and input.device.type != "cpu"
+        implementation = "reference" if (fused_has_no_kernel or compiling or transformed) and not tuning else "fused"
+    if implementation == "reference" and tuning:
+        raise ValueError(f"{', '.join(tuning)} tune(s) the fused implementation; implementation='reference' "
+                         f"takes none (use implementation='fused' or 'auto', or leave them out)")
+    if implementation == "fused" and transformed:
+        raise ValueError(FUSED_UNDER_TRANSFORMS)
+    if implementation == "fused" and compiling:
+        torch._dynamo.graph_break(msg=FUSED_UNDER_COMPILE)
+    return implementation
+
+
+def _tuning(**options):
+    return {name: value for name, value in options.items() if value is not None}
 
 
 def encouraging_loss_with_stats(
@@ -278,42 +135,35 @@ def encouraging_loss_with_stats(
     chunk_size: rows per chunk of the torch path (default: N / 4 rows, at least 1M elements);
     block_size: columns per block of the Triton kernel, a power of 2 (default min(next_pow2(V), 2048)).
     """
-    check_choice(implementation, IMPLEMENTATIONS, "implementation")
-    tuning = {k: v for k, v in (("backend", backend), ("chunk_size", chunk_size), ("block_size", block_size))
-              if v is not None}
-    if implementation == "auto":
-        fused_has_no_kernel = input.dtype == torch.float64 and input.device.type != "cpu"
-        implementation = "reference" if fused_has_no_kernel and not tuning else "fused"
-    if implementation == "reference" and tuning:
-        raise ValueError(f"{', '.join(tuning)} tune(s) the fused implementation; implementation='reference' "
-                         f"takes none (use implementation='fused' or 'auto', or leave them out)")
+    tuning = _tuning(backend=backend, chunk_size=chunk_size, block_size=block_size)
+    implementation = _choose_implementation(implementation, input, tuning)
     chosen_backend = None  # the reference's
     if implementation == "fused":
-        from el_plugins import ops
-
         chosen_backend = ops.pick_backend("auto" if backend is None else backend, input)
-    log_end, eps, rho, target = check_index_loss_args(
+    settings, target = check_index_loss_args(
         input, target, log_end=log_end, label_smoothing=label_smoothing, bonus_weight=bonus_weight,
         ignore_index=ignore_index, reduction=reduction, smoothing_convention=smoothing_convention,
         synchronize=chosen_backend != "triton")  # the GPU path never waits for the host
-    w_target, q_other = smoothing_weights(eps, input.size(1), smoothing_convention)
+    w_target, q_other = smoothing_weights(settings.label_smoothing, input.size(1), smoothing_convention)
     if implementation == "reference":
-        return _reference_encouraging_loss_with_stats(input, target, log_end, w_target, q_other, rho, ignore_index,
-                                                      reduction, input_is_log_probs)
-    config = ops.LossConfig(log_end, rho, w_target, q_other, bool(input_is_log_probs))
-    return ops.fused_encouraging_loss(input, target, config, ignore_index=ignore_index, reduction=reduction,
+        return _reference_encouraging_loss_with_stats(input, target, settings, w_target, q_other, reduction,
+                                                      input_is_log_probs)
+    config = ops.LossConfig(settings.log_end, settings.bonus_weight, w_target, q_other, bool(input_is_log_probs))
+    return ops.fused_encouraging_loss(input, target, config, ignore_index=settings.ignore_index, reduction=reduction,
                                       backend=chosen_backend, chunk_size=chunk_size, block_size=block_size)
 
 
-def _reference_encouraging_loss_with_stats(input, target, log_end, w_target, q_other, rho, ignore_index, reduction,
+def _reference_encouraging_loss_with_stats(input, target, settings, w_target, q_other, reduction,
                                            input_is_log_probs):
     """The reference: plain autograd on float32 (or wider) log-probabilities (arguments checked by the caller)."""
+    log_end, rho, ignore_index = settings.log_end, settings.bonus_weight, settings.ignore_index
     if input_is_log_probs:
         lprobs = input.to(compute_dtype(input.dtype))
     else:
         lprobs = F.log_softmax(input.to(compute_dtype(input.dtype)), dim=-1)
     keep = torch.ones_like(target, dtype=torch.bool) if ignore_index is None else target.ne(ignore_index)
-    safe_target = target.masked_fill(~keep, 0).unsqueeze(-1)
+    # clamped: a bad target's (asynchronous) check then fires first under torch.compile, not an index error
+    safe_target = target.masked_fill(~keep, 0).clamp(0, max(input.size(1) - 1, 0)).unsqueeze(-1)
 
     lp_target = lprobs.gather(-1, safe_target).squeeze(-1)
     nll = (-lp_target).masked_fill(~keep, 0.0)
@@ -346,6 +196,83 @@ def encouraging_loss(input: torch.Tensor, target: torch.Tensor, **kwargs) -> tor
     return encouraging_loss_with_stats(input, target, **kwargs).loss
 
 
+# --------------------------------------------------------------------------- the output layer fused in
+class LinearEncouragingLossOutput(NamedTuple):
+    """:class:`EncouragingLossOutput`'s fields, plus ``correct``: 1 on the rows whose largest logit is the
+    target's (what fairseq's --report-accuracy counts), reduced like the others ('sum': the number of such
+    rows); ignored rows count zero. No gradient but the loss's."""
+
+    loss: torch.Tensor
+    nll_loss: torch.Tensor
+    bonus: torch.Tensor
+    target_prob: torch.Tensor
+    past_log_end: torch.Tensor
+    correct: torch.Tensor
+
+
+def linear_encouraging_loss_with_stats(
+    input: torch.Tensor,
+    linear_weight: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    linear_bias: Optional[torch.Tensor] = None,
+    log_end: float = 0.75,
+    label_smoothing: float = 0.0,
+    bonus_weight: float = 1.0,
+    ignore_index: Optional[int] = None,
+    reduction: str = "mean",
+    smoothing_convention: str = "paper",
+    implementation: str = "auto",
+    backend: Optional[str] = None,
+    chunk_size: Optional[int] = None,
+    block_size: Optional[int] = None,
+) -> LinearEncouragingLossOutput:
+    """EL of the logits ``F.linear(input, linear_weight, linear_bias)`` (a decoder's output layer), shaped like
+    torch's ``F.linear_cross_entropy``: input (N, d) features, linear_weight (V, d), linear_bias (V,) or None,
+    target (N,) class indices; the other arguments and the loss are :func:`encouraging_loss_with_stats`'s.
+
+    implementation='reference' is ``encouraging_loss_with_stats(F.linear(input, linear_weight, linear_bias),
+    target, ..., implementation='reference')``. The fused implementation (el_plugins.ops) never holds more
+    than a chunk of rows' logits: per chunk it computes the logits, the loss and dL/dz, then dz @ W into the
+    input's gradient and dz^T @ input into the weight's (float32 accumulators for float16/bfloat16; the loss
+    scale is applied in backward before the one rounding to each parameter's dtype). Ignored rows are dropped
+    before the matmul (on CUDA, where that would wait for the host, they are computed and zeroed instead).
+    backend: as in :func:`encouraging_loss_with_stats`; chunk_size: rows per chunk (default: a chunk's logits
+    about the size of ``input``, at least 128 rows and 1M logits); block_size: the Triton kernel's columns per block.
+    With reduction='none' the backward pass computes the chunks again; otherwise the fused implementation
+    supports one backward pass per forward (a second one raises a RuntimeError that says so).
+    """
+    tuning = _tuning(backend=backend, chunk_size=chunk_size, block_size=block_size)
+    implementation = _choose_implementation(implementation, input, tuning, "features")
+    settings_kwargs = dict(log_end=log_end, label_smoothing=label_smoothing, bonus_weight=bonus_weight,
+                           ignore_index=ignore_index, reduction=reduction, smoothing_convention=smoothing_convention)
+    if implementation == "reference":
+        check_linear_loss_args(input, linear_weight, linear_bias, target, **settings_kwargs)
+        logits = F.linear(input, linear_weight, linear_bias)
+        out = encouraging_loss_with_stats(logits, target, **settings_kwargs, implementation="reference")
+        ignore_index = check_ignore_index(ignore_index)
+        with torch.no_grad():
+            keep = torch.ones_like(target, dtype=torch.bool) if ignore_index is None else target.ne(ignore_index)
+            correct = ((logits.argmax(-1) == target) & keep).to(out.loss.dtype)
+            correct = reduce_rows(correct, reduction, keep.sum())
+        return LinearEncouragingLossOutput(*out, correct)
+    chosen_backend = ops.pick_backend("auto" if backend is None else backend, input)
+    settings, target = check_linear_loss_args(input, linear_weight, linear_bias, target,
+                                              synchronize=chosen_backend != "triton", **settings_kwargs)
+    w_target, q_other = smoothing_weights(settings.label_smoothing, linear_weight.size(0), smoothing_convention)
+    config = ops.LossConfig(settings.log_end, settings.bonus_weight, w_target, q_other, False)
+    return LinearEncouragingLossOutput(*ops.fused_linear_encouraging_loss(
+        input, linear_weight, linear_bias, target, config, ignore_index=settings.ignore_index, reduction=reduction,
+        backend=chosen_backend, chunk_size=chunk_size, block_size=block_size))
+
+
+def linear_encouraging_loss(input: torch.Tensor, linear_weight: torch.Tensor, target: torch.Tensor,
+                            **kwargs) -> torch.Tensor:
+    """EL of ``F.linear(input, linear_weight, linear_bias)``: the loss of :func:`linear_encouraging_loss_with_stats`
+    (same arguments), as ``F.linear_cross_entropy`` is cross-entropy's."""
+    return linear_encouraging_loss_with_stats(input, linear_weight, target, **kwargs).loss
+
+
 # --------------------------------------------------------------------------- soft and multi-label targets
 def soft_target_encouraging_loss(
     input: torch.Tensor,
@@ -355,9 +282,13 @@ def soft_target_encouraging_loss(
     bonus_weight: float = 1.0,
     reduction: str = "mean",
 ) -> torch.Tensor:
-    """EL for dense target distributions t (Mixup/CutMix): L = sum_k t_k (-log p_k + rho b(p_k))."""
-    log_end, rho = _check_dense_loss_args(input, target, log_end=log_end, bonus_weight=bonus_weight,
-                                          reduction=reduction, what="soft targets")
+    """EL for dense target distributions t (Mixup/CutMix): L = sum_k t_k (-log p_k + rho b(p_k)).
+
+    t must be class probabilities (entries >= 0, rows summing to 1): anything else is a ValueError (on a GPU,
+    an asynchronous device-side assertion, so that the step does not wait for the host)."""
+    log_end, rho = check_dense_loss_args(input, target, log_end=log_end, bonus_weight=bonus_weight,
+                                         reduction=reduction, what="soft targets")
+    check_soft_targets(target, synchronize=input.device.type == "cpu")
     lprobs = F.log_softmax(input.to(compute_dtype(input.dtype)), dim=-1)
     per_class = -lprobs
     if rho:
@@ -380,8 +311,8 @@ def binary_encouraging_loss(
 
     'mean' averages over rows and classes (as BCE); 'sum' sums both; 'none' keeps (N, C).
     """
-    log_end, rho = _check_dense_loss_args(input, target, log_end=log_end, bonus_weight=bonus_weight,
-                                          reduction=reduction, what="multi-label targets")
+    log_end, rho = check_dense_loss_args(input, target, log_end=log_end, bonus_weight=bonus_weight,
+                                         reduction=reduction, what="multi-label targets")
     z = input.to(compute_dtype(input.dtype))
     t = target.to(z.dtype)
     log_s, log_not_s = F.logsigmoid(z), F.logsigmoid(-z)

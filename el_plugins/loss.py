@@ -40,7 +40,7 @@ class EncouragingLoss(nn.Module):
         self.log_end = EF.check_log_end(log_end)
         self.smoothing = EF.check_label_smoothing(smoothing, 'smoothing')
         self.bonus_weight = EF.check_bonus_weight(bonus_weight)
-        self.ignore_index = ignore_index
+        self.ignore_index = EF.check_ignore_index(ignore_index)
         self.reduction = EF.check_choice(reduction, EF.REDUCTIONS, 'reduction')
 
     def forward(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -52,6 +52,11 @@ class EncouragingLoss(nn.Module):
                     f'a floating-point target is read as class probabilities (Mixup/CutMix) and must have the '
                     f'logits\' shape {tuple(x.shape)}, got {tuple(target.shape)}; class-index targets must be an '
                     f'integer tensor of shape {tuple(x.shape[:-1])}')
+            if self.ignore_index is not None:
+                raise ValueError(
+                    f'ignore_index={self.ignore_index} applies to class-index targets only; soft targets (class '
+                    f'probabilities) have no index to ignore: give rows to skip zero weight instead, or use '
+                    f'EncouragingLoss(ignore_index=None) for soft targets (torch\'s cross_entropy refuses this too)')
             return EF.soft_target_encouraging_loss(
                 x, target, log_end=self.log_end, bonus_weight=self.bonus_weight, reduction=self.reduction)
         unbatched = x.dim() == 1 and target.dim() == 0
@@ -66,6 +71,34 @@ class EncouragingLoss(nn.Module):
     def extra_repr(self) -> str:
         return (f'log_end={self.log_end}, smoothing={self.smoothing}, bonus_weight={self.bonus_weight}, '
                 f'reduction={self.reduction!r}')
+
+
+class LinearEncouragingLoss(EncouragingLoss):
+    """The output layer and softmax EL in one module, as torch's nn.LinearCrossEntropyLoss: it owns the
+    ``linear`` layer (in_features -> num_classes) and computes EL of its logits with
+    el_plugins.functional.linear_encouraging_loss, which by default never holds the whole (N, C) logits.
+
+    Args:
+        in_features, num_classes, bias, device, dtype: the linear layer's (``self.linear``).
+        log_end, smoothing, bonus_weight, ignore_index, reduction, implementation: as in EncouragingLoss
+            (class-index targets, the paper's smoothing).
+    """
+
+    def __init__(self, in_features: int, num_classes: int, *, bias: bool = False, device=None, dtype=None,
+                 **settings):
+        super().__init__(**settings)
+        self.linear = nn.Linear(in_features, num_classes, bias=bias, device=device, dtype=dtype)
+
+    def forward(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """x: (N, in_features) features; target: (N,) class indices."""
+        return EF.linear_encouraging_loss(
+            x, self.linear.weight, target, linear_bias=self.linear.bias, log_end=self.log_end,
+            label_smoothing=self.smoothing, bonus_weight=self.bonus_weight, ignore_index=self.ignore_index,
+            reduction=self.reduction, smoothing_convention='paper', implementation=self.implementation)
+
+    def extra_repr(self) -> str:
+        return (f'in_features={self.linear.in_features}, num_classes={self.linear.out_features}, '
+                f'bias={self.linear.bias is not None}, {super().extra_repr()}')
 
 
 class BinaryEncouragingLoss(nn.Module):
@@ -90,7 +123,15 @@ class BinaryEncouragingLoss(nn.Module):
         self.reduction = EF.check_choice(reduction, EF.REDUCTIONS, 'reduction')
 
     def forward(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """x: (N, C) logits. target: dense, the logits' shape (N, C), values in [0, 1]; or class indices, an
+        integer tensor of shape (N,) (one positive class per row)."""
+        EF.check_floating(x)
         if target.shape != x.shape:
+            if target.dtype.is_floating_point or target.shape != x.shape[:-1]:
+                raise ValueError(
+                    f'multi-label targets must be dense targets of the logits\' shape {tuple(x.shape)} (one value '
+                    f'in [0, 1] per class), or class indices: an integer tensor of shape {tuple(x.shape[:-1])} (one '
+                    f'positive class per row); got a {target.dtype} target of shape {tuple(target.shape)}')
             EF.check_targets(target, x.shape[-1], None)
             num_classes = x.shape[-1]
             off = self.smoothing / num_classes

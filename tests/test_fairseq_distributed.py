@@ -13,20 +13,12 @@ pytest.importorskip("fairseq")
 from fairseq.distributed import ModuleProxyWrapper  # noqa: E402
 from fairseq.distributed.legacy_distributed_data_parallel import LegacyDistributedDataParallel  # noqa: E402
 
-from el_plugins.fairseq_plugin.criterion import CRITERION_NAME, normalizes_with_plain_log_softmax, unwrap_model  # noqa: E402
-from test_fairseq_criterion import build  # noqa: E402
+from el_plugins.fairseq_plugin.criterion import (  # noqa: E402
+    CRITERION_NAME, fusable_output_layer, normalizes_with_plain_log_softmax, unwrap_model)
+from test_fairseq_criterion import build, gloo_group  # noqa: E402,F401  (a fixture)
 
 EL_FLAGS = ["--criterion", CRITERION_NAME, "--label-smoothing", "0.1", "--log-end", "0.25"]
 LOGGED = ("loss", "nll_loss", "bonus", "p_target", "past_log_end", "ppl")
-
-
-@pytest.fixture(scope="module")
-def gloo_group(tmp_path_factory):
-    """A one-process gloo group, so that the DDP wrappers can be built in this process."""
-    if not torch.distributed.is_initialized():
-        store = tmp_path_factory.mktemp("gloo") / "store"
-        torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=0, world_size=1)
-    yield torch.distributed.group.WORLD
 
 
 def wrappers(model, group):
@@ -52,8 +44,11 @@ def test_fused_path_is_chosen_inside_fairseqs_wrappers(toy_data_bin, gloo_group)
         seen.append(name)
         assert unwrap_model(wrapped) is model, name
         assert normalizes_with_plain_log_softmax(wrapped), name
+        fused_here = "FullySharded" not in name  # fully sharded parameters are not the module's own: logits path
+        assert (fusable_output_layer(wrapped) is model.decoder.output_projection) == fused_here, name
         loss, _, log = criterion(wrapped, sample)
-        assert type(loss.grad_fn).__name__ == "_FusedEncouragingLossBackward", name
+        assert type(loss.grad_fn).__name__ == ("_FusedLinearEncouragingLossBackward" if fused_here
+                                               else "_FusedEncouragingLossBackward"), name
         torch.testing.assert_close(loss, plain_loss, rtol=1e-6, atol=0)
         for key in ("nll_loss", "el_bonus", "p_target", "n_past_log_end"):
             torch.testing.assert_close(log[key], plain_log[key], rtol=1e-6, atol=0)
@@ -61,9 +56,9 @@ def test_fused_path_is_chosen_inside_fairseqs_wrappers(toy_data_bin, gloo_group)
     assert len(seen) >= 2
 
 
-def train_updates(log):
-    """The per-update train_inner records of a --log-format json --log-interval 1 run."""
-    return {int(r["num_updates"]): {k: float(r[k]) for k in LOGGED} for r in train_inner_logs(log)}
+def train_updates(log, extra=()):
+    """The per-update train_inner records of a --log-format json --log-interval 1 run: LOGGED and ``extra``."""
+    return {int(r["num_updates"]): {k: float(r[k]) for k in (*LOGGED, *extra)} for r in train_inner_logs(log)}
 
 
 def fairseq_train(data_bin, save_dir, *extra):
@@ -73,9 +68,32 @@ def fairseq_train(data_bin, save_dir, *extra):
             "--num-workers", "0", "--save-dir", str(save_dir), "--no-save", "--disable-validation", *extra]
 
 
+def run_train(args, env):
+    proc = subprocess.run(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-6000:]
+    return proc.stdout
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["own-projection", "shared-embeddings-update-freq-2"])
+def test_fused_output_layer_trains_as_the_logits_path(toy_data_bin, tmp_path, shared):
+    """fairseq-train, 12 updates, --dropout 0: the default (the decoder's output layer fused into the loss) logs,
+    update by update, the loss, nll_loss, bonus, p_target, past_log_end and accuracy of the logits path
+    (--el-fuse-output-layer off); with shared embeddings also accumulating 2 batches per update."""
+    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
+    extra = ["--report-accuracy", *(["--share-decoder-input-output-embed", "--update-freq", "2"] if shared else [])]
+    fused, logits = (train_updates(run_train(fairseq_train(toy_data_bin, tmp_path / fuse, "--el-fuse-output-layer",
+                                                           fuse, *extra), env), ("accuracy",))
+                     for fuse in ("auto", "off"))
+    assert sorted(fused) == sorted(logits) == list(range(1, 13))
+    for update, want in logits.items():
+        for key, value in want.items():  # fairseq rounds the logged values to 3 decimals
+            assert fused[update][key] == pytest.approx(value, abs=2e-3), (update, key, fused[update], want)
+
+
 def test_two_ranks_equal_one_process_with_update_freq_2(toy_data_bin, tmp_path):
-    """fairseq's own distributed training, default (fused) implementation: rank r trains on batches r, r+2, ...,
-    one process with --update-freq 2 accumulates the same pairs; the per-update logs must agree."""
+    """fairseq's own distributed training, default implementation (the output layer fused into the loss): rank r
+    trains on batches r, r+2, ..., one process with --update-freq 2 accumulates the same pairs on the logits path
+    (--el-fuse-output-layer off); the per-update logs must agree."""
     env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
     port = free_port()
     ranks = [subprocess.Popen(
@@ -87,11 +105,10 @@ def test_two_ranks_equal_one_process_with_update_freq_2(toy_data_bin, tmp_path):
     for r, (p, out) in enumerate(zip(ranks, outs)):
         assert p.returncode == 0, f"rank {r} exited {p.returncode}:\n{out[-6000:]}"
     assert "distributed init (rank 1)" in outs[0] + outs[1], outs[0][-3000:]
-    single = subprocess.run(fairseq_train(toy_data_bin, tmp_path / "single", "--update-freq", "2"), env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
-    assert single.returncode == 0, single.stdout[-6000:]
+    single = run_train(fairseq_train(toy_data_bin, tmp_path / "single", "--update-freq", "2",
+                                     "--el-fuse-output-layer", "off"), env)
 
-    distributed, accumulated = train_updates(outs[0]), train_updates(single.stdout)
+    distributed, accumulated = train_updates(outs[0]), train_updates(single)
     assert sorted(distributed) == sorted(accumulated) == list(range(1, 13))
     for update, want in accumulated.items():
         got = distributed[update]

@@ -5,9 +5,6 @@ set before triton is first imported, so test_triton_interpreted runs the tests m
 below in a subprocess with it set (they are skipped in a normal run).
 """
 import math
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -15,11 +12,11 @@ import torch
 from el_plugins import functional as EF
 from el_plugins.testing import spec_example as spec
 from el_plugins.testing.spec_example import fused_loss, fused_loss_with_stats, reference_loss, reference_loss_with_stats
+from el_plugins.testing.triton_interpreter import INTERPRETED, SKIP_REASON, run_interpreted_tests
 
 
 PAD = 1
-INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
-interpreted = pytest.mark.skipif(not INTERPRETED, reason="runs in test_triton_interpreted's subprocess")
+interpreted = pytest.mark.skipif(not INTERPRETED, reason=SKIP_REASON)
 
 # (rtol, atol) of loss and stats, and of the gradient relative to its largest entry
 TOLERANCES = {
@@ -447,17 +444,22 @@ def test_interpreted_triton_mixed_precision(dtype):
     assert fused_p99 <= autograd_p99 * 1.05, (fused_p99, autograd_p99)
 
 
+@interpreted
+def test_interpreted_triton_one_class_with_fairseq_smoothing_is_refused():
+    """V = 1 with the fairseq convention and eps > 0 (issue 18, item 8) is refused on the Triton path too; the
+    paper's convention gives the true gradient 0 there."""
+    z, t = torch.randn(5, 1), torch.zeros(5, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"smoothing_convention='fairseq' spreads label_smoothing over the V - 1"):
+        fused_loss(z, t, label_smoothing=0.1, smoothing_convention="fairseq", backend="triton")
+    x = z.requires_grad_()
+    fused_loss(x, t, label_smoothing=0.1, smoothing_convention="paper", backend="triton", block_size=16).backward()
+    assert (x.grad == 0).all()
+
+
 def test_triton_interpreted():
     """Runs the ``interpreted`` tests above in a subprocess with TRITON_INTERPRET=1."""
-    if INTERPRETED:
-        pytest.skip("already interpreted: the tests run directly")
     pytest.importorskip("triton")
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONWARNINGS="ignore")
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
-                           os.path.abspath(__file__), "-k", "interpreted and not test_triton_interpreted"],
-                          env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-6000:]
-    assert " passed" in proc.stdout and "skipped" not in proc.stdout.splitlines()[-1], proc.stdout[-2000:]
+    run_interpreted_tests(__file__)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

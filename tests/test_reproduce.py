@@ -142,16 +142,6 @@ def test_el_data_refuses_truncated_and_wrong_files(mnist_data, tmp_path):
     assert not (tmp_path / "r").exists()
 
 
-@pytest.mark.skipif(not (shutil.which("apt-get") and shutil.which("dpkg-deb")), reason="needs Debian's apt-get")
-def test_fashion_mnist_without_the_installed_package(tmp_path, monkeypatch):
-    """Not installed (no root): apt-get download + dpkg-deb -x into the cache, then the same checks."""
-    monkeypatch.setattr(data_mnist, "FASHION_DEB_DIR", str(tmp_path / "not-installed"))
-    (images, labels), origin = data_mnist.fashion_from_debian(str(tmp_path / "cache"), log=lambda m: None)
-    assert "unpacked without installing" in origin
-    facts = data_mnist.check_split("fashion_mnist", "test", images, labels, origin)
-    assert facts["labels"]["sha256"] == data_mnist.SHA256["FashionMNIST/raw/t10k-labels-idx1-ubyte"]
-
-
 def test_el_reproduce_quick_end_to_end(mnist_data, tmp_path):
     out = tmp_path / "out"
     done = run_cli("el-reproduce", "mnist", "--quick", "--no-progress", "--data", mnist_data, "--out", str(out))

@@ -24,6 +24,8 @@ def test_tokenized_bleu_known_values():
     assert bleu.tokenized_bleu([hyp], [ref]).score == pytest.approx(expected, abs=1e-6)
     # tokenized BLEU does not re-tokenize: "cat." is one token
     assert bleu.tokenized_bleu(["the cat."], ["the cat ."]).score < 100
+    # unsmoothed, as fairseq's scorer: no matching 4-gram means BLEU 0 (sacreBLEU's default smoothing gives > 0)
+    assert bleu.tokenized_bleu(["the cat sat on the mat"], ["the cat sat in the mat"]).score == 0.0
 
 
 def test_sacrebleu_has_signature_and_tokenizes():
@@ -80,24 +82,71 @@ def test_parse_generate_output_orders_and_checks():
 
 
 # --------------------------------------------------------------------------- recipes
-def test_recipe_commands_have_the_papers_hyperparameters():
-    ce = recipe.train_command("iwslt14.de-en", "bin", "save", loss="ce")
-    el = recipe.train_command("iwslt14.de-en", "bin", "save", loss="el")
-    joined = " ".join(el)
-    for flags in ("--arch transformer_iwslt_de_en", "--lr 1e-3", "--lr-scheduler inverse_sqrt", "--warmup-updates 4000",
-                  "--weight-decay 0.0001", "--dropout 0.4", "--max-tokens 4096", "--update-freq 4",
-                  "--max-update 20000", "--label-smoothing 0.1", "--fp16",
-                  "--criterion label_smoothed_encouraging_loss --log-end 0.5"):
-        assert flags in joined, flags
-    assert "(0.9, 0.98)" in el
-    # baseline and EL differ only in the criterion flags
-    strip = lambda cmd: [a for a in cmd if a not in ("label_smoothed_cross_entropy", "label_smoothed_encouraging_loss",
-                                                      "--log-end", "0.5")]
-    assert strip(ce) == strip(el)
-    fr = " ".join(recipe.train_command("iwslt17.fr-en", "bin", "save", loss="el"))
-    for flags in ("--encoder-layers 2", "--decoder-layers 2", "--share-all-embeddings", "--weight-decay 0.001",
-                  "--dropout 0.3", "--lr 5e-4", "--max-update 100000"):
-        assert flags in fr, flags
+# The authors' translation/readme.sh (lancopku/well-classified-examples-are-underestimated), flag for flag: what
+# each paper recipe must run. Their fairseq 0.10.2 defaults --clip-norm to 0.0; they pass no --update-freq for Fr-En
+# and share no embeddings for De-En ("unshareemb"); both arms smooth with eps / V (their encourage_loss, the
+# baseline with the bonus off: --bonus-weight 0 --smoothing-convention paper); checkpoint_best by BLEU.
+AUTHORS_BEST_BY_BLEU = ["--eval-bleu", "--eval-bleu-args", '{"beam": 5, "max_len_a": 1.2, "max_len_b": 10}',
+                        "--eval-bleu-detok", "moses", "--eval-bleu-remove-bpe", "sentencepiece",
+                        "--best-checkpoint-metric", "bleu", "--maximize-best-checkpoint-metric"]
+AUTHORS_RECIPES = {
+    "iwslt14.de-en": dict(arch=["--arch", "transformer_iwslt_de_en"], sharing=[], lr="1e-3", weight_decay="0.0001",
+                          dropout="0.4", max_update="20000", update_freq="4"),
+    "iwslt17.fr-en": dict(arch=["--arch", "transformer_iwslt_de_en", "--encoder-layers", "2", "--decoder-layers", "2"],
+                          sharing=["--share-all-embeddings"], lr="5e-4", weight_decay="0.001", dropout="0.3",
+                          max_update="100000", update_freq="1"),
+}
+
+
+def authors_command(recipe_name, loss, seed=1, save_dir="save"):
+    r = AUTHORS_RECIPES[recipe_name]
+    criterion = (["--bonus-weight", "0"] if loss == "ce" else ["--log-end", "0.5"]) + ["--smoothing-convention", "paper"]
+    return ["bin", *r["arch"], *r["sharing"], "--optimizer", "adam", "--adam-betas", "(0.9, 0.98)", "--clip-norm", "0.0",
+            "--lr", r["lr"], "--lr-scheduler", "inverse_sqrt", "--warmup-updates", "4000",
+            "--weight-decay", r["weight_decay"], "--dropout", r["dropout"], "--max-tokens", "4096",
+            "--max-update", r["max_update"], "--label-smoothing", "0.1", "--fp16", *AUTHORS_BEST_BY_BLEU,
+            "--criterion", "label_smoothed_encouraging_loss", *criterion, "--update-freq", r["update_freq"],
+            "--seed", str(seed), "--save-dir", save_dir, "--keep-last-epochs", "10", "--no-progress-bar",
+            "--log-format", "simple", "--log-interval", "20"]
+
+
+@pytest.mark.parametrize("recipe_name", sorted(AUTHORS_RECIPES))
+@pytest.mark.parametrize("loss", ["ce", "el"])
+def test_paper_recipes_are_the_authors_flag_for_flag(recipe_name, loss):
+    cmd = recipe.train_command(recipe_name, "bin", "save", loss=loss)
+    assert os.path.basename(cmd[0]) == "fairseq-train"
+    assert cmd[1:] == authors_command(recipe_name, loss)
+    assert recipe.RECIPES[recipe_name].smoothing_convention == "paper"
+    assert "--share-decoder-input-output-embed" not in cmd
+
+
+def test_paper_recipes_dry_run_prints_the_same_flags():
+    import shlex
+
+    for name in AUTHORS_RECIPES:
+        for loss in ("ce", "el"):
+            out = run_cli("el-translation-train", "--recipe", name, "--data", "bin", "--loss", loss,
+                          "--save-dir", "save", "--dry-run").stdout
+            assert shlex.split(out)[1:] == authors_command(name, loss), (name, loss)
+
+
+def test_smoothing_convention_fairseq_runs_fairseqs_own_baseline():
+    ce = recipe.train_command("iwslt14.de-en", "bin", "save", loss="ce", smoothing_convention="fairseq")
+    el = recipe.train_command("iwslt14.de-en", "bin", "save", loss="el", smoothing_convention="fairseq")
+    assert ce[ce.index("--criterion"):ce.index("--update-freq")] == ["--criterion", "label_smoothed_cross_entropy"]
+    assert el[el.index("--criterion"):el.index("--update-freq")] == [
+        "--criterion", "label_smoothed_encouraging_loss", "--log-end", "0.5", "--smoothing-convention", "fairseq"]
+    # the two arms differ in the criterion's flags alone, whichever convention
+    for a, b in ((ce, el), (recipe.train_command("iwslt14.de-en", "bin", "save", loss="ce"),
+                            recipe.train_command("iwslt14.de-en", "bin", "save", loss="el"))):
+        assert a[:a.index("--criterion")] == b[:b.index("--criterion")]
+        assert a[a.index("--update-freq"):] == b[b.index("--update-freq"):]
+    out = run_cli("el-translation-train", "--recipe", "iwslt17.fr-en", "--data", "bin", "--loss", "ce",
+                  "--smoothing-convention", "fairseq", "--save-dir", "s", "--dry-run").stdout
+    assert "--criterion label_smoothed_cross_entropy --update-freq 1" in out
+    bad = run_cli("el-translation-train", "--recipe", "iwslt17.fr-en", "--data", "bin", "--loss", "ce",
+                  "--smoothing-convention", "timm", "--save-dir", "s", "--dry-run", check=False)
+    assert bad.returncode == 2 and "invalid choice: 'timm'" in bad.stdout
 
 
 def test_recipe_gpus_cpu_and_overrides():
@@ -160,7 +209,8 @@ def test_recipe_shell_scripts_argument_handling(tmp_path):
     dry = sh("scripts/iwslt/run.sh", "--corpus", "iwslt17.fr-en", "--release", "fr-en.tgz", "--seed", "3", "--dry-run")
     assert dry.returncode == 0, dry.stdout
     assert "+ el-translation-train --recipe iwslt17.fr-en" in dry.stdout and "--loss el --seed 3" in dry.stdout
-    assert dry.stdout.count("el-average-checkpoints") == 2 and "el-bleu generate" in dry.stdout
+    assert dry.stdout.count("el-average-checkpoints") == 2 and dry.stdout.count("el-bleu generate") == 4
+    assert dry.stdout.count("--path runs/iwslt17.fr-en/el-seed3/checkpoint_best.pt") == 1  # as the authors report
     for args, message in ((["--corpus", "wmt14"], "--corpus must be iwslt14.de-en or iwslt17.fr-en"),
                           (["--corpus", "iwslt14.de-en"], "--release is required"),
                           (["--corpus", "iwslt14.de-en", "--release", "x", "--gpus", "0"], "--gpus must be a positive"),
@@ -442,3 +492,23 @@ def test_what_a_data_bin_holds(tmp_path, caplog):
     os.unlink(half / "test.de-en.en.idx")
     with pytest.raises(UsageError, match=r"--gen-subset test: DATA_BIN has no such split \(it has: train, valid\)"):
         data_bin.language_pair(str(half), "test")
+
+
+def test_paper_recipe_chooses_checkpoint_best_by_valid_bleu(tmp_path):
+    """The recipes' checkpoint selection, run for real: fairseq-train's --eval-bleu with moses detokenisation and
+    sentencepiece removal, and checkpoint_best.pt the epoch of the highest valid BLEU."""
+    import torch
+
+    splits = make_splits((("train", 300), ("valid", 30), ("test", 20)))
+    data_bin = prepare_parallel_corpus(splits, str(tmp_path / "data"), "src", "en", vocab_size=300, lowercase=False,
+                                       joined_dictionary=True, workers=1)
+    log = run_cli("el-translation-train", "--recipe", "iwslt17.fr-en", "--data", data_bin, "--loss", "el", "--cpu",
+                  "--max-update", "60", "--save-dir", tmp_path / "ckpt", "--", *TINY_TRANSFORMER, "--max-tokens",
+                  "1000", "--warmup-updates", "10", "--lr", "3e-3", "--num-workers", "0").stdout
+    valid = [dict(re.findall(r"\| (\w+) ([-\d.]+)", line)) for line in log.splitlines() if "valid on 'valid'" in line]
+    assert len(valid) >= 3 and all("bleu" in v for v in valid), log[-3000:]
+    assert all("best_bleu" in v for v in valid[1:]), log[-3000:]  # (fairseq logs the best from epoch 2 on)
+    bleus = [float(v["bleu"]) for v in valid]
+    best = torch.load(tmp_path / "ckpt" / "checkpoint_best.pt", map_location="cpu", weights_only=False)
+    assert best["extra_state"]["best"] == pytest.approx(max(bleus), abs=0.01)
+    assert float(valid[-1]["best_bleu"]) == pytest.approx(max(bleus), abs=0.01)

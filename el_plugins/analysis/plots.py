@@ -100,6 +100,24 @@ def histogram_png(runs: Dict[str, np.ndarray], title: str, xlabel: str, *, bins:
 
 
 @_styled
+def curves_png(curves: Dict[str, Sequence], title: str, xlabel: str, ylabel: str, *, log_y: bool = False) -> bytes:
+    """One line per run: ``curves`` maps a run's name to its (x, y) points (e.g. epoch, valid nll)."""
+    fig, (ax,) = _figure(8.0, 5.0)
+    for i, (name, points) in enumerate(curves.items()):
+        if len(points):
+            x, y = zip(*points)
+            ax.plot(x, y, marker="o", ms=3, color=_color(i), label=name)
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if log_y:
+        ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", frameon=False, fontsize=9)
+    return _png(fig)
+
+
+@_styled
 def reliability_png(tables: Dict[str, List[dict]], eces: Dict[str, Optional[float]], title: str) -> bytes:
     """Reliability diagram: accuracy vs mean confidence per non-empty bin, one line per run."""
     fig, (ax,) = _figure(6.5, 6.0)

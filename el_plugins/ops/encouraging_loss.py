@@ -1,7 +1,7 @@
 """Fused encouraging loss: loss and gradient in one forward pass, the gradient kept for backward.
 
 Per row with p = softmax(z), target weights q = w_y * onehot(y) + q_o (see
-:func:`el_plugins.functional.smoothing_weights`) and the bonus b of :mod:`el_plugins.functional`:
+:func:`el_plugins.core.smoothing_weights`) and the bonus b of :mod:`el_plugins.core`:
 
     L      = sum_k q_k (-log p_k + rho b(p_k))
     g_k    = rho q_k p_k b'(p_k),   G = sum_k g_k
@@ -35,14 +35,14 @@ from typing import NamedTuple, Optional
 
 import torch
 
-from el_plugins.functional import (
-    BONUS_CLAMP,
+from el_plugins.core import (
     EncouragingLossOutput,
     RowTerms,
     assemble_rows,
     bonus_from_log_prob,
     bonus_slope_times_p,
     check_choice,
+    check_count,
     compute_dtype,
     reduce_outputs,
 )
@@ -148,12 +148,14 @@ def _large_log_p(p, x, lse, rows, cols, target, log_p_target, input_is_log_probs
     return log_p
 
 
-def _torch_chunk(x, target, keep, sum_x, grad_out, scratch, cfg: LossConfig, scale: float):
-    """One chunk of rows: returns (log p_y, sum_k log p_k, sum_k b(p_k)) per row and, when
-    ``grad_out`` is given, writes scale * dL/dx of the rows into it (zero on ignored rows).
+def chunk_terms(x, target, keep, sum_x, grad_out, scratch, cfg: LossConfig, scale):
+    """One chunk of rows (the torch path): returns (log p_y, sum_k log p_k, sum_k b(p_k)) per row and, when
+    ``grad_out`` is given, writes scale * dL/dx of the rows into it (zero on ignored rows); ``scale``: a
+    number, or a tensor of one scale per row.
 
     sum_x: sum_k x_k per row. scratch: (probabilities, work, float copy of x), (n, V) buffers of
-    the compute dtype or None: p goes into ``grad_out`` itself (of the compute dtype) when given.
+    the compute dtype or None: p goes into ``grad_out`` itself (of the compute dtype) when given. ``work`` may
+    be x's own buffer (x is last read before work is first written).
 
     p = softmax(x) and lse from it: no (n, V) log-probabilities. The dense bonus terms use 1 - p for
     every class: sum_k log(1 - p_k) = log prod_k (1 - p_k), and p_k / (1 - p_k); the few entries
@@ -245,7 +247,7 @@ def _torch_rows(input, target, keep, scale, cfg: LossConfig, compute_grad: bool,
         stop = min(start + rows_per_chunk, n_rows)
         grad_out = grad[start:stop] if compute_grad else None
         chunk_scratch = [buf[: stop - start] if buf is not None else None for buf in scratch]
-        pieces.append(_torch_chunk(input[start:stop], target[start:stop], keep[start:stop], sum_x[start:stop],
+        pieces.append(chunk_terms(input[start:stop], target[start:stop], keep[start:stop], sum_x[start:stop],
                                    grad_out, chunk_scratch, cfg, scale))
 
     def cat(i):
@@ -289,23 +291,34 @@ class _FusedEncouragingLoss(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss, *unused):
-        if ctx.consumed:  # scaled in place by an earlier backward pass
-            raise RuntimeError(SINGLE_BACKWARD_ONLY)
-        if torch.is_grad_enabled():  # backward(create_graph=True): the gradient would have no gradient itself
-            raise RuntimeError(NO_DOUBLE_BACKWARD)
-        try:
-            (grad,) = ctx.saved_tensors
-        except RuntimeError as exc:  # handed on as .grad and accumulated into since
-            raise RuntimeError(SINGLE_BACKWARD_ONLY) from exc
-        if grad_loss is None or grad is None:
-            return (None,) * 9
-        if (ctx.backend == "torch" and not grad.is_cuda and grad.dtype == ctx.input_dtype and grad_loss.numel() == 1
-                and bool(grad_loss == 1)):
-            grad_input = grad.detach()  # a new alias of the buffer: autograd can keep it as .grad without a copy
-        else:  # the scale first, in the compute dtype; then one rounding to the input's dtype (no host sync)
-            ctx.consumed = True
-            grad_input = grad.mul_(grad_loss.unsqueeze(-1) if grad_loss.dim() else grad_loss).to(ctx.input_dtype)
+        (grad_input,) = scaled_gradients(ctx, grad_loss, (ctx.input_dtype,))
         return (grad_input,) + (None,) * 8
+
+
+def scaled_gradients(ctx, grad_loss, dtypes):
+    """The backward pass of a fused op: the gradient buffers it saved in forward (``ctx.saved_tensors``, None
+    where not needed) times ``grad_loss``, each rounded once to its parameter's dtype (``dtypes``), with no
+    host synchronisation on CUDA. On the CPU torch path with grad_loss = 1 and buffers already of the
+    parameters' dtypes, the buffers themselves are handed on (autograd keeps them as .grad, no copy);
+    otherwise they are scaled in place, and the op is consumed: a second backward raises. Reads ``ctx.backend``
+    and ``ctx.consumed``."""
+    if ctx.consumed:  # scaled in place by an earlier backward pass
+        raise RuntimeError(SINGLE_BACKWARD_ONLY)
+    if torch.is_grad_enabled():  # backward(create_graph=True): the gradient would have no gradient itself
+        raise RuntimeError(NO_DOUBLE_BACKWARD)
+    try:
+        grads = ctx.saved_tensors
+    except RuntimeError as exc:  # handed on as .grad and accumulated into since
+        raise RuntimeError(SINGLE_BACKWARD_ONLY) from exc
+    if grad_loss is None:
+        return (None,) * len(dtypes)
+    present = [(grad, dtype) for grad, dtype in zip(grads, dtypes) if grad is not None]
+    if (ctx.backend == "torch" and not grad_loss.is_cuda and all(g.dtype == d for g, d in present)
+            and grad_loss.numel() == 1 and bool(grad_loss == 1)):
+        return tuple(None if grad is None else grad.detach() for grad in grads)  # new aliases of the buffers
+    ctx.consumed = True  # the scale first, in the compute dtype; then one rounding to each dtype (no host sync)
+    scale = grad_loss.unsqueeze(-1) if grad_loss.dim() else grad_loss
+    return tuple(None if grad is None else grad.mul_(scale).to(dtype) for grad, dtype in zip(grads, dtypes))
 
 
 # --------------------------------------------------------------------------- entry (from el_plugins.functional)
@@ -325,17 +338,24 @@ def pick_backend(backend: str, input: torch.Tensor) -> str:
     return backend
 
 
+def check_tuning(chunk_size, block_size):
+    """The fused ops' tuning options checked: rows per chunk, a positive int; columns per Triton block, a
+    power of 2 >= 16 (None: the defaults). Returns them as ints (or None)."""
+    chunk_size = check_count(chunk_size, "chunk_size", "rows per chunk")
+    block_size = check_count(block_size, "block_size", "columns per block of the Triton kernel, a power of 2 >= 16")
+    if block_size is not None and not (block_size >= 16 and block_size & (block_size - 1) == 0):
+        raise ValueError(f"block_size must be a power of 2 >= 16 (columns per block of the Triton kernel), "
+                         f"got {block_size!r}")
+    return chunk_size, block_size
+
+
 def fused_encouraging_loss(input: torch.Tensor, target: torch.Tensor, config: LossConfig, *,
                            ignore_index: Optional[int], reduction: str, backend: str,
                            chunk_size: Optional[int] = None, block_size: Optional[int] = None) -> EncouragingLossOutput:
     """The fused op behind ``el_plugins.functional.encouraging_loss_with_stats(implementation='fused')``,
     which checks the loss's arguments, resolves ``backend`` (:func:`pick_backend`) and builds ``config``:
     call that. Checks the tuning options (chunk_size, block_size) and runs the op."""
-    if chunk_size is not None and not (isinstance(chunk_size, int) and chunk_size >= 1):
-        raise ValueError(f"chunk_size must be a positive number of rows, got {chunk_size!r}")
-    if block_size is not None and not (isinstance(block_size, int) and block_size >= 16
-                                       and block_size & (block_size - 1) == 0):
-        raise ValueError(f"block_size must be a power of 2 >= 16, got {block_size!r}")
+    chunk_size, block_size = check_tuning(chunk_size, block_size)
     compute_grad = input.requires_grad and torch.is_grad_enabled()
     outputs = _FusedEncouragingLoss.apply(
         input, target, ignore_index, reduction, config, backend, compute_grad, chunk_size, block_size)

@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from el_plugins.functional import BONUS_CLAMP
+from el_plugins.core import BONUS_CLAMP
 
 MAX_BLOCK = 2048  # 4096 columns per block spilled registers on sm_90 (ptxas, 8 warps)
 

@@ -2,6 +2,8 @@
 
   el-reproduce mnist                 # ~15 min on 2 CPU cores: CE, CE+LS, EL, EL+LS x 3 seeds
   el-reproduce mnist --quick         # a CI smoke run on small subsets (not a result)
+  el-reproduce translation           # Spanish -> English Bible: LS-CE, EL (log_end 0.5, 1) x 3/3/2 seeds
+  el-reproduce translation --quick   # a CI smoke run (not a result); `el-reproduce translation --help`
 
 mnist: real MNIST (train 60,000 / test 10,000) with the Fashion-MNIST test set as out-of-distribution
 data (el-data mnist fetches both into --data, offline, on the first run). Each variant trains the same
@@ -26,6 +28,7 @@ from el_plugins.files import output_folder_problem
 from el_plugins.reproduce.paper import PAPER_LOG_END, PAPER_SMOOTHING, VARIANTS
 
 PROG = "el-reproduce"
+EXPERIMENTS = ("mnist", "translation")
 logger = logging.getLogger(__name__)
 QUICK = {"seeds": 2, "epochs": 1, "train_images": 12000, "test_images": 2000, "attack_images": 200, "apgd_steps": 20,
          "pgd_steps": 10}
@@ -45,7 +48,8 @@ def _usable_cores() -> int:
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(prog=PROG, description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("experiment", choices=("mnist",), help="mnist: the paper's MNIST tables (1, 4, 11, 13)")
+    ap.add_argument("experiment", choices=EXPERIMENTS, help="mnist: the paper's MNIST tables (1, 4, 11, 13); "
+                    "translation: its translation claims on a real corpus (options: el-reproduce translation --help)")
     ap.add_argument("--out", default="runs/reproduce-mnist", help="output folder (default: runs/reproduce-mnist)")
     ap.add_argument("--data", default="data", help="the data folder; filled by `el-data mnist` when empty (default: data)")
     ap.add_argument("--seeds", type=int, default=None, help="seeds 0 .. N-1 per variant, N >= 2 (default: 3)")
@@ -176,6 +180,9 @@ def write_results(out: str, results: dict, arrays: dict):
 
 
 def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["translation"]:
+        return translation_main(argv[1:])
     args = parse_args(argv)
     commands.setup_logging(PROG)
     if args.render is not None:
@@ -210,6 +217,110 @@ def _reproduce(args, argv) -> int:
     written = write_results(args.out, results, arrays)
     print(report.render_table_md(results))
     log(f"wrote {', '.join(written)}")
+    return 0
+
+
+# --------------------------------------------------------------------------- translation
+TRANSLATION_QUICK = {"train_pairs": 2000, "valid_pairs": 200, "test_pairs": 200, "vocab_size": 1000, "max_epoch": 2,
+                     "average_last": 2}
+QUICK_MODEL = ("--encoder-layers", "1", "--decoder-layers", "1", "--encoder-embed-dim", "64", "--decoder-embed-dim",
+               "64", "--encoder-ffn-embed-dim", "128", "--decoder-ffn-embed-dim", "128", "--encoder-attention-heads",
+               "2", "--decoder-attention-heads", "2")
+QUICK_GENERATION = ("--max-len-a", "1.2", "--max-len-b", "10")  # an untrained model's outputs stay short
+
+
+def parse_translation_args(argv):
+    from el_plugins.reproduce.translation import RECIPE, VARIANTS, Settings
+
+    defaults = Settings()
+    ap = argparse.ArgumentParser(
+        prog=f"{PROG} translation", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="The paper's translation claims (BLEU gain at log_end 0.5, loss at log_end 1, larger margins) on "
+                    "the Spanish -> English Bible (el-data bible), through the IWSLT pipeline's own commands. Writes "
+                    "OUT/results.json, table.md, plots and hypotheses/ (the detokenised test translations); the "
+                    "checkpoints and logs stay in --work. A rerun with the same settings reuses the finished runs.")
+    ap.add_argument("--out", default="runs/reproduce-translation", help="output folder (default: runs/reproduce-translation)")
+    ap.add_argument("--work", default=None, help="data-bin, checkpoints and logs (default: OUT/work)")
+    ap.add_argument("--data", default=os.path.join("data", "bible"),
+                    help="the corpus folder; filled by `el-data bible` when empty (default: data/bible)")
+    for v in VARIANTS:
+        ap.add_argument(f"--{v.replace('_', '-')}-seeds", type=int, default=len(defaults.seeds[v]),
+                        help=f"seeds 1..N of {v} (default: {len(defaults.seeds[v])}; 0 leaves the variant out)")
+    ap.add_argument("--max-epoch", type=int, default=None, help=f"override the recipe's ({RECIPE}) --max-epoch")
+    ap.add_argument("--vocab-size", type=int, default=defaults.vocab_size,
+                    help=f"joint sentencepiece vocabulary (default: {defaults.vocab_size})")
+    ap.add_argument("--average-last", type=int, default=defaults.average_last,
+                    help=f"epoch checkpoints averaged (default: {defaults.average_last})")
+    add_device_argument(ap)
+    ap.add_argument("--note", default="", help="a remark stored in results.json settings")
+    ap.add_argument("--quick", action="store_true",
+                    help="CI smoke run (not a result): " + ", ".join(f"{k.replace('_', '-')} {v}"
+                                                               for k, v in TRANSLATION_QUICK.items())
+                    + ", one seed each, a 1+1-layer d=64 model")
+    commands.add_progress_argument(ap)
+    args = ap.parse_args(argv)
+    seeds = {v: getattr(args, f"{v}_seeds") for v in VARIANTS}
+    for v, n in seeds.items():
+        if n < 0:
+            ap.error(f"--{v.replace('_', '-')}-seeds must be >= 0, got {n}")
+    if "ce" not in [v for v, n in seeds.items() if n] or not any(seeds[v] for v in VARIANTS if v != "ce"):
+        ap.error("the baseline (--ce-seeds) and at least one EL variant need seeds: the claims compare them")
+    for name, low in (("max_epoch", 1), ("vocab_size", 100), ("average_last", 1)):
+        value = getattr(args, name)
+        if value is not None and value < low:
+            ap.error(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
+    for name in ("out", "work", "data"):
+        path = getattr(args, name)
+        if path is not None and os.path.exists(path) and not os.path.isdir(path):
+            ap.error(f"--{name} {path}: exists and is not a folder")
+    if args.quick:  # options given explicitly win over --quick's
+        explicit = {a.split("=")[0] for a in argv if a.startswith("--")}
+        seeds = {v: 1 if f"--{v.replace('_', '-')}-seeds" not in explicit else n for v, n in seeds.items()}
+        for key, value in TRANSLATION_QUICK.items():
+            if f"--{key.replace('_', '-')}" not in explicit:
+                setattr(args, key, value)
+    from el_plugins.reproduce.translation import planned_epochs
+    from el_plugins.translation.recipe import RECIPES
+
+    epochs = args.max_epoch or planned_epochs(RECIPES[RECIPE].args)
+    if args.average_last > min(epochs, 10):
+        ap.error(f"--average-last {args.average_last} needs at least as many epochs (training runs {epochs}) and at most "
+                 "the 10 epoch checkpoints a run keeps")
+    settings = Settings(
+        seeds={v: tuple(range(1, n + 1)) for v, n in seeds.items() if n}, vocab_size=args.vocab_size,
+        max_epoch=args.max_epoch, average_last=args.average_last, device=str(args.device), quick=args.quick,
+        train_overrides=QUICK_MODEL if args.quick else (), generate_overrides=QUICK_GENERATION if args.quick else (),
+        train_pairs=getattr(args, "train_pairs", None), valid_pairs=getattr(args, "valid_pairs", None),
+        test_pairs=getattr(args, "test_pairs", None),
+        extra={"note": args.note, "command": f"{PROG} translation " + " ".join(argv)})
+    return args, settings
+
+
+def translation_main(argv) -> int:
+    args, settings = parse_translation_args(argv)
+    commands.setup_logging(PROG)
+    from el_plugins.data import DataError
+
+    return commands.run(PROG, lambda: _reproduce_translation(args, settings), errors=(DataError, OSError))
+
+
+def _reproduce_translation(args, settings) -> int:
+    from el_plugins.data import bible
+    from el_plugins.reproduce import translation, translation_report
+
+    log = logger.info
+    try:
+        bible.verify(args.data)
+    except bible.DataError:
+        if os.path.exists(os.path.join(args.data, bible.MANIFEST)):
+            raise  # a damaged folder is reported, not silently fetched again
+        log(f"{args.data} holds no corpus yet; fetching it (el-data bible --out {args.data})")
+        bible.prepare(args.data, log=log)
+    work = args.work or os.path.join(args.out, "work")
+    results, extras = translation.run(settings, args.data, work, progress=args.progress, log=log)
+    written = translation_report.write_outputs(args.out, results, extras)
+    print(translation_report.render_table_md(results))
+    log(f"wrote {len(written)} files into {args.out} (results.json, table.md, plots, hypotheses/)")
     return 0
 
 

@@ -8,11 +8,11 @@
 * sacreBLEU: on detokenized hypotheses against the original references (``--raw-ref``), with its
   signature, the number to compare across papers.
 
-``generate`` runs the real fairseq-generate (beam 5 by default) and scores its output. It checks first what
-it can (DATA_BIN is a translation data-bin with the split, --out a folder) and undoes DATA_BIN's own subwords
-(--post-process auto: el_plugins.translation.data_bin). Results go to stdout; a failure (files that do not
-pair up, fairseq-generate failing: its cause in one line, with the log of its output) is ``el-bleu: error:
-...``, exit 1.
+``generate`` runs the real fairseq-generate (beam 5 and 128 sentences per batch by default, as the authors'
+generate.py) and scores its output. It checks first what it can (DATA_BIN is a translation data-bin with the
+split, --out a folder) and undoes DATA_BIN's own subwords (--post-process auto: el_plugins.translation.data_bin).
+Results go to stdout; a failure (files that do not pair up, fairseq-generate failing: its cause in one line,
+with the log of its output) is ``el-bleu: error: ...``, exit 1.
 """
 import argparse
 import contextlib
@@ -37,11 +37,13 @@ OUTPUTS = ("hyp.tok.txt", "ref.tok.txt", "bleu.json", "generate.log")  # what ge
 
 
 def tokenized_bleu(hyps: Sequence[str], refs: Sequence[str]):
-    """Corpus BLEU-4 on already tokenized text (whitespace split only)."""
+    """Corpus BLEU-4 on already tokenized text (whitespace split only), unsmoothed like fairseq's scorer:
+    BLEU = BP * exp(mean_n log p_n), so 0 when some n-gram precision p_n is 0 (sacreBLEU's default 'exp'
+    smoothing would give a small positive score there, and the two would no longer be one number)."""
     from sacrebleu.metrics import BLEU
 
     _check_lengths(hyps, refs)
-    return BLEU(tokenize="none", force=True).corpus_score(list(hyps), [list(refs)])
+    return BLEU(tokenize="none", smooth_method="none", force=True).corpus_score(list(hyps), [list(refs)])
 
 
 def sacre_bleu(hyps: Sequence[str], refs: Sequence[str]):
@@ -120,16 +122,24 @@ def choose_post_process(data_bin: str, target: str, asked: str) -> str:
     return asked
 
 
+GENERATE_BATCH_SIZE = 128  # sentences per batch, as the authors' generate.py runs (--batch-size 128)
+
+
 def generate(data_bin: str, path: str, *, beam: int = 5, subset: str = "test", post_process: str = "sentencepiece",
-             cpu: bool = False, max_tokens: int = 8000, extra: Sequence[str] = (), env=None,
-             log: Optional[str] = None) -> str:
-    """Run fairseq-generate (in ``env``, default this process's environment); returns its stdout. Its output
+             cpu: bool = False, batch_size: Optional[int] = GENERATE_BATCH_SIZE, max_tokens: Optional[int] = None,
+             extra: Sequence[str] = (), env=None, log: Optional[str] = None) -> str:
+    """Run fairseq-generate (in ``env``, default this process's environment) with ``batch_size`` sentences per
+    batch (and/or at most ``max_tokens`` tokens); returns its stdout. Its output
     also goes to ``log`` (default: a temporary file, removed when it succeeds); a failure is a RuntimeError
     with the cause in one line and the log's path."""
     cmd = [commands.fairseq_program("fairseq-generate"), data_bin, "--path", path,
-           "--beam", str(beam), "--gen-subset", subset, "--max-tokens", str(max_tokens), "--num-workers", "0",
+           "--beam", str(beam), "--gen-subset", subset, "--num-workers", "0",
            # fairseq-fixed 0.12.3.1 drops the last len % 8 sentences with the default multiple of 8
            "--required-batch-size-multiple", "1"]
+    if batch_size is not None:
+        cmd += ["--batch-size", str(batch_size)]
+    if max_tokens is not None:
+        cmd += ["--max-tokens", str(max_tokens)]
     if post_process != "none":
         cmd += ["--post-process", post_process]
     if cpu:
@@ -163,7 +173,9 @@ def main(argv=None):
     g.add_argument("--raw-ref", help="the original (detokenized) references for sacreBLEU, one per line")
     g.add_argument("--lang", default="en", help="target language for detokenization (default: en)")
     g.add_argument("--cpu", action="store_true")
-    g.add_argument("--max-tokens", type=int, default=8000)
+    g.add_argument("--batch-size", type=int, default=GENERATE_BATCH_SIZE,
+                   help=f"sentences per batch (default: {GENERATE_BATCH_SIZE}, the authors' generate.py setting)")
+    g.add_argument("--max-tokens", type=int, default=None, help="at most this many tokens per batch as well")
     g.add_argument("--out", help="folder for hyp/ref files and bleu.json")
     s = sub.add_parser("score", help="score tokenized hypotheses against tokenized references")
     s.add_argument("--hyp", required=True)
@@ -178,10 +190,10 @@ def main(argv=None):
     if args.command == "generate":
         if not os.path.isdir(args.data_bin):
             ap.error(f"DATA_BIN: no such folder {args.data_bin!r}")
-        if args.beam < 1:
-            ap.error(f"--beam must be >= 1, got {args.beam}")
-        if args.max_tokens < 1:
-            ap.error(f"--max-tokens must be >= 1, got {args.max_tokens}")
+        for name in ("beam", "batch_size", "max_tokens"):
+            value = getattr(args, name)
+            if value is not None and value < 1:
+                ap.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
         problem = args.out and output_folder_problem(args.out)
         if problem:
             ap.error(f"--out {args.out}: {problem} (give a folder for the hypotheses, references and bleu.json)")
@@ -198,7 +210,8 @@ def _run(args) -> int:
         with contextlib.ExitStack() as stack:  # with --out, its files and fairseq-generate's log: one set
             staged = stack.enter_context(output_set(args.out, owns=OUTPUTS, keep_failed=True)) if args.out else None
             out = generate(args.data_bin, args.path, beam=args.beam, subset=args.gen_subset,
-                           post_process=post_process, cpu=args.cpu, max_tokens=args.max_tokens,
+                           post_process=post_process, cpu=args.cpu, batch_size=args.batch_size,
+                           max_tokens=args.max_tokens,
                            log=staged.path("generate.log") if staged else None)
             hyps, refs, fairseq_bleu = parse_generate_output(out)
             result = score(hyps, refs, args.lang, raw)

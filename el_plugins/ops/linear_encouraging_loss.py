@@ -1,0 +1,216 @@
+"""The output layer fused into the encouraging loss: EL of z = x W^T + b, chunk by chunk, never the whole
+(N, V) logits (``el_plugins.functional.linear_encouraging_loss_with_stats(implementation='fused')``).
+
+Per chunk of rows (the chunk's logits in the compute dtype, float32 for float16/bfloat16):
+
+    z      = x_c W^T + b                                  one matrix product
+    dL/dz  = the row computation of the logits' fused op  (chunked torch, or the Triton kernel on CUDA)
+    dL/dx_c = dz W,   dL/dW += dz^T x_c,   dL/db += sum_rows dz
+
+dz already carries the reduction's scale (1 / rows for "mean"). The three gradients accumulate in the
+compute dtype; backward multiplies them by grad_output (the loss scale of mixed precision) and only then
+rounds each to its parameter's dtype, once, as the logits' fused op does. For float16/bfloat16 the matrix
+products run on float32 copies of W (and of each chunk of x), so W's float32 copy (V x d) is held during
+the forward pass: the gradient must not be rounded to half precision before the loss scale is known, and
+torch has no half-precision product with a float32 result on CPUs. (On GPUs that makes the products slower
+than the logits path's half-precision ones, unless TF32 is allowed.)
+
+Peak extra memory: the gradients (float32 for half inputs) plus two (chunk, V) buffers: the logits, whose
+buffer also serves as the row computation's work space, and the gradient of the chunk's logits (the
+probabilities, forward only). Ignored rows are dropped before the matrix product on the torch path; the
+Triton path (CUDA) keeps them in place and zeroes them, because dropping them would make the host wait for
+the count. With reduction="none" the forward pass computes no gradient, and the backward pass computes the
+chunks again with each row's grad_output (so it may run more than once); otherwise one backward per
+forward, as the logits' fused op.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from el_plugins.core import RowTerms, assemble_rows, bonus_from_log_prob, compute_dtype, reduce_outputs, reduce_rows
+
+from .encouraging_loss import (MIN_CHUNK_ELEMENTS, NO_DOUBLE_BACKWARD, LossConfig, check_tuning, chunk_terms,
+                               scaled_gradients)
+
+MIN_CHUNK_ROWS = 128
+"""The fewest rows per chunk by default: a matrix product of fewer rows runs far below the machine's speed
+(measured on 2 CPU cores at V = 32000, d = 512: 16 rows ran at a quarter of 1024 rows' speed, 64 at half,
+128 at two thirds). The chunk's two (rows, V) buffers stay small beside the gradients: at V = 128000, 125 MiB
+in float32 beside the weight's 250 MiB gradient (d = 512)."""
+
+
+def default_chunk_rows(n_rows: int, in_features: int, n_classes: int) -> int:
+    """Rows per chunk: a chunk's logits (rows x n_classes) about the size of the input (n_rows x in_features),
+    as torch's and Liger-Kernel's heuristics choose; at least MIN_CHUNK_ROWS rows and MIN_CHUNK_ELEMENTS logits
+    (every torch op is one OpenMP region, and many small ones stall on a shared CPU, see encouraging_loss)."""
+    n_classes = max(n_classes, 1)
+    rows = max(-(-n_rows * in_features // n_classes), -(-MIN_CHUNK_ELEMENTS // n_classes), MIN_CHUNK_ROWS)
+    return max(1, min(n_rows, rows))
+
+
+def _chunks(input, weight, bias, target, rows, keep, cfg: LossConfig, backend, chunk_rows, block_size,
+            ignore_index, scale, needs):
+    """The chunk loop, for forward and for the recomputing backward.
+
+    rows: the indices of the rows to compute (the kept ones), or None for all; target, keep: those rows'.
+    scale: the gradient's factor: a number, a 0-dim tensor (Triton) or one per row. needs: which of the
+    (input, weight, bias) gradients to compute (none: the loss only). Returns the rows' (loss, nll, bonus,
+    log p_y, correct) and the gradients (input's over all N rows, zero on rows not computed), None where not
+    needed.
+    """
+    dtype = compute_dtype(input.dtype)
+    n_rows = target.numel()
+    n_classes, in_features = weight.shape
+    compute_grad = any(needs)
+    w = weight.to(dtype)  # a float32 copy for half inputs (see the module docstring), else weight itself
+    b = None if bias is None else bias.to(dtype)
+    chunk = max(1, min(chunk_rows, n_rows))
+    logits_buffer = torch.empty(chunk, n_classes, dtype=dtype, device=input.device)
+    # the torch path's probabilities (forward only) or the chunk's gradient; the kernel allocates its own
+    second_buffer = torch.empty_like(logits_buffer) if backend == "torch" else None
+    grad_input = grad_weight = grad_bias = None
+    if needs[0]:
+        grad_input = (torch.empty if rows is None else torch.zeros)(input.shape, dtype=dtype, device=input.device)
+    if needs[1]:
+        grad_weight = torch.zeros(weight.shape, dtype=dtype, device=input.device)
+    if needs[2]:
+        grad_bias = torch.zeros(n_classes, dtype=dtype, device=input.device)
+    per_row = []
+    for start in range(0, n_rows, chunk):
+        stop = min(start + chunk, n_rows)
+        x = (input[start:stop] if rows is None else input.index_select(0, rows[start:stop])).to(dtype)
+        z = logits_buffer[: stop - start]
+        if b is None:
+            torch.mm(x, w.t(), out=z)
+        else:
+            torch.addmm(b, x, w.t(), out=z)
+        t, k = target[start:stop], keep[start:stop]
+        correct = (z.argmax(-1) == t) & k
+        row_scale = scale[start:stop] if isinstance(scale, torch.Tensor) and scale.dim() else scale
+        if backend == "torch":
+            grad_z = second_buffer[: stop - start] if compute_grad else None
+            sum_z = z.sum(-1) if cfg.q_other else None
+            scratch = (None if compute_grad else second_buffer[: stop - start], z if cfg.dense_bonus else None, None)
+            log_p, sum_log_p, sum_bonus = chunk_terms(z, t, k, sum_z, grad_z, scratch, cfg, row_scale)
+            zeros = torch.zeros_like(log_p)
+            terms = RowTerms(log_p, zeros if sum_log_p is None else sum_log_p, bonus_from_log_prob(log_p, cfg.log_end),
+                             zeros if sum_bonus is None else sum_bonus)
+            loss, nll, bonus = assemble_rows(terms, cfg.w_target, cfg.q_other, cfg.bonus_weight)
+        else:
+            from el_plugins.ops import encouraging_loss_triton
+
+            per_row_scale = isinstance(row_scale, torch.Tensor) and row_scale.dim() == 1
+            kernel_scale = torch.ones((), device=input.device) if per_row_scale else row_scale
+            log_p, nll, bonus, loss, grad_z = encouraging_loss_triton.encouraging_loss_rows(
+                z, t, ignore_index, kernel_scale, cfg, compute_grad, block_size)
+            if per_row_scale and compute_grad:
+                grad_z.mul_(row_scale.unsqueeze(1))
+        per_row.append((loss, nll, bonus, log_p, correct))
+        if not compute_grad:
+            continue
+        if grad_input is not None:
+            if rows is None:
+                torch.mm(grad_z, w, out=grad_input[start:stop])
+            else:
+                grad_input.index_copy_(0, rows[start:stop], torch.mm(grad_z, w))
+        if grad_weight is not None:
+            grad_weight.addmm_(grad_z.t(), x)
+        if grad_bias is not None:
+            grad_bias.add_(grad_z.sum(0))
+    del w, logits_buffer, second_buffer
+    if per_row:
+        values = [torch.cat(column) for column in zip(*per_row)]
+    else:
+        values = [torch.zeros(0, dtype=dtype, device=input.device)] * 4 + [torch.zeros(0, dtype=torch.bool,
+                                                                                      device=input.device)]
+    return values, (grad_input, grad_weight, grad_bias)
+
+
+def _select_rows(target, ignore_index, backend):
+    """(keep mask of all rows, indices of the rows to compute or None for all)."""
+    keep = torch.ones_like(target, dtype=torch.bool) if ignore_index is None else target.ne(ignore_index)
+    if ignore_index is None or backend != "torch":
+        return keep, None
+    return keep, keep.nonzero().squeeze(1)
+
+
+def _gradient_scale(keep, rows, reduction, backend):
+    """The reduction's factor on the gradient: 1 / (rows counted) for "mean", else 1 (a 0-dim tensor on the
+    Triton path, where the count stays on the device)."""
+    if backend == "torch":
+        count = keep.numel() if rows is None else rows.numel()
+        return 1.0 / max(count, 1) if reduction == "mean" else 1.0
+    if reduction == "mean":
+        return 1.0 / keep.sum().clamp(min=1).float()
+    return torch.ones((), device=keep.device)
+
+
+class _FusedLinearEncouragingLoss(torch.autograd.Function):
+    """Forward: the loss, its statistics and (reduction 'mean'/'sum') the gradients of the input, weight and
+    bias; backward: those gradients * grad_output, or (reduction 'none') the chunks computed again."""
+
+    @staticmethod
+    def forward(ctx, input, weight, bias, target, ignore_index, reduction, cfg, backend, chunk_rows, block_size,
+                needs):
+        keep, rows = _select_rows(target, ignore_index, backend)
+        recompute = reduction == "none"
+        computed = target if rows is None else target.index_select(0, rows)
+        computed_keep = keep if rows is None else torch.ones_like(computed, dtype=torch.bool)
+        values, grads = _chunks(input, weight, bias, computed, rows, computed_keep, cfg, backend, chunk_rows,
+                                block_size, ignore_index, _gradient_scale(keep, rows, reduction, backend),
+                                (False,) * 3 if recompute else needs)
+        if rows is not None:  # back to one value per row of the input (zero on the ignored rows)
+            values = [torch.zeros(target.shape, dtype=v.dtype, device=v.device).index_copy_(0, rows, v)
+                      for v in values]
+        loss, nll, bonus, log_p_target, correct = values
+        outputs = reduce_outputs(loss, nll, bonus, log_p_target, keep, reduction, cfg.log_end)
+        correct = reduce_rows(correct.to(outputs.loss.dtype), reduction, keep.sum())
+
+        ctx.mark_non_differentiable(*outputs[1:], correct)
+        ctx.set_materialize_grads(False)
+        ctx.dtypes = (input.dtype, weight.dtype, None if bias is None else bias.dtype)
+        ctx.backend, ctx.consumed, ctx.recompute = backend, False, recompute
+        if recompute:
+            ctx.settings = (ignore_index, cfg, chunk_rows, block_size, needs)
+            ctx.save_for_backward(input, weight, bias, target, rows)
+        else:
+            ctx.save_for_backward(*grads)
+        return (*outputs, correct)
+
+    @staticmethod
+    def backward(ctx, grad_loss, *unused):
+        if not ctx.recompute:
+            return (*scaled_gradients(ctx, grad_loss, ctx.dtypes),) + (None,) * 8
+        if torch.is_grad_enabled():
+            raise RuntimeError(NO_DOUBLE_BACKWARD)
+        if grad_loss is None:
+            return (None,) * 11
+        input, weight, bias, target, rows = ctx.saved_tensors
+        ignore_index, cfg, chunk_rows, block_size, needs = ctx.settings
+        keep, _ = _select_rows(target, ignore_index, ctx.backend)
+        computed = target if rows is None else target.index_select(0, rows)
+        computed_keep = keep if rows is None else torch.ones_like(computed, dtype=torch.bool)
+        grad_rows = grad_loss.to(compute_dtype(input.dtype))
+        if rows is not None:
+            grad_rows = grad_rows.index_select(0, rows)
+        _, grads = _chunks(input, weight, bias, computed, rows, computed_keep, cfg, ctx.backend, chunk_rows,
+                           block_size, ignore_index, grad_rows, needs)
+        return tuple(None if g is None else g.to(d) for g, d in zip(grads, ctx.dtypes)) + (None,) * 8
+
+
+def fused_linear_encouraging_loss(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                                  target: torch.Tensor, config: LossConfig, *, ignore_index: Optional[int],
+                                  reduction: str, backend: str, chunk_size: Optional[int] = None,
+                                  block_size: Optional[int] = None):
+    """The fused op behind ``el_plugins.functional.linear_encouraging_loss_with_stats(implementation='fused')``,
+    which checks the loss's arguments, resolves ``backend`` and builds ``config``: call that. Checks the tuning
+    options and runs the op; returns (loss, nll_loss, bonus, target_prob, past_log_end, correct)."""
+    chunk_size, block_size = check_tuning(chunk_size, block_size)
+    grad_enabled = torch.is_grad_enabled()
+    needs = (grad_enabled and input.requires_grad, grad_enabled and weight.requires_grad,
+             grad_enabled and bias is not None and bias.requires_grad)
+    chunk_rows = chunk_size or default_chunk_rows(input.size(0), input.size(1), weight.size(0))
+    return _FusedLinearEncouragingLoss.apply(input, weight, bias, target, ignore_index, reduction, config, backend,
+                                             chunk_rows, block_size, needs)
