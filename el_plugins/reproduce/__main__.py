@@ -2,6 +2,8 @@
 
   el-reproduce mnist                 # ~15 min on 2 CPU cores: CE, CE+LS, EL, EL+LS x 3 seeds
   el-reproduce mnist --quick         # a CI smoke run on small subsets (not a result)
+  el-reproduce mnist --setup paper   # the authors' Tables 1/4/13 network and schedule (~4 h a run on 2 CPU cores)
+  el-reproduce mnist-table11         # Table 11 the authors' way (el-reproduce mnist-table11 --help)
 
 mnist: real MNIST (train 60,000 / test 10,000) with the Fashion-MNIST test set as out-of-distribution
 data (el-data mnist fetches both into --data, offline, on the first run). Each variant trains the same
@@ -23,6 +25,7 @@ import time
 from el_plugins import commands
 from el_plugins.devices import add_device_argument
 from el_plugins.reproduce.paper import PAPER_LOG_END, PAPER_SMOOTHING, VARIANTS
+from el_plugins.reproduce.recipes import ATTACK_IMAGES, RECIPES, SETUPS
 
 PROG = "el-reproduce"
 logger = logging.getLogger(__name__)
@@ -40,14 +43,22 @@ def _usable_cores() -> int:
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(prog=PROG, description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("experiment", choices=("mnist",), help="mnist: the paper's MNIST tables (1, 4, 11, 13)")
+    ap.add_argument("experiment", choices=("mnist", "mnist-table11"),
+                    help="mnist: the paper's MNIST tables (1, 4, 11, 13); mnist-table11: Table 11 the authors' way "
+                         "(its own options: el-reproduce mnist-table11 --help)")
+    ap.add_argument("--setup", choices=SETUPS, default="el-plugins",
+                    help="el-plugins: el-plugins' own CPU setup (SmallCNN, Adam, 5 epochs; default); paper: the "
+                         "authors' Tables 1/4/13 setup (MNISTNet, SGD, 100 epochs, the best test epoch; for a GPU), "
+                         "no attacks unless --attack-images")
     ap.add_argument("--out", default="runs/reproduce-mnist", help="output folder (default: runs/reproduce-mnist)")
     ap.add_argument("--data", default="data", help="the data folder; filled by `el-data mnist` when empty (default: data)")
     ap.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1 per variant, N >= 2 (default: 3)")
     ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {','.join(VARIANTS)}")
-    ap.add_argument("--epochs", type=int, default=5, help="training epochs per model (default: 5)")
-    ap.add_argument("--batch-size", type=int, default=128, help="(default: 128)")
-    ap.add_argument("--lr", type=float, default=3e-3, help="peak learning rate of the one-cycle schedule (default: 3e-3)")
+    ap.add_argument("--epochs", type=int, default=None, help="training epochs per model (default: 5; --setup paper: 100)")
+    ap.add_argument("--batch-size", type=int, default=None, help="(default: 128; --setup paper: 256)")
+    ap.add_argument("--lr", type=float, default=None,
+                    help="peak learning rate of the one-cycle schedule (default: 3e-3); --setup paper: the initial "
+                         "one (default: 0.1)")
     ap.add_argument("--log-end", type=float, default=PAPER_LOG_END,
                     help=f"EL's log_end in (0, 1] (default: {PAPER_LOG_END}, the paper's for all its MNIST tables)")
     ap.add_argument("--smoothing", type=float, default=PAPER_SMOOTHING,
@@ -55,7 +66,8 @@ def parse_args(argv=None):
     ap.add_argument("--train-images", type=int, default=60000, help="use the first N training images (default: all 60000)")
     ap.add_argument("--test-images", type=int, default=10000,
                     help="use the first N MNIST and Fashion-MNIST test images (default: all 10000)")
-    ap.add_argument("--attack-images", type=int, default=500, help="attack the first N test images (default: 500)")
+    ap.add_argument("--attack-images", type=int, default=None,
+                    help="attack the first N test images, 0: no attacks (default: 500; --setup paper: 0)")
     ap.add_argument("--apgd-steps", type=int, default=100, help="iterations of each APGD attack (default: 100)")
     ap.add_argument("--pgd-steps", type=int, default=20, help="PGD iterations (default: 20)")
     add_device_argument(ap)
@@ -73,6 +85,7 @@ def parse_args(argv=None):
             ap.error(f"--render {args.render}: no such file")
         return args
 
+    _setup_defaults(args)
     if args.quick:
         for key, value in QUICK.items():
             setattr(args, key, min(getattr(args, key), value))
@@ -84,7 +97,7 @@ def parse_args(argv=None):
         ap.error(f"--variants names a variant twice: {','.join(args.variants)}")
     for name, low, high in (("seeds", 2, None), ("epochs", 1, None), ("batch_size", 1, None), ("pgd_steps", 1, None),
                             ("apgd_steps", 1, None),
-                            ("train_images", 1, 60000), ("test_images", 1, 10000), ("attack_images", 1, None)):
+                            ("train_images", 1, 60000), ("test_images", 1, 10000), ("attack_images", 0, None)):
         value = getattr(args, name)
         if value < low or (high is not None and value > high):
             allowed = f">= {low}" if high is None else f"in [{low}, {high}]"
@@ -108,6 +121,16 @@ def parse_args(argv=None):
     if importlib.util.find_spec("torchattacks") is None:
         ap.error("the attacks need torchattacks: pip install --no-deps torchattacks==3.5.1 (scripts/setup.sh does)")
     return args
+
+
+def _setup_defaults(args) -> None:
+    """--epochs, --batch-size, --lr and --attack-images not given: the chosen setup's."""
+    recipe = RECIPES[args.setup]
+    defaults = {"epochs": recipe.epochs, "batch_size": recipe.batch_size, "lr": recipe.lr,
+                "attack_images": ATTACK_IMAGES[args.setup]}
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
 
 
 def load_data(folder: str, log):
@@ -157,6 +180,10 @@ def render(path: str) -> int:
 
 
 def main(argv=None):
+    words = sys.argv[1:] if argv is None else list(argv)
+    if words[:1] == ["mnist-table11"]:
+        from el_plugins.reproduce import table11
+        return table11.main(words[1:])
     args = parse_args(argv)
     commands.setup_logging(PROG)
     if args.render is not None:
@@ -178,13 +205,14 @@ def _reproduce(args, argv) -> int:
         torch.set_num_threads(args.threads)
     data = load_data(args.data, log)
     settings = mnist.Settings(
-        seeds=tuple(range(args.seeds)), variants=tuple(args.variants), epochs=args.epochs, batch_size=args.batch_size,
+        setup=args.setup, seeds=tuple(range(args.seeds)), variants=tuple(args.variants), epochs=args.epochs, batch_size=args.batch_size,
         lr=args.lr, log_end=args.log_end, smoothing=args.smoothing, train_images=args.train_images,
         test_images=args.test_images, ood_images=args.test_images, attack_images=args.attack_images,
         apgd_steps=args.apgd_steps, pgd_steps=args.pgd_steps, device=str(args.device), threads=args.threads if args.device.type == "cpu" else 0,
         quick=args.quick, extra={"note": args.note, "command": "el-reproduce " + " ".join(sys.argv[1:] if argv is None else argv),
                                  "why_not_autoattack": mnist.WHY_NOT_AUTOATTACK})
-    log(f"mnist: {len(settings.variants)} variants x {len(settings.seeds)} seeds, {settings.epochs} epoch(s) "
+    log(f"mnist ({mnist.RECIPES[args.setup].label}): {len(settings.variants)} variants x {len(settings.seeds)} seeds, "
+        f"{settings.epochs} epoch(s) "
         f"on {settings.train_images:,} images, {settings.device}" + (f", {args.threads} thread(s)" if settings.threads else ""))
     results, arrays = mnist.run(settings, data, data_info(args.data, args), progress=args.progress, log=log)
     results["settings"]["wall_seconds_with_data"] = round(time.time() - started, 1)
