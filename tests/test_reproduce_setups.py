@@ -143,21 +143,26 @@ def test_autoattack_is_composed_as_torchattacks_3_1_0_built_it():
     assert (own_apgd.steps, own_apgdt.steps, own_fab.steps, own_fab.multi_targeted) == (10, 10, 10, True)
 
 
-def test_robust_after_stages_counts_the_survivors_of_each_stage():
-    """A constant model classifies every image as class 0: the images of class 0 withstand every attack (no
-    perturbation changes a constant), the others are clean mistakes that the first stage counts as broken."""
-    class Constant(nn.Module):
+def test_robust_after_stages_counts_clean_mistakes_and_stops_when_none_survive():
+    """A model that reads the mean pixel (class 0 above 0.5, class 1 below): images of class 0 with a mean just
+    above 0.5 fall to APGD-CE at eps 0.1, a clean mistake counts as broken by it; with no survivor left,
+    MultiAttack stops and the later stages count 0 (a surviving image would cost the full APGD-T / FAB /
+    Square budget: the quick end-to-end run covers that)."""
+    class MeanPixel(nn.Module):
         def __init__(self):
             super().__init__()
-            self.bias = nn.Parameter(torch.tensor([5.0] + [0.0] * 9))
+            self.w = nn.Parameter(torch.tensor([100.0, -100.0] + [0.0] * 8))
+            self.b = nn.Parameter(torch.tensor([-50.0, 50.0] + [-1e3] * 8))
 
         def forward(self, x):
-            return self.bias.expand(len(x), 10) + 0.0 * x.flatten(1).sum(1, keepdim=True)
+            return x.flatten(1).mean(1, keepdim=True) * self.w + self.b
 
-    x = torch.rand(30, 1, 28, 28)
-    y = torch.tensor([0, 1, 2] * 10)
-    survivors = table11.robust_after_stages(Constant(), x, y, eps=0.1, seed=0)
-    assert survivors == [10, 10, 10, 10]
+    x = (torch.rand(5, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 0.1).add_(0.46)
+    x[4] -= 0.16  # mean ~0.35: classified as 1, a clean mistake
+    y = torch.zeros(5, dtype=torch.long)
+    model = MeanPixel()
+    assert model(x).argmax(1).tolist() == [0, 0, 0, 0, 1]
+    assert table11.robust_after_stages(model, x, y, eps=0.1, seed=0) == [0, 0, 0, 0]
 
 
 def test_binomial_standard_error():

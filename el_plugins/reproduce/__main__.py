@@ -7,10 +7,12 @@
 
 mnist: real MNIST (train 60,000 / test 10,000) with the Fashion-MNIST test set as out-of-distribution
 data (el-data mnist fetches both into --data, offline, on the first run). Each variant trains the same
-small CNN with the same schedule per seed; measured: test accuracy, OOD detection (AUROC / FPR at 95%
-TPR for the minimum conditional energy, the free energy and the max. probability), ECE, the energy on
-and out of the data, and accuracy under L-inf attacks (torchattacks: APGD-CE + APGD-DLR, PGD, FGSM) at
-eps 0.1 and 0.2.
+network with the same schedule per seed (--setup el-plugins: el-plugins' own small CNN, 5 epochs; paper:
+the authors' MNISTNet, 100 epochs, the best test epoch); measured: test accuracy, OOD detection (AUROC /
+FPR at 95% TPR for the minimum conditional energy, the free energy and the max. probability, by
+scikit-learn and as the authors' metrics.py), ECE, the energy on and out of the data, and accuracy under
+L-inf attacks (torchattacks: APGD-CE + APGD-DLR, PGD, FGSM) at eps 0.1 and 0.2.
+mnist-table11: Table 11 as the authors ran it (their network, training and torchattacks 3.1.0's AutoAttack).
 Writes OUT/results.json, OUT/table.md (measured mean +- std beside the paper) and PNG plots; prints the
 table (stdout). Progress bars and messages go to stderr (``--no-progress``: no bars); a damaged data folder
 or results.json is ``el-reproduce: error: ...``, exit 1; a bad option exits 2.
