@@ -250,10 +250,10 @@ def aggregate(per_seed: List[dict]) -> Tuple[dict, dict]:
 
 
 def check_finite(record: dict, where: str) -> None:
-    """RuntimeError naming every value of ``record`` that is not a finite number (or a list of them)."""
+    """RuntimeError naming every value of ``record`` that is not a finite number (or a list or dict of them)."""
     def finite(v):
-        if isinstance(v, list):
-            return all(finite(u) for u in v)
+        if isinstance(v, (list, dict)):
+            return all(finite(u) for u in (v.values() if isinstance(v, dict) else v))
         return isinstance(v, (int, float)) and math.isfinite(v)
 
     bad = [k for k, v in record.items() if not finite(v)]

@@ -163,9 +163,10 @@ def run(s: Settings, data: Dict, data_info: dict, progress: bool = True, log: Ca
                 attacked[f"autoattack_{eps}"] = 100.0 * survivors[-1] / len(xa)
                 message += (f"; AutoAttack eps {eps}: {attacked[f'autoattack_{eps}']:.1f}% of {len(xa)} "
                             f"({attacked[f'seconds_{eps}']:.0f} s)")
+            mnist.check_finite(attacked, name)
             variants[variant]["attacked"].append(attacked)
+        mnist.check_finite(record, name)
         log(message)
-        mnist.check_finite({k: v for k, v in record.items()}, name)
 
     for entry in variants.values():
         accuracies = [m["accuracy"] for m in entry["models"]]
@@ -249,6 +250,7 @@ def parse_args(argv=None):
         if getattr(args, key) is None:
             setattr(args, key, value)
     for name, low, high in (("models", 1, None), ("attack_models", 1, args.models), ("epochs", 1, None),
+                            ("attack_seed", 0, None),
                             ("train_images", 1, 60000), ("test_images", 1, 10000), ("attack_images", 1, args.test_images)):
         value = getattr(args, name)
         if value < low or (high is not None and value > high):
