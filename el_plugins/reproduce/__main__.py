@@ -164,20 +164,9 @@ def data_info(folder: str, args) -> dict:
 
 def render(path: str) -> int:
     """table.md beside results.json ``path``, from it (after a change of the table's layout)."""
-    import json
-
-    from el_plugins.files import write_text
     from el_plugins.reproduce import report
 
-    try:
-        with open(path, encoding="utf-8") as f:
-            results = json.load(f)
-        text = report.render_table_md(results)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise commands.CommandError(f"--render {path}: not a results.json of el-reproduce mnist "
-                                    f"({type(exc).__name__}: {exc})") from None
-    write_text(os.path.join(os.path.dirname(os.path.abspath(path)), "table.md"), text)
-    print(text)
+    print(report.rerender(path, report.render_table_md, "el-reproduce mnist"))
     return 0
 
 

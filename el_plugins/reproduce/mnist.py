@@ -15,7 +15,7 @@ import os
 import platform
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
@@ -25,9 +25,9 @@ from tqdm import tqdm
 
 from el_plugins.analysis import StreamingAnalysis, metrics
 from el_plugins.loss import EncouragingLoss
-from el_plugins.reproduce.networks import NETWORKS, parameter_count
+from el_plugins.reproduce.networks import NETWORKS, describe, parameter_count
 from el_plugins.reproduce.paper import VARIANT_NAMES, VARIANTS, paper_block
-from el_plugins.reproduce.recipes import RECIPES, paper_step_lr
+from el_plugins.reproduce.recipes import RECIPES, TrainingSettings, paper_step_lr
 
 EPSILONS = (0.1, 0.2)
 OOD_SUFFIXES = {"min_energy": "", "free_energy": "_free_energy", "max_prob": "_max_prob"}
@@ -50,26 +50,14 @@ WHY_NOT_AUTOATTACK = (
 
 
 @dataclass
-class Settings:
-    """Everything a run depends on (recorded in results.json). ``attack_images`` 0: no attacks."""
-    setup: str = "el-plugins"
+class Settings(TrainingSettings):
+    """Everything an ``el-reproduce mnist`` run depends on (recorded in results.json): the training settings,
+    the seeds and variants, the OOD images and the attacks' steps. ``attack_images`` 0: no attacks."""
     seeds: Sequence[int] = (0, 1, 2)
     variants: Sequence[str] = VARIANTS
-    epochs: int = 5
-    batch_size: int = 128
-    lr: float = 3e-3
-    log_end: float = 1.0
-    smoothing: float = 0.1
-    train_images: int = 60000
-    test_images: int = 10000
     ood_images: int = 10000
-    attack_images: int = 500
     apgd_steps: int = 100
     pgd_steps: int = 20
-    device: str = "cpu"
-    threads: int = 1
-    quick: bool = False
-    extra: Dict = field(default_factory=dict)
 
 
 def make_loss(variant: str, log_end: float, smoothing: float) -> nn.Module:
@@ -88,10 +76,10 @@ def images_tensor(images: np.ndarray, device) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(images)).to(device).float().div_(255.0).unsqueeze(1)
 
 
-def train(variant: str, seed: int, x: torch.Tensor, y: torch.Tensor, s, bar=None,
+def train(variant: str, seed: int, x: torch.Tensor, y: torch.Tensor, s: TrainingSettings, bar=None,
           test: Tuple[torch.Tensor, torch.Tensor] = None) -> Tuple[nn.Module, dict]:
-    """One model of ``variant`` as the recipe of ``s.setup`` trains it (``s``: epochs, batch_size, lr, log_end,
-    smoothing, setup); the seed sets the initialisation and the order of the batches. With the recipe's
+    """One model of ``variant`` as the recipe of ``s.setup`` trains it, with ``s``'s epochs, batch size,
+    learning rate, log_end and smoothing; the seed sets the initialisation and the order of the batches. With the recipe's
     best_test_epoch, ``test`` = (images, labels) is evaluated after every epoch (the returned info then holds
     accuracy_best_epoch, best_epoch and test_accuracy_per_epoch; with the 'paper_steps' schedule lr_per_epoch).
     The model returned is the last epoch's."""
@@ -335,7 +323,7 @@ def run(s: Settings, data: Dict, data_info: dict, progress: bool = True, log: Ca
     settings.update({
         "seeds": list(s.seeds), "variants": list(s.variants),
         "setup_label": recipe.label,
-        "model": f"{recipe.network}: " + " ".join(network.__doc__.split("\n\n")[0].split()),
+        "model": describe(recipe.network),
         "parameters": parameter_count(network()),
         "optimizer": recipe.describe(s.epochs, s.batch_size, s.lr),
         "losses": {"ce": "torch.nn.CrossEntropyLoss()", "ce_ls": f"torch.nn.CrossEntropyLoss(label_smoothing={s.smoothing})",

@@ -88,3 +88,8 @@ NETWORKS = {"SmallCNN": SmallCNN, "MNISTNet": MNISTNet, "Table11CNN": Table11CNN
 
 def parameter_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def describe(name: str) -> str:
+    """'Name: the first paragraph of its docstring' (one line, no final period), for results.json."""
+    return f"{name}: " + " ".join(NETWORKS[name].__doc__.split("\n\n")[0].split()).rstrip(".")

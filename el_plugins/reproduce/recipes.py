@@ -9,7 +9,8 @@
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Dict
 
 
 @dataclass(frozen=True)
@@ -63,3 +64,24 @@ def paper_step_lr(base_lr: float, epoch: int) -> float:
     if epoch > 50:
         return base_lr * 0.1
     return base_lr
+
+
+@dataclass
+class TrainingSettings:
+    """What every MNIST run records and :func:`el_plugins.reproduce.mnist.train` reads: the setup (a key of
+    :data:`RECIPES`) with its epochs, batch size and learning rate, EL's log_end, the label smoothing of the +LS
+    variants, how many images, where it runs (threads 0: not on the CPU), whether it is a --quick smoke run and
+    what else the command records (``extra``)."""
+    setup: str = "el-plugins"
+    epochs: int = RECIPES["el-plugins"].epochs
+    batch_size: int = RECIPES["el-plugins"].batch_size
+    lr: float = RECIPES["el-plugins"].lr
+    log_end: float = 1.0
+    smoothing: float = 0.1
+    train_images: int = 60000
+    test_images: int = 10000
+    attack_images: int = ATTACK_IMAGES["el-plugins"]
+    device: str = "cpu"
+    threads: int = 1
+    quick: bool = False
+    extra: Dict = field(default_factory=dict)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 
 from el_plugins.files import atomic_write, write_text
@@ -258,6 +258,24 @@ def _stage_text(settings: dict) -> str:
     return ", ".join(f"{k} {v}" for k, v in settings.items() if k not in ("class", "norm"))
 
 
+def rerender(path: str, render_md: Callable[[dict], str], command: str) -> str:
+    """Write table.md beside the results.json ``path`` from it with ``render_md`` and return the text (after a
+    change of the table's layout); a file that is not ``command``'s results.json is a CommandError."""
+    import json
+
+    from el_plugins import commands
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            results = json.load(f)
+        text = render_md(results)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise commands.CommandError(f"--render {path}: not a results.json of {command} "
+                                    f"({type(exc).__name__}: {exc})") from None
+    write_text(os.path.join(os.path.dirname(os.path.abspath(path)), "table.md"), text)
+    return text
+
+
 def write_png(path: str, data: bytes) -> None:
     with atomic_write(path, "wb") as f:
         f.write(data)
@@ -322,5 +340,5 @@ def with_readme_block(readme_text: str, block: str, begin: str = README_BEGIN, e
 
 
 __all__ = ["CLAIMS", "README_BEGIN", "README_END", "ROWS", "TABLE11_BEGIN", "TABLE11_END", "claim_verdict",
-           "readme_block", "render_table11", "render_table11_md", "render_table_md", "render_tables", "verdict",
+           "readme_block", "rerender", "render_table11", "render_table11_md", "render_table_md", "render_tables", "verdict",
            "with_readme_block", "write_outputs", "write_plots"]

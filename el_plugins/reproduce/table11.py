@@ -27,12 +27,12 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Callable, Dict, List, Sequence
 
 from el_plugins import commands
 from el_plugins.devices import add_device_argument
-from el_plugins.reproduce.recipes import RECIPES
+from el_plugins.reproduce.recipes import RECIPES, TrainingSettings
 
 PROG = "el-reproduce mnist-table11"
 logger = logging.getLogger(__name__)
@@ -52,10 +52,10 @@ AUTOATTACK_3_1_0 = {
                           "resc_schedule": True}),
 }
 ATTACK_BATCH = 20  # images per AutoAttack call: the progress bar moves once per batch
-QUICK = {"models": 2, "attack_models": 1, "epochs": 1, "train_images": 12000, "test_images": 2000, "attack_images": 6}
+QUICK = {"models": 2, "attack_models": 1, "epochs": 1, "train_images": 12000, "test_images": 2000, "attack_images": 4}
 # 3 models per loss, every one attacked on 40 images: ~24 min on 2 CPU cores (one on 200 would take ~36)
 DEFAULTS = {"models": 3, "attack_models": 3, "epochs": RECIPES["table11"].epochs, "train_images": 60000,
-            "test_images": 10000, "attack_images": 40}
+            "test_images": 10000, "attack_images": 40}  # = Settings()'s
 PAPER = {"ce": {"accuracy": 98.69, "autoattack_0.1": 74.89, "autoattack_0.2": 5.04},
          "el": {"accuracy": 99.04, "autoattack_0.1": 79.31, "autoattack_0.2": 7.59}}
 PAPER_SOURCE = ("Table 11: one model per loss (of the 10 the authors trained: mnist_ce98.69 and mnist_el99.04 in "
@@ -72,8 +72,9 @@ def autoattack_3_1_0(model, eps: float, seed: int = 0):
     return torchattacks.MultiAttack(stages)
 
 
-def robust_after_stages(model, x, y, eps: float, seed: int, bar=None) -> List[int]:
-    """Attack (x, y) in batches of ATTACK_BATCH with :func:`autoattack_3_1_0`; returns how many images are still
+def robust_after_stages(model, x, y, eps: float, seed: int, bar=None, batch: int = None) -> List[int]:
+    """Attack (x, y) in batches of ``batch`` (default ATTACK_BATCH) images with :func:`autoattack_3_1_0`; returns
+    how many images are still
     classified correctly after each stage (clean mistakes count as broken by the first), from MultiAttack's own
     per-stage records."""
     import torch
@@ -85,9 +86,9 @@ def robust_after_stages(model, x, y, eps: float, seed: int, bar=None) -> List[in
                            "el-reproduce mnist-table11 needs torchattacks 3.5.1 (scripts/setup.sh installs it)")
     attack._accumulate_multi_atk_records = True
     attack._multi_atk_records = [0] * (len(STAGES) + 1)
-    correct = 0
-    for i in range(0, len(x), ATTACK_BATCH):
-        xb, yb = x[i:i + ATTACK_BATCH], y[i:i + ATTACK_BATCH]
+    correct, batch = 0, batch or ATTACK_BATCH
+    for i in range(0, len(x), batch):
+        xb, yb = x[i:i + batch], y[i:i + batch]
         adv = attack(xb, yb)
         with torch.no_grad():
             correct += int(model(adv).argmax(1).eq(yb).sum())
@@ -102,25 +103,19 @@ def robust_after_stages(model, x, y, eps: float, seed: int, bar=None) -> List[in
 
 
 @dataclass
-class Settings:
-    """Everything a Table 11 run depends on (recorded in results.json); what :func:`mnist.train` reads too."""
+class Settings(TrainingSettings):
+    """Everything a Table 11 run depends on (recorded in results.json): the table11 recipe's training (EL at
+    log_end 1, no smoothing), the models per loss, the attacked models and images, the attack's seed."""
     setup: str = "table11"
-    models: int = 3
-    attack_models: int = 3
     epochs: int = RECIPES["table11"].epochs
     batch_size: int = RECIPES["table11"].batch_size
     lr: float = RECIPES["table11"].lr
-    log_end: float = 1.0
     smoothing: float = 0.0
-    train_images: int = 60000
-    test_images: int = 10000
     attack_images: int = 40
+    models: int = 3
+    attack_models: int = 3
     attack_seed: int = 0
     epsilons: Sequence[float] = EPSILONS
-    device: str = "cpu"
-    threads: int = 1
-    quick: bool = False
-    extra: Dict = field(default_factory=dict)
 
 
 def binomial_se(percent: float, n: int) -> float:
@@ -136,6 +131,7 @@ def run(s: Settings, data: Dict, data_info: dict, progress: bool = True, log: Ca
     import torch
 
     from el_plugins.reproduce import mnist
+    from el_plugins.reproduce.networks import describe
 
     device = torch.device(s.device)
     started, load_start = time.time(), mnist.load_average()
@@ -189,7 +185,7 @@ def run(s: Settings, data: Dict, data_info: dict, progress: bool = True, log: Ca
     network = mnist.NETWORKS[recipe.network]
     settings.update({
         "epsilons": list(s.epsilons), "setup_label": recipe.label,
-        "model": f"{recipe.network}: " + " ".join(network.__doc__.split("\n\n")[0].split()),
+        "model": describe(recipe.network),
         "parameters": mnist.parameter_count(network()),
         "optimizer": recipe.describe(s.epochs, s.batch_size, s.lr),
         "losses": {"ce": "torch.nn.CrossEntropyLoss()", "el": str(mnist.make_loss("el", s.log_end, 0.0))},
@@ -284,17 +280,9 @@ def main(argv=None) -> int:
 
 def render(path: str) -> int:
     """table.md beside results.json ``path``, from it."""
-    from el_plugins.files import write_text
     from el_plugins.reproduce import report
 
-    try:
-        with open(path, encoding="utf-8") as f:
-            results = json.load(f)
-        text = report.render_table11_md(results)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise commands.CommandError(f"--render {path}: not a results.json of {PROG} ({type(exc).__name__}: {exc})") from None
-    write_text(os.path.join(os.path.dirname(os.path.abspath(path)), "table.md"), text)
-    print(text)
+    print(report.rerender(path, report.render_table11_md, PROG))
     return 0
 
 
