@@ -27,7 +27,8 @@ Layout (framework-free core first, thin adapters after, tools last; each imports
   el_plugins.testing            generated data (toy corpus, digits folder, the spec's worked example) and
                                 test helpers, used by the tests, the benchmarks and the demo
   el_plugins.data               el-data: real MNIST / Fashion-MNIST from registry packages, checked
-  el_plugins.reproduce          el-reproduce mnist: the paper's MNIST tables on the real data
+  el_plugins.reproduce          el-reproduce mnist (el-plugins' own setup or --setup paper) and mnist-table11:
+                                the paper's MNIST tables on the real data
   el_plugins._activation        the import hook run from el_plugins.pth
 
 Importing this package imports nothing else (it is imported at interpreter start-up by

@@ -13,13 +13,15 @@ import pytest
 
 from el_plugins.data import DataError, idx_bytes, read_idx, write_idx
 from el_plugins.data import mnist as data_mnist
-from el_plugins.reproduce import report
-from el_plugins.reproduce.mnist import EXTRA_KEYS, KEYS
+from el_plugins.reproduce import report, table11
+from el_plugins.reproduce.mnist import ATTACK_KEYS, EXTRA_KEYS, KEYS, PAPER_CODE_OOD_KEYS
 from el_plugins.reproduce.paper import PAPER, VARIANTS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
 RESULTS = os.path.join(ROOT, "results", "mnist", "results.json")
+TABLE11_RESULTS = os.path.join(ROOT, "results", "mnist-table11", "results.json")
+HAS_CUDA = __import__("torch").cuda.is_available()
 
 
 def run_cli(name, *args, check=True):
@@ -148,6 +150,7 @@ def test_el_reproduce_quick_end_to_end(mnist_data, tmp_path):
     results = json.load(open(out / "results.json"))
     assert set(results) == {"data", "variants", "paper", "settings"}
     assert results["settings"]["quick"] is True and results["settings"]["log_end"] == 1.0
+    assert results["settings"]["setup"] == "el-plugins" and results["settings"]["parameters"] == 105866
     assert {k: v["images"] for k, v in results["data"].items()} == {"mnist_train": 12000, "mnist_test": 2000,
                                                                     "fashion_mnist_test": 2000}
     assert set(results["variants"]) == set(VARIANTS)
@@ -155,7 +158,7 @@ def test_el_reproduce_quick_end_to_end(mnist_data, tmp_path):
         entry = results["variants"][variant]
         assert len(entry["seeds"]) == 2
         for record in entry["seeds"] + [entry["mean"], entry["std"]]:
-            for key in KEYS + EXTRA_KEYS:
+            for key in KEYS + EXTRA_KEYS + ATTACK_KEYS:
                 assert isinstance(record[key], float) and math.isfinite(record[key]), (variant, key, record.get(key))
         assert 50 < entry["mean"]["accuracy"] <= 100 and 0 <= entry["mean"]["ece"] <= 1
         assert results["paper"]["variants"][variant] == PAPER[variant]
@@ -164,6 +167,95 @@ def test_el_reproduce_quick_end_to_end(mnist_data, tmp_path):
     for name in ["roc", "margins", "reliability"] + [f"energy_{v}" for v in VARIANTS]:
         assert (out / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| the paper's claim |" in done.stdout
+
+
+def test_el_reproduce_paper_setup_runs_a_few_steps(mnist_data, tmp_path):
+    """--setup paper: the authors' MNISTNet and schedule, 2 epochs on 512 images (a full run is 100 epochs)."""
+    out = tmp_path / "paper"
+    run_cli("el-reproduce", "mnist", "--setup", "paper", "--seeds", "2", "--epochs", "2", "--train-images", "512",
+            "--test-images", "300", "--variants", "ce,el", "--no-progress", "--data", mnist_data, "--out", str(out))
+    results = json.load(open(out / "results.json"))
+    s = results["settings"]
+    assert s["setup"] == "paper" and s["parameters"] == 522125 and s["model"].startswith("MNISTNet: The authors' MNIST network")
+    assert (s["batch_size"], s["lr"], s["attack_images"], s["attacks"]) == (256, 0.1, 0, None)
+    assert "SGD, momentum 0.9" in s["optimizer"] and "x0.1 at epoch 51 and x0.01 from epoch 65" in s["optimizer"]
+    for variant in ("ce", "el"):
+        for record in results["variants"][variant]["seeds"]:
+            assert record["lr_per_epoch"] == [0.1, 0.1] and len(record["test_accuracy_per_epoch"]) == 2
+            assert record["accuracy_best_epoch"] == max(record["test_accuracy_per_epoch"]) and record["best_epoch"] in (1, 2)
+            assert record["accuracy"] == pytest.approx(record["test_accuracy_per_epoch"][-1])  # the last epoch's model
+            assert not set(ATTACK_KEYS) & set(record)
+            assert all(math.isfinite(record[k]) for k in PAPER_CODE_OOD_KEYS)
+    table = (out / "table.md").read_text()
+    assert table == report.render_table_md(results)
+    assert "| test accuracy, best test epoch, % (Table 1, as the authors report it) | 99.42 ± 0.06 |" in table
+    assert "| test accuracy, last epoch (the model measured below), % | – |" in table
+    assert "(paper: Table 11, short training)" not in table and "accuracy under attack" not in table
+    assert "no attacks (Table 11 used another network: el-reproduce mnist-table11)" in table
+    assert "the authors' Tables 1/4/13 setup (--setup paper)" in table
+
+
+def test_el_reproduce_mnist_table11_quick(mnist_data, tmp_path):
+    out = tmp_path / "table11"
+    done = run_cli("el-reproduce", "mnist-table11", "--quick", "--no-progress", "--data", mnist_data, "--out", str(out))
+    results = json.load(open(out / "results.json"))
+    s = results["settings"]
+    assert s["quick"] is True and s["setup"] == "table11" and s["parameters"] == 123222
+    assert s["model"].startswith("Table11CNN: The authors' Table 11 network") and "conv5x5(16)-ReLU" in s["model"]
+    assert "constant learning rate 0.001" in s["optimizer"]
+    assert "no shuffling" in s["optimizer"] and s["batch_size"] == 128 and s["losses"]["el"].startswith("EncouragingLoss(")
+    assert s["attack"]["stages"] == {stage: {"class": f"torchattacks.{cls}", **kwargs, "seed": 0}
+                                     for stage, (cls, kwargs) in table11.AUTOATTACK_3_1_0.items()}
+    assert {k: v["images"] for k, v in results["data"].items()} == {"mnist_train": 12000, "mnist_test": 2000}
+    assert results["paper"]["variants"]["ce"] == {"accuracy": 98.69, "autoattack_0.1": 74.89, "autoattack_0.2": 5.04}
+    for variant in ("ce", "el"):
+        entry = results["variants"][variant]
+        assert [m["seed"] for m in entry["models"]] == [0, 1] and len(entry["attacked"]) == 1
+        assert 50 < entry["mean"]["accuracy"] <= 100
+        attacked = entry["attacked"][0]
+        assert attacked["images"] == 4
+        for eps in (0.1, 0.2):
+            stages = [attacked[f"stages_{eps}"][st] for st in table11.STAGES]
+            assert stages == sorted(stages, reverse=True) and stages[0] <= attacked["clean"]
+            assert attacked[f"autoattack_{eps}"] == stages[-1] == entry["robust"][f"autoattack_{eps}"]
+            assert entry["robust"][f"autoattack_{eps}_se"] == table11.binomial_se(stages[-1], 4)
+    table = (out / "table.md").read_text()
+    assert table == report.render_table11_md(results) and "--quick" in table and table in done.stdout
+    assert "| AutoAttack, eps 0.1, % (± binomial s.e.) | 74.89 |" in table
+    # --render rewrites table.md from results.json alone
+    (out / "table.md").write_text("stale")
+    run_cli("el-reproduce", "mnist-table11", "--render", str(out / "results.json"))
+    assert (out / "table.md").read_text() == table
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA")
+def test_el_reproduce_both_setups_cuda(mnist_data, tmp_path):
+    run_cli("el-reproduce", "mnist-table11", "--quick", "--device", "cuda", "--no-progress", "--data", mnist_data,
+            "--out", str(tmp_path / "t11"))
+    assert json.load(open(tmp_path / "t11" / "results.json"))["settings"]["device"] == "cuda"
+    run_cli("el-reproduce", "mnist", "--setup", "paper", "--device", "cuda", "--seeds", "2", "--epochs", "2",
+            "--train-images", "1024", "--test-images", "500", "--variants", "ce,el", "--no-progress",
+            "--data", mnist_data, "--out", str(tmp_path / "paper"))
+    assert json.load(open(tmp_path / "paper" / "results.json"))["settings"]["device"] == "cuda"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--models", "0"], "--models must be >= 1, got 0"),
+    (["--models", "2", "--attack-models", "3"], "--attack-models must be in [1, 2] (at most --models), got 3"),
+    (["--test-images", "100", "--attack-images", "200"],
+     "--attack-images must be in [1, 100] (at most --test-images), got 200"),
+    (["--quick", "--attack-models", "3"], "--attack-models must be in [1, 2] (at most --models), got 3"),
+    (["--epochs", "0"], "--epochs must be >= 1, got 0"),
+    (["--render", "no/such/results.json"], "--render no/such/results.json: no such file"),
+    (["--device", "cuda:99"], "--device cuda:99"),
+])
+def test_el_reproduce_mnist_table11_refuses_bad_arguments(args, message, capsys):
+    from el_plugins.reproduce.__main__ import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["mnist-table11", *args])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "el-reproduce mnist-table11: error:" in err and message in err, err
 
 
 @pytest.mark.parametrize("args, message", [
@@ -199,3 +291,25 @@ def test_committed_results_are_a_full_run_and_the_readme_shows_them():
     assert block == report.render_tables(results), "the README's MNIST table differs from results/mnist/results.json"
     seconds = settings["wall_seconds"]
     assert f"took {seconds:.0f} s ({seconds / 60:.1f} min)" in readme, "the README's wall time is not the committed run's"
+
+
+def test_committed_table11_results_are_a_full_run_and_the_readme_shows_them():
+    """results/mnist-table11/results.json: `el-reproduce mnist-table11 --out results/mnist-table11` (the README's
+    command, ~25 min on 2 CPU cores); fails until that run is committed and the README block rendered from it."""
+    assert os.path.isfile(TABLE11_RESULTS), ("results/mnist-table11/results.json is missing: run `el-reproduce "
+                                             "mnist-table11 --out results/mnist-table11` and commit its output")
+    results = json.load(open(TABLE11_RESULTS))
+    s = results["settings"]
+    assert not s["quick"] and s["train_images"] == 60000 and s["test_images"] == 10000 and s["epochs"] == 5
+    assert s["models"] >= 3 and s["attack"]["images"] * s["attack"]["models_per_loss"] >= 120
+    for entry in results["variants"].values():
+        assert len(entry["models"]) == s["models"] and len(entry["attacked"]) == s["attack_models"]
+    table_md = open(os.path.join(ROOT, "results", "mnist-table11", "table.md"), encoding="utf-8").read()
+    assert table_md == report.render_table11_md(results), "results/mnist-table11/table.md is not what results.json renders to"
+    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    block = report.readme_block(readme, report.TABLE11_BEGIN, report.TABLE11_END)
+    assert block is not None, f"README.md lacks the markers {report.TABLE11_BEGIN!r} ... {report.TABLE11_END!r}"
+    assert block == report.render_table11(results), "the README's Table 11 differs from results/mnist-table11/results.json"
+    seconds = s["wall_seconds"]
+    assert f"took {seconds:.0f} s ({seconds / 60:.1f} min)" in readme.split(report.TABLE11_END)[1], \
+        "the README's Table 11 wall time is not the committed run's"

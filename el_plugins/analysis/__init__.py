@@ -10,17 +10,20 @@ from el_plugins.analysis.metrics import (
     OOD_SCORES,
     accuracy,
     auroc,
+    auroc_paper_code,
     data_energy,
     describe,
     ece_from_table,
     expected_calibration_error,
     fpr_at_tpr,
+    fpr_at_tpr_paper_code,
     free_energy,
     margins,
     log_max_prob,
     max_prob,
     min_energy,
     ood_scores,
+    paper_code_ood_scores,
     reliability_table,
     roc_curve,
     row_values,
@@ -30,8 +33,8 @@ from el_plugins.analysis.metrics import (
 from el_plugins.analysis.streaming import StreamingAnalysis
 
 __all__ = [
-    "ID_IS", "OOD_SCORES", "StreamingAnalysis", "accuracy", "auroc", "data_energy", "describe",
-    "ece_from_table", "expected_calibration_error", "fpr_at_tpr", "free_energy", "log_max_prob", "margins", "max_prob",
-    "min_energy", "ood_scores", "reliability_table", "roc_curve", "row_values", "target_probs",
+    "ID_IS", "OOD_SCORES", "StreamingAnalysis", "accuracy", "auroc", "auroc_paper_code", "data_energy", "describe",
+    "ece_from_table", "expected_calibration_error", "fpr_at_tpr", "fpr_at_tpr_paper_code", "free_energy", "log_max_prob", "margins", "max_prob",
+    "min_energy", "ood_scores", "paper_code_ood_scores", "reliability_table", "roc_curve", "row_values", "target_probs",
     "well_classified_fraction",
 ]

@@ -271,6 +271,53 @@ def roc_curve(id_scores, ood_scores_, id_is: str = "higher") -> Tuple[np.ndarray
     return fpr, tpr
 
 
+# --------------------------------------------------------------------------- OOD detection, the authors' way
+# The authors' metrics.py (after FSSD's code) ranks all rows by score, most in-distribution first, after a
+# random permutation, so tied rows come in random order; it then walks that ranking one row at a time.
+# Without ties the two definitions agree exactly; with ties the AUROC is one draw of a random variable whose
+# mean is scikit-learn's (a tie counted 1/2), and the FPR stops inside a tied group at the row where the TPR
+# reaches 0.95, where scikit-learn's threshold accepts the whole group.
+def paper_code_ood_scores(logits: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """The three OOD scores as the authors' ood_test_mnist.py computes them (higher = more in-distribution,
+    in the logits' dtype): min_energy -> max_k z_k, free_energy -> logsumexp_k z_k, max_prob -> max_k softmax(z)_k
+    (in float32 a confident row's max_k p_k rounds to 1: such rows tie). Computed in float32 or wider."""
+    z, _ = _flatten(logits)
+    return {"min_energy": z.amax(1), "free_energy": torch.logsumexp(z, 1), "max_prob": torch.softmax(z, 1).amax(1)}
+
+
+def _ranking_random_ties(id_scores, ood_scores_, id_is: str, seed: int) -> np.ndarray:
+    """is-in-distribution of every row along the authors' ranking (most in-distribution first, ties in the
+    order of a random permutation drawn by ``numpy.random.default_rng(seed)``)."""
+    a, b = _oriented(id_scores, ood_scores_, id_is)
+    scores = np.concatenate([a, b])
+    is_id = np.concatenate([np.ones(a.size, dtype=bool), np.zeros(b.size, dtype=bool)])
+    perm = np.random.default_rng(seed).permutation(scores.size)
+    order = np.argsort(-scores[perm], kind="stable")
+    return is_id[perm][order]
+
+
+def auroc_paper_code(id_scores, ood_scores_, id_is: str = "higher", seed: int = 0) -> float:
+    """AUROC as the authors' metrics.py computes it: the trapezoids under the ROC curve walked one row at a
+    time along a ranking whose ties are in random order, = sum over OOD rows of TP(rows ranked before it) / (P N).
+    Equal to :func:`auroc` without ties; with ties one random draw around it."""
+    is_id = _ranking_random_ties(id_scores, ood_scores_, id_is, seed)
+    n_id, n_ood = int(is_id.sum()), int(is_id.size - is_id.sum())
+    true_positives = np.cumsum(is_id)
+    return float(true_positives[~is_id].sum(dtype=np.float64) / (n_id * n_ood))
+
+
+def fpr_at_tpr_paper_code(id_scores, ood_scores_, tpr: float = 0.95, id_is: str = "higher", seed: int = 0) -> float:
+    """FPR at ``tpr`` as the authors' metrics.py computes it: walking the ranking (ties in random order) one row
+    at a time, FP / N at the first row where TP / P >= ``tpr``. Equal to :func:`fpr_at_tpr` without ties at
+    that point; with ties there it counts only the tied OOD rows ranked before that row, not the whole group."""
+    if not 0.0 < tpr <= 1.0:
+        raise ValueError(f"tpr must be in (0, 1], got {tpr!r}")
+    is_id = _ranking_random_ties(id_scores, ood_scores_, id_is, seed)
+    n_id, n_ood = int(is_id.sum()), int(is_id.size - is_id.sum())
+    first = int(np.argmax(np.cumsum(is_id) / n_id >= tpr))
+    return float(np.cumsum(~is_id)[first] / n_ood)
+
+
 # --------------------------------------------------------------------------- summaries
 QUANTILES = (("q05", 0.05), ("q25", 0.25), ("median", 0.5), ("q75", 0.75), ("q95", 0.95))
 

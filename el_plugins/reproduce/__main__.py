@@ -2,15 +2,19 @@
 
   el-reproduce mnist                 # ~15 min on 2 CPU cores: CE, CE+LS, EL, EL+LS x 3 seeds
   el-reproduce mnist --quick         # a CI smoke run on small subsets (not a result)
+  el-reproduce mnist --setup paper   # the authors' Tables 1/4/13 network and schedule (~4 h a run on 2 CPU cores)
+  el-reproduce mnist-table11         # Table 11 the authors' way (el-reproduce mnist-table11 --help)
   el-reproduce translation           # Spanish -> English Bible: LS-CE, EL (log_end 0.5, 1) x 3/3/2 seeds
   el-reproduce translation --quick   # a CI smoke run (not a result); `el-reproduce translation --help`
 
 mnist: real MNIST (train 60,000 / test 10,000) with the Fashion-MNIST test set as out-of-distribution
 data (el-data mnist fetches both into --data, offline, on the first run). Each variant trains the same
-small CNN with the same schedule per seed; measured: test accuracy, OOD detection (AUROC / FPR at 95%
-TPR for the minimum conditional energy, the free energy and the max. probability), ECE, the energy on
-and out of the data, and accuracy under L-inf attacks (torchattacks: APGD-CE + APGD-DLR, PGD, FGSM) at
-eps 0.1 and 0.2.
+network with the same schedule per seed (--setup el-plugins: el-plugins' own small CNN, 5 epochs; paper:
+the authors' MNISTNet, 100 epochs, the best test epoch); measured: test accuracy, OOD detection (AUROC /
+FPR at 95% TPR for the minimum conditional energy, the free energy and the max. probability, by
+scikit-learn and as the authors' metrics.py), ECE, the energy on and out of the data, and accuracy under
+L-inf attacks (torchattacks: APGD-CE + APGD-DLR, PGD, FGSM) at eps 0.1 and 0.2.
+mnist-table11: Table 11 as the authors ran it (their network, training and torchattacks 3.1.0's AutoAttack).
 Writes OUT/results.json, OUT/table.md (measured mean +- std beside the paper) and PNG plots; prints the
 table (stdout). Progress bars and messages go to stderr (``--no-progress``: no bars); a damaged data folder
 or results.json is ``el-reproduce: error: ...``, exit 1; a bad option exits 2.
@@ -26,14 +30,15 @@ from el_plugins import commands
 from el_plugins.devices import add_device_argument
 from el_plugins.files import output_folder_problem
 from el_plugins.reproduce.paper import PAPER_LOG_END, PAPER_SMOOTHING, VARIANTS
+from el_plugins.reproduce.recipes import ATTACK_IMAGES, RECIPES, SETUPS
 
 PROG = "el-reproduce"
-EXPERIMENTS = ("mnist", "translation")
+EXPERIMENTS = ("mnist", "mnist-table11", "translation")
 logger = logging.getLogger(__name__)
 QUICK = {"seeds": 2, "epochs": 1, "train_images": 12000, "test_images": 2000, "attack_images": 200, "apgd_steps": 20,
          "pgd_steps": 10}
 FULL = {"seeds": 3, "epochs": 5, "train_images": 60000, "test_images": 10000, "attack_images": 500, "apgd_steps": 100,
-        "pgd_steps": 20}  # the defaults without --quick; a value given on the command line wins over both
+        "pgd_steps": 20}  # --setup el-plugins' defaults without --quick (_fill_defaults); a value given wins over both
 OUTPUTS = ("results.json", "table.md", "roc.png", "margins.png", "reliability.png",
            *(f"energy_{v}.png" for v in VARIANTS))  # one output set (el_plugins.files.output_set)
 
@@ -48,15 +53,23 @@ def _usable_cores() -> int:
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(prog=PROG, description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("experiment", choices=EXPERIMENTS, help="mnist: the paper's MNIST tables (1, 4, 11, 13); "
-                    "translation: its translation claims on a real corpus (options: el-reproduce translation --help)")
+    ap.add_argument("experiment", choices=EXPERIMENTS,
+                    help="mnist: the paper's MNIST tables (1, 4, 11, 13); mnist-table11: Table 11 the authors' way; "
+                         "translation: its translation claims on a real corpus (their own options: el-reproduce "
+                         "mnist-table11 --help, el-reproduce translation --help)")
+    ap.add_argument("--setup", choices=SETUPS, default="el-plugins",
+                    help="el-plugins: el-plugins' own CPU setup (SmallCNN, Adam, 5 epochs; default); paper: the "
+                         "authors' Tables 1/4/13 setup (MNISTNet, SGD, 100 epochs, the best test epoch; for a GPU), "
+                         "no attacks unless --attack-images")
     ap.add_argument("--out", default="runs/reproduce-mnist", help="output folder (default: runs/reproduce-mnist)")
     ap.add_argument("--data", default="data", help="the data folder; filled by `el-data mnist` when empty (default: data)")
     ap.add_argument("--seeds", type=int, default=None, help="seeds 0 .. N-1 per variant, N >= 2 (default: 3)")
     ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {','.join(VARIANTS)}")
-    ap.add_argument("--epochs", type=int, default=None, help="training epochs per model (default: 5)")
-    ap.add_argument("--batch-size", type=int, default=128, help="(default: 128)")
-    ap.add_argument("--lr", type=float, default=3e-3, help="peak learning rate of the one-cycle schedule (default: 3e-3)")
+    ap.add_argument("--epochs", type=int, default=None, help="training epochs per model (default: 5; --setup paper: 100)")
+    ap.add_argument("--batch-size", type=int, default=None, help="(default: 128; --setup paper: 256)")
+    ap.add_argument("--lr", type=float, default=None,
+                    help="peak learning rate of the one-cycle schedule (default: 3e-3); --setup paper: the initial "
+                         "one (default: 0.1)")
     ap.add_argument("--log-end", type=float, default=PAPER_LOG_END,
                     help=f"EL's log_end in (0, 1] (default: {PAPER_LOG_END}, the paper's for all its MNIST tables)")
     ap.add_argument("--smoothing", type=float, default=PAPER_SMOOTHING,
@@ -64,7 +77,8 @@ def parse_args(argv=None):
     ap.add_argument("--train-images", type=int, default=None, help="use the first N training images (default: all 60000)")
     ap.add_argument("--test-images", type=int, default=None,
                     help="use the first N MNIST and Fashion-MNIST test images (default: all 10000)")
-    ap.add_argument("--attack-images", type=int, default=None, help="attack the first N test images (default: 500)")
+    ap.add_argument("--attack-images", type=int, default=None,
+                    help="attack the first N test images, 0: no attacks (default: 500; --setup paper: 0)")
     ap.add_argument("--apgd-steps", type=int, default=None, help="iterations of each APGD attack (default: 100)")
     ap.add_argument("--pgd-steps", type=int, default=None, help="PGD iterations (default: 20)")
     add_device_argument(ap)
@@ -83,9 +97,7 @@ def parse_args(argv=None):
             ap.error(f"--render {args.render}: no such file")
         return args
 
-    for key in QUICK:  # --quick changes the defaults only: a value given on the command line is used as it is
-        if getattr(args, key) is None:
-            setattr(args, key, (QUICK if args.quick else FULL)[key])
+    _fill_defaults(args)
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     bad = [v for v in args.variants if v not in VARIANTS]
     if bad or not args.variants:
@@ -94,7 +106,7 @@ def parse_args(argv=None):
         ap.error(f"--variants names a variant twice: {','.join(args.variants)}")
     for name, low, high in (("seeds", 2, None), ("epochs", 1, None), ("batch_size", 1, None), ("pgd_steps", 1, None),
                             ("apgd_steps", 1, None),
-                            ("train_images", 1, 60000), ("test_images", 1, 10000), ("attack_images", 1, None)):
+                            ("train_images", 1, 60000), ("test_images", 1, 10000), ("attack_images", 0, None)):
         value = getattr(args, name)
         if value < low or (high is not None and value > high):
             allowed = f">= {low}" if high is None else f"in [{low}, {high}]"
@@ -118,6 +130,18 @@ def parse_args(argv=None):
     if importlib.util.find_spec("torchattacks") is None:
         ap.error("the attacks need torchattacks: pip install --no-deps torchattacks==3.5.1 (scripts/setup.sh does)")
     return args
+
+
+def _fill_defaults(args) -> None:
+    """The options not given on the command line: the setup's (--epochs, --batch-size, --lr, --attack-images:
+    recipes.RECIPES, ATTACK_IMAGES) or FULL's; with --quick, the smaller of that and QUICK's. A value given is
+    used as it is, --quick or not."""
+    recipe = RECIPES[args.setup]
+    defaults = {**FULL, "epochs": recipe.epochs, "batch_size": recipe.batch_size, "lr": recipe.lr,
+                "attack_images": ATTACK_IMAGES[args.setup]}
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, min(value, QUICK[key]) if args.quick and key in QUICK else value)
 
 
 def load_data(folder: str, log):
@@ -149,22 +173,9 @@ def data_info(folder: str, args) -> dict:
 
 def render(path: str) -> int:
     """table.md beside results.json ``path``, from it (after a change of the table's layout)."""
-    import json
-
-    from el_plugins.files import write_text
     from el_plugins.reproduce import report
 
-    try:
-        with open(path, encoding="utf-8") as f:
-            results = json.load(f)
-        if not isinstance(results, dict) or not isinstance(results.get("variants"), dict) or not results["variants"]:
-            raise ValueError("it has no measured variants ('variants' is missing or empty)")
-        text = report.render_table_md(results)
-    except (OSError, ValueError, KeyError, TypeError, StopIteration) as exc:
-        raise commands.CommandError(f"--render {path}: not a results.json of el-reproduce mnist "
-                                    f"({type(exc).__name__}: {exc})") from None
-    write_text(os.path.join(os.path.dirname(os.path.abspath(path)), "table.md"), text)
-    print(text)
+    print(report.rerender(path, report.render_table_md, "el-reproduce mnist"))
     return 0
 
 
@@ -183,6 +194,9 @@ def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["translation"]:
         return translation_main(argv[1:])
+    if argv[:1] == ["mnist-table11"]:
+        from el_plugins.reproduce import table11
+        return table11.main(argv[1:])
     args = parse_args(argv)
     commands.setup_logging(PROG)
     if args.render is not None:
@@ -204,13 +218,14 @@ def _reproduce(args, argv) -> int:
         torch.set_num_threads(args.threads)
     data = load_data(args.data, log)
     settings = mnist.Settings(
-        seeds=tuple(range(args.seeds)), variants=tuple(args.variants), epochs=args.epochs, batch_size=args.batch_size,
+        setup=args.setup, seeds=tuple(range(args.seeds)), variants=tuple(args.variants), epochs=args.epochs, batch_size=args.batch_size,
         lr=args.lr, log_end=args.log_end, smoothing=args.smoothing, train_images=args.train_images,
         test_images=args.test_images, ood_images=args.test_images, attack_images=args.attack_images,
         apgd_steps=args.apgd_steps, pgd_steps=args.pgd_steps, device=str(args.device), threads=args.threads if args.device.type == "cpu" else 0,
         quick=args.quick, extra={"note": args.note, "command": "el-reproduce " + " ".join(sys.argv[1:] if argv is None else argv),
                                  "why_not_autoattack": mnist.WHY_NOT_AUTOATTACK})
-    log(f"mnist: {len(settings.variants)} variants x {len(settings.seeds)} seeds, {settings.epochs} epoch(s) "
+    log(f"mnist ({mnist.RECIPES[args.setup].label}): {len(settings.variants)} variants x {len(settings.seeds)} seeds, "
+        f"{settings.epochs} epoch(s) "
         f"on {settings.train_images:,} images, {settings.device}" + (f", {args.threads} thread(s)" if settings.threads else ""))
     results, arrays = mnist.run(settings, data, data_info(args.data, args), progress=args.progress, log=log)
     results["settings"]["wall_seconds_with_data"] = round(time.time() - started, 1)
@@ -270,9 +285,9 @@ def parse_translation_args(argv):
         if value is not None and value < low:
             ap.error(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
     for name in ("out", "work", "data"):
-        path = getattr(args, name)
-        if path is not None and os.path.exists(path) and not os.path.isdir(path):
-            ap.error(f"--{name} {path}: exists and is not a folder")
+        problem = getattr(args, name) is not None and output_folder_problem(getattr(args, name))
+        if problem:
+            ap.error(f"--{name} {getattr(args, name)}: {problem}")
     if args.quick:  # options given explicitly win over --quick's
         explicit = {a.split("=")[0] for a in argv if a.startswith("--")}
         seeds = {v: 1 if f"--{v.replace('_', '-')}-seeds" not in explicit else n for v, n in seeds.items()}
