@@ -21,7 +21,6 @@ defaults (3 models, all attacked, 40 images) fit about 25 minutes on 2 CPU cores
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import os
@@ -51,6 +50,7 @@ AUTOATTACK_3_1_0 = {
     "square": ("Square", {"norm": "Linf", "n_queries": 5000, "n_restarts": 1, "p_init": 0.8, "loss": "margin",
                           "resc_schedule": True}),
 }
+OUTPUTS = ("results.json", "table.md")  # one output set (el_plugins.files.output_set)
 ATTACK_BATCH = 20  # images per AutoAttack call: the progress bar moves once per batch
 QUICK = {"models": 2, "attack_models": 1, "epochs": 1, "train_images": 12000, "test_images": 2000, "attack_images": 4}
 # 3 models per loss, every one attacked on 40 images: ~24 min on 2 CPU cores (one on 200 would take ~36)
@@ -291,7 +291,7 @@ def _reproduce(args, argv) -> int:
 
     import torch
 
-    from el_plugins.files import write_json, write_text
+    from el_plugins.files import output_set, write_json, write_text
     from el_plugins.reproduce import report
     from el_plugins.reproduce.__main__ import data_info, load_data
 
@@ -312,10 +312,10 @@ def _reproduce(args, argv) -> int:
                 f"{s.attack_images} test images at eps {', '.join(map(str, s.epsilons))}; {s.device}")
     results = run(s, data, info, progress=args.progress, log=logger.info)
     results["settings"]["wall_seconds_with_data"] = round(time.time() - started, 1)
-    os.makedirs(args.out, exist_ok=True)
     table = report.render_table11_md(results)
-    write_text(os.path.join(args.out, "table.md"), table)
-    write_json(os.path.join(args.out, "results.json"), results)
+    with output_set(args.out, owns=OUTPUTS) as staged:  # one set: an interrupted write leaves the previous one
+        write_text(staged.path("table.md"), table)
+        write_json(staged.path("results.json"), results)
     print(table)
     logger.info(f"wrote {os.path.join(args.out, 'results.json')}, {os.path.join(args.out, 'table.md')}")
     return 0

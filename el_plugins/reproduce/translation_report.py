@@ -127,18 +127,22 @@ def output_files(results: dict, extras: Dict[str, dict]) -> Dict[str, bytes]:
     return files
 
 
+OUTPUTS = ("results.json", "table.md", "margins.png", "learning_curves.png", "hypotheses")  # one output set
+
+
 def write_outputs(out: str, results: dict, extras: Dict[str, dict]) -> List[str]:
-    """Write the output set into ``out`` (results.json last); returns the paths written."""
-    from el_plugins.files import atomic_write
+    """Write the output set (:data:`OUTPUTS`) into ``out`` as one: staged and swapped in whole
+    (el_plugins.files.output_set), so an interrupted write leaves the previous set; returns the final paths."""
+    from el_plugins.files import output_set
 
     files = output_files(results, extras)
-    written = []
-    for rel in sorted(files, key=lambda r: r == "results.json"):
-        path = os.path.join(out, rel)
-        with atomic_write(path, "wb") as f:
-            f.write(files[rel])
-        written.append(path)
-    return written
+    with output_set(out, owns=OUTPUTS) as staged:
+        for rel, content in files.items():
+            path = staged.path(rel)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "wb") as f:
+                f.write(content)
+    return [os.path.join(out, rel) for rel in files]
 
 
 def readme_block(readme_text: str) -> Optional[str]:
