@@ -20,6 +20,7 @@ import sys
 import tempfile
 
 from el_plugins.files import write_json
+from el_plugins.provenance import describe, provenance
 from el_plugins.testing.toy_corpus import make_splits
 from el_plugins.translation import recipe
 from el_plugins.translation.prepare import prepare_parallel_corpus
@@ -39,6 +40,7 @@ def markdown_table(result: dict) -> str:
     for name, row in result["results"].items():
         lines.append(f"| {README_NAMES.get(name, name)} | {row['wps_median']:.0f} | "
                      f"{min(row['wps_all']):.0f}-{max(row['wps_all']):.0f} | {row['ratio_to_ls_ce']:.2f} |")
+    lines += ["", f"Produced by {describe(result.get('produced_by'))}."]
     return "\n".join(lines) + "\n"
 
 
@@ -89,7 +91,7 @@ def main(argv=None):
               "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
                           "torch": torch.__version__,
                           "gpu": torch.cuda.get_device_name(0) if args.device == "cuda" else None},
-              "results": rows}
+              "results": rows, "produced_by": provenance()}
     write_json(out, result)
     print(f"\n{'criterion':>15} {'words/s (median)':>17} {'ratio to LS-CE':>15}")
     for name, row in rows.items():

@@ -297,13 +297,18 @@ def _ratio(x, bold):
     return "-" if x is None else (f"**{x:.2f}**" if bold else f"{x:.2f}")
 
 
-def markdown_table(rows):
-    """The README's table of a results file's rows (the README quotes it as printed here): the logits table, or
-    with rows from --from-features the features table (ratios to LS-CE, to matmul + fused EL, and to torch's
-    chunked linear_cross_entropy without smoothing)."""
-    rows = [r for r in rows if "error" not in r]
-    if rows and rows[0].get("d") is not None:
-        return _features_markdown_table(rows)
+def markdown_table(result):
+    """The docs' table of a results file (quoted as printed here), with the line naming the code that produced
+    it: the logits table, or with rows from --from-features the features table (ratios to LS-CE, to matmul + fused
+    EL, and to torch's chunked linear_cross_entropy without smoothing)."""
+    from el_plugins.provenance import describe
+
+    rows = [r for r in result["results"] if "error" not in r]
+    table = _features_markdown_table(rows) if rows and rows[0].get("d") is not None else _logits_markdown_table(rows)
+    return table + f"\n\nProduced by {describe(result.get('produced_by'))}."
+
+
+def _logits_markdown_table(rows):
     out = ["| dtype | shape | variant | time ms | peak MiB | time / fairseq | memory / fairseq |",
            "|---|---|---|---:|---:|---:|---:|"]
     for r in rows:
@@ -373,7 +378,7 @@ def main(argv=None):
 
     if args.markdown:
         with open(args.markdown) as f:
-            print(markdown_table(json.load(f)["results"]))
+            print(markdown_table(json.load(f)))
         return
     if args.worker:
         spec = json.loads(args.worker)
@@ -462,7 +467,9 @@ def main(argv=None):
             "results": rows,
         }
         from el_plugins.files import write_json
+        from el_plugins.provenance import provenance
 
+        result["produced_by"] = provenance()
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         write_json(args.out, result)  # all or nothing
         print(f"written {args.out}")

@@ -45,7 +45,7 @@ def provenance() -> dict:
 def describe(produced_by: Optional[dict]) -> str:
     """'el-plugins 0.1.0, commit abcdef012345' (with ', uncommitted changes' when so) for tables and docs."""
     if not produced_by:
-        return "el-plugins (version not recorded)"
+        return "an el-plugins that did not record its version and commit (a run from before they were recorded)"
     text = f"el-plugins {produced_by.get('el_plugins_version')}"
     if produced_by.get("git_commit"):
         text += f", commit {produced_by['git_commit'][:12]}"

@@ -28,6 +28,7 @@ import warnings
 from el_plugins import commands
 from el_plugins.devices import add_device_argument
 from el_plugins.files import atomic_write, output_set, read_lines, write_text
+from el_plugins.provenance import describe, provenance
 
 PARTS = ("translation", "vision")
 OUTPUTS = ("results.json", "plots", *PARTS)  # one output set: a run replaces all of them
@@ -159,6 +160,8 @@ def format_table(results):
                                 ("margin_median", "median logit margin", "{:.3f}"), ("ece", "ECE", "{:.4f}")):
             lines.append(f"{label:32}" + "".join(
                 f"{fmt.format(r[key] * (100 if key == 'test_accuracy' else 1)):>12}" for r in runs.values()))
+        lines.append("")
+    lines.append(f"Produced by {describe(results.get('produced_by'))}.")
     return "\n".join(lines)
 
 
@@ -211,7 +214,8 @@ def _run_parts(args, splits, staged):
 
     t0 = time.time()
     results = {"settings": {k: str(v) if isinstance(v, torch.device) else v for k, v in vars(args).items()},
-               "machine": {"torch": torch.__version__, "device": str(args.device), "cpu_threads": torch.get_num_threads()}}
+               "machine": {"torch": torch.__version__, "device": str(args.device), "cpu_threads": torch.get_num_threads()},
+               "produced_by": provenance()}
     margins = {}
     if "translation" in args.parts:
         from el_plugins.demo.translation import run_translation

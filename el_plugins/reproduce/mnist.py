@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from el_plugins.analysis import StreamingAnalysis, metrics
 from el_plugins.loss import EncouragingLoss
+from el_plugins.provenance import provenance
 from el_plugins.reproduce.networks import NETWORKS, describe, parameter_count
 from el_plugins.reproduce.paper import VARIANT_NAMES, VARIANTS, paper_block
 from el_plugins.reproduce.recipes import RECIPES, TrainingSettings, paper_step_lr
@@ -357,7 +358,8 @@ def run(s: Settings, data: Dict, data_info: dict, progress: bool = True, log: Ca
                                            "the last epoch's model, which is what their saved checkpoints hold "
                                            "(best_model = model keeps a reference, not a copy)")
     settings.update(extra)
-    results = {"data": data_info, "variants": variants, "paper": paper_block(), "settings": settings}
+    results = {"data": data_info, "variants": variants, "paper": paper_block(), "settings": settings,
+               "produced_by": provenance()}
     return results, plot_arrays
 
 

@@ -12,6 +12,7 @@ from typing import Callable, Dict, List, Optional
 
 
 from el_plugins.files import atomic_write, write_text
+from el_plugins.provenance import describe
 from el_plugins.reproduce.paper import VARIANT_NAMES, VARIANTS
 
 README_BEGIN = "<!-- el-reproduce mnist: begin (generated from results/mnist/results.json; do not edit) -->"
@@ -79,9 +80,12 @@ def _cell(mean, std, decimals):
 
 
 def claim_verdict(results: dict, key: str, a: str, b: str, direction: str):
-    """(difference a - b, seed spread sqrt(std_a^2 + std_b^2), verdict) from the measured means and stds."""
+    """(difference a - b, seed spread sqrt(std_a^2 + std_b^2), verdict) from the measured means and stds; the
+    spread is None, and the verdict unclear, when a variant has one seed (its std is None)."""
     va, vb = results["variants"][a], results["variants"][b]
     diff = va["mean"][key] - vb["mean"][key]
+    if va["std"].get(key) is None or vb["std"].get(key) is None:
+        return diff, None, "unclear: one seed, no spread"
     spread = math.sqrt(va["std"][key] ** 2 + vb["std"][key] ** 2)
     return diff, spread, verdict(diff, spread, direction).replace("the spread", "the seed spread")
 
@@ -128,7 +132,8 @@ def render_tables(results: dict) -> str:
             cells.append(m)
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
-    lines.append(f"Measured: mean ± sample std over {n_seeds} seeds. Paper: as printed (one model per cell except Table 1).")
+    lines.append(f"Measured: mean ± sample std over {n_seeds} seeds. Paper: as printed (one model per cell except Table 1). "
+                 f"Produced by {describe(results.get('produced_by'))}.")
     lines.append("")
     lines.append("| the paper's claim | paper | measured difference (± seed spread) | holds here? |")
     lines.append("|---|---|---|---|")
@@ -230,7 +235,8 @@ def render_table11(results: dict) -> str:
         lines.append(f"| {claim} | {paper['el'][key]:.2f} vs {paper['ce'][key]:.2f} | {diff:+.2f} (± {spread:.2f}) | "
                      f"{verdict(diff, spread, 'higher')} |")
     lines += ["", "Spread: the models' sample std for the clean accuracy, the binomial standard error of the "
-              "attacked images for the robust accuracy (one standard deviation)."]
+              "attacked images for the robust accuracy (one standard deviation). "
+              f"Produced by {describe(results.get('produced_by'))}."]
     return "\n".join(lines) + "\n"
 
 

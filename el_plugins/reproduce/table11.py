@@ -31,6 +31,7 @@ from typing import Callable, Dict, List, Sequence
 
 from el_plugins import commands
 from el_plugins.devices import add_device_argument
+from el_plugins.provenance import provenance
 from el_plugins.reproduce.recipes import RECIPES, TrainingSettings
 
 PROG = "el-reproduce mnist-table11"
@@ -208,7 +209,7 @@ def run(s: Settings, data: Dict, data_info: dict, progress: bool = True, log: Ca
             "paper": {"variants": PAPER, "source": PAPER_SOURCE,
                       "reference": "Zhao et al., Well-classified Examples are Underestimated in Classification with "
                                    "Deep Neural Networks, AAAI 2022, arXiv 2110.06537"},
-            "settings": settings}
+            "settings": settings, "produced_by": provenance()}
 
 
 # --------------------------------------------------------------------------- the command

@@ -3,11 +3,11 @@ a verdict), the plots and the hypotheses files. :func:`render_tables` is the tex
 markers; tests/test_reproduce_translation.py checks it against the committed results/translation/results.json."""
 from __future__ import annotations
 
-import math
 import os
 from typing import Dict, List, Optional
 
 from el_plugins.provenance import describe
+from el_plugins.reproduce.report import claim_verdict
 from el_plugins.reproduce.translation import TGT, VARIANTS
 
 README_BEGIN = "<!-- el-reproduce translation: begin (generated from results/translation/results.json; do not edit) -->"
@@ -37,21 +37,6 @@ CLAIMS = [
 ]
 
 
-def claim_verdict(results: dict, key: str, a: str, b: str, direction: str):
-    """(difference a - b, seed spread sqrt(std_a^2 + std_b^2) or None, verdict)."""
-    va, vb = results["variants"][a], results["variants"][b]
-    diff = va["mean"][key] - vb["mean"][key]
-    if va["std"].get(key) is None or vb["std"].get(key) is None:
-        return diff, None, "unclear: one seed, no spread"
-    spread = math.sqrt(va["std"][key] ** 2 + vb["std"][key] ** 2)
-    sign = 1 if direction == "higher" else -1
-    if sign * diff > spread:
-        return diff, spread, "yes"
-    if -sign * diff > spread:
-        return diff, spread, "no: the opposite"
-    return diff, spread, "unclear: within the seed spread"
-
-
 def _cell(mean: float, std: Optional[float], decimals: int) -> str:
     return f"{mean:.{decimals}f}" + ("" if std is None else f" ± {std:.{decimals}f}")
 
@@ -69,7 +54,8 @@ def render_tables(results: dict) -> str:
             cells.append(_cell(m["mean"][key], m["std"].get(key), decimals) if key in m["mean"] else "–")
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Mean ± sample std over seeds; BLEU of the average of the last "
-              f"{results['settings']['average_last']} epoch checkpoints, beam {results['settings']['beam']}.", "",
+              f"{results['settings']['average_last']} epoch checkpoints, beam {results['settings']['beam']}. "
+              f"Produced by {describe(results.get('produced_by'))}.", "",
               "| the paper's claim | paper | measured difference (± seed spread) | holds here? |", "|---|---|---|---|"]
     for claim, key, a, b, direction, paper in CLAIMS:
         if a not in results["variants"] or b not in results["variants"]:
@@ -97,7 +83,6 @@ def render_table_md(results: dict) -> str:
         f"Wall time: {s['wall_seconds']:.0f} s ({s['wall_seconds'] / 60:.1f} min) on {s['device']}"
         + (f", {s['reused_runs']} finished run(s) reused" if s.get("reused_runs") else "")
         + ("; --quick (CI smoke run: small subsets, not a result)" if s.get("quick") else "") + ".",
-        f"Produced by {describe(results.get('produced_by'))}.",
         "", "",
     ]
     return "\n".join(intro) + render_tables(results)
