@@ -139,3 +139,35 @@ def test_device_cuda_trains_on_the_gpu_and_cpu_on_the_cpu():
     assert subprocess_env(torch.device("cuda", 1), {})["CUDA_VISIBLE_DEVICES"] == "1"
     done = run_cli("el-reproduce", "translation", "--device", "bogus", check=False)
     assert done.returncode == 2 and "--device bogus: not a device name" in done.stdout
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_outputs_are_swapped_in_as_one_set(committed, tmp_path, monkeypatch, n):
+    """A SIGTERM while the outputs are put in place leaves the previous set or the new one whole, never a mix;
+    a rerun without a variant takes that variant's hypotheses away with it."""
+    import numpy as np
+
+    from el_plugins.testing.interrupts import sigterm_at_rename, staging_folders
+
+    def extras(results):
+        return {v: {"hypotheses": {s["seed"]: [f"{v} {s['seed']} {i}" for i in range(3)] for s in e["seeds"]},
+                    "margins": np.linspace(-1, 1, 20)} for v, e in results["variants"].items()}
+
+    def files_of(folder):
+        return {os.path.relpath(os.path.join(d, f), folder): open(os.path.join(d, f), "rb").read()
+                for d, dirs, files in os.walk(folder) if ".el-partial-" not in d for f in files}
+
+    out = tmp_path / "out"
+    translation_report.write_outputs(str(out), committed, extras(committed))
+    old = files_of(out)
+    assert {"results.json", "table.md", "margins.png", "learning_curves.png"} <= set(old)
+    smaller = dict(committed, variants={v: committed["variants"][v] for v in ("ce", "el")})
+    sigterm_at_rename(out, set(translation_report.OUTPUTS), n, monkeypatch)
+    with pytest.raises(SystemExit):
+        translation_report.write_outputs(str(out), smaller, extras(smaller))
+    monkeypatch.undo()
+    new = files_of(out)
+    assert not staging_folders(out)
+    assert json.loads(new["results.json"])["variants"].keys() == {"ce", "el"}  # the signal waited for the swap
+    assert not [p for p in new if "el_le1" in p] and [p for p in old if "el_le1" in p]
+    assert new["table.md"].decode() == translation_report.render_table_md(smaller)
