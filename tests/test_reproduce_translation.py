@@ -171,3 +171,14 @@ def test_outputs_are_swapped_in_as_one_set(committed, tmp_path, monkeypatch, n):
     assert json.loads(new["results.json"])["variants"].keys() == {"ce", "el"}  # the signal waited for the swap
     assert not [p for p in new if "el_le1" in p] and [p for p in old if "el_le1" in p]
     assert new["table.md"].decode() == translation_report.render_table_md(smaller)
+
+
+def test_render_rewrites_table_md_from_results_json(committed, tmp_path):
+    (tmp_path / "results.json").write_text(json.dumps(committed))
+    done = run_cli("el-reproduce", "translation", "--render", tmp_path / "results.json")
+    assert (tmp_path / "table.md").read_text() == translation_report.render_table_md(committed)
+    assert translation_report.render_tables(committed) in done.stdout
+    (tmp_path / "empty.json").write_text(json.dumps(dict(committed, variants={})))
+    bad = run_cli("el-reproduce", "translation", "--render", tmp_path / "empty.json", check=False)
+    assert bad.returncode == 1 and "Traceback" not in bad.stdout
+    assert "not a results.json of el-reproduce translation (ValueError: it has no measured variants" in bad.stdout

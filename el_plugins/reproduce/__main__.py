@@ -273,7 +273,13 @@ def parse_translation_args(argv):
                                                                for k, v in TRANSLATION_QUICK.items())
                     + ", one seed each, a 1+1-layer d=64 model")
     commands.add_progress_argument(ap)
+    ap.add_argument("--render", metavar="RESULTS_JSON",
+                    help="train nothing: write table.md beside an existing results.json from it, and print it")
     args = ap.parse_args(argv)
+    if args.render is not None:
+        if not os.path.isfile(args.render):
+            ap.error(f"--render {args.render}: no such file")
+        return args, None
     seeds = {v: getattr(args, f"{v}_seeds") for v in VARIANTS}
     for v, n in seeds.items():
         if n < 0:
@@ -316,7 +322,17 @@ def translation_main(argv) -> int:
     commands.setup_logging(PROG)
     from el_plugins.data import DataError
 
+    if args.render is not None:
+        return commands.run(PROG, lambda: _render_translation(args.render))
     return commands.run(PROG, lambda: _reproduce_translation(args, settings), errors=(DataError, OSError))
+
+
+def _render_translation(path: str) -> int:
+    """table.md beside results.json ``path``, from it (after a change of the table's layout)."""
+    from el_plugins.reproduce import report, translation_report
+
+    print(report.rerender(path, translation_report.render_table_md, "el-reproduce translation"))
+    return 0
 
 
 def _reproduce_translation(args, settings) -> int:
