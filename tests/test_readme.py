@@ -247,12 +247,6 @@ def test_readme_is_short_and_names_every_docs_page():
     assert [p for p in docs_pages() if p not in linked] == [], "README.md does not link every docs page"
 
 
-def _without_code(text):
-    """``text`` without fenced code blocks and inline code (where brackets and '#' lines are not Markdown)."""
-    text = re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)
-    return re.sub(r"`[^`\n]*`", "", text)
-
-
 def _links(text):
     return re.findall(r"\]\(([^)\s]+)\)", re.sub(r"^```.*?^```", "", text, flags=re.S | re.M))
 
