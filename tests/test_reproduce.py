@@ -1,5 +1,5 @@
 """el-data and el-reproduce: the data checks, the command end to end on the real data (--quick), and the
-README's "Does it work?" table against the committed results file."""
+tables on docs/reproductions.md against the committed results files."""
 import gzip
 import json
 import math
@@ -274,7 +274,9 @@ def test_el_reproduce_refuses_bad_arguments(args, message, capsys):
     assert exc.value.code == 2 and message in capsys.readouterr().err
 
 
-# --------------------------------------------------------------------------- the committed results and the README
+# --------------------------------------------------------------------------- the committed results and docs/reproductions.md
+REPRODUCTIONS_PAGE = os.path.join(ROOT, "docs", "reproductions.md")  # where the tables live (the README links to it)
+
 def test_committed_results_are_a_full_run_and_the_readme_shows_them():
     results = json.load(open(RESULTS))
     settings = results["settings"]
@@ -285,17 +287,20 @@ def test_committed_results_are_a_full_run_and_the_readme_shows_them():
             assert all(math.isfinite(record[k]) for k in KEYS)
     table_md = open(os.path.join(ROOT, "results", "mnist", "table.md"), encoding="utf-8").read()
     assert table_md == report.render_table_md(results), "results/mnist/table.md is not what results.json renders to"
-    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
-    block = report.readme_block(readme)
-    assert block is not None, f"README.md lacks the markers {report.README_BEGIN!r} ... {report.README_END!r}"
-    assert block == report.render_tables(results), "the README's MNIST table differs from results/mnist/results.json"
+    page = open(REPRODUCTIONS_PAGE, encoding="utf-8").read()
+    block = report.readme_block(page)
+    assert block is not None, f"docs/reproductions.md lacks the markers {report.README_BEGIN!r} ... {report.README_END!r}"
+    assert block == report.render_tables(results), \
+        "docs/reproductions.md's MNIST table differs from results/mnist/results.json"
     seconds = settings["wall_seconds"]
-    assert f"took {seconds:.0f} s ({seconds / 60:.1f} min)" in readme, "the README's wall time is not the committed run's"
+    assert f"took {seconds:.0f} s ({seconds / 60:.1f} min)" in page, \
+        "docs/reproductions.md's MNIST wall time is not the committed run's"
 
 
 def test_committed_table11_results_are_a_full_run_and_the_readme_shows_them():
-    """results/mnist-table11/results.json: `el-reproduce mnist-table11 --out results/mnist-table11` (the README's
-    command, ~25 min on 2 CPU cores); fails until that run is committed and the README block rendered from it."""
+    """results/mnist-table11/results.json: `el-reproduce mnist-table11 --out results/mnist-table11` (the command
+    on docs/reproductions.md, ~25 min on 2 CPU cores); fails until that run is committed and the block there rendered
+    from it."""
     assert os.path.isfile(TABLE11_RESULTS), ("results/mnist-table11/results.json is missing: run `el-reproduce "
                                              "mnist-table11 --out results/mnist-table11` and commit its output")
     results = json.load(open(TABLE11_RESULTS))
@@ -306,10 +311,11 @@ def test_committed_table11_results_are_a_full_run_and_the_readme_shows_them():
         assert len(entry["models"]) == s["models"] and len(entry["attacked"]) == s["attack_models"]
     table_md = open(os.path.join(ROOT, "results", "mnist-table11", "table.md"), encoding="utf-8").read()
     assert table_md == report.render_table11_md(results), "results/mnist-table11/table.md is not what results.json renders to"
-    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
-    block = report.readme_block(readme, report.TABLE11_BEGIN, report.TABLE11_END)
-    assert block is not None, f"README.md lacks the markers {report.TABLE11_BEGIN!r} ... {report.TABLE11_END!r}"
-    assert block == report.render_table11(results), "the README's Table 11 differs from results/mnist-table11/results.json"
+    page = open(REPRODUCTIONS_PAGE, encoding="utf-8").read()
+    block = report.readme_block(page, report.TABLE11_BEGIN, report.TABLE11_END)
+    assert block is not None, f"docs/reproductions.md lacks the markers {report.TABLE11_BEGIN!r} ... {report.TABLE11_END!r}"
+    assert block == report.render_table11(results), \
+        "docs/reproductions.md's Table 11 differs from results/mnist-table11/results.json"
     seconds = s["wall_seconds"]
-    assert f"took {seconds:.0f} s ({seconds / 60:.1f} min)" in readme.split(report.TABLE11_END)[1], \
-        "the README's Table 11 wall time is not the committed run's"
+    assert f"took {seconds:.0f} s ({seconds / 60:.1f} min)" in page.split(report.TABLE11_END)[1], \
+        "docs/reproductions.md's Table 11 wall time is not the committed run's"

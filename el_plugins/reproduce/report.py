@@ -1,8 +1,9 @@
 """results.json -> table.md (measured mean +- std beside the paper) and the PNG plots.
 
 :func:`render_tables` (el-reproduce mnist) and :func:`render_table11` (el-reproduce mnist-table11) are the
-texts the README's "Does it work?" section holds between their markers; tests/test_reproduce.py checks that
-the README shows exactly what the committed results.json files render to.
+texts docs/reproductions.md holds between their markers; tests/test_reproduce.py checks that the page shows
+exactly what the committed results.json files render to (the README's one-line summaries of them are
+el_plugins.reproduce.headlines').
 """
 from __future__ import annotations
 
@@ -333,14 +334,16 @@ def write_outputs(out: str, results: dict, arrays: Dict[str, dict]) -> List[str]
 
 
 def readme_block(readme_text: str, begin: str = README_BEGIN, end: str = README_END) -> Optional[str]:
-    """The text between the README markers ``begin`` and ``end`` (None when they are missing)."""
+    """The text between the markers ``begin`` and ``end`` of a page (docs/reproductions.md; None when they are
+    missing)."""
     if begin not in readme_text or end not in readme_text:
         return None
     return readme_text.split(begin, 1)[1].split(end, 1)[0].strip("\n") + "\n"
 
 
 def with_readme_block(readme_text: str, block: str, begin: str = README_BEGIN, end: str = README_END) -> str:
-    """``readme_text`` with ``block`` between the markers ``begin`` and ``end`` (ValueError when they are missing)."""
+    """``readme_text`` (a page: docs/reproductions.md, the README) with ``block`` between the markers ``begin`` and
+    ``end`` (ValueError when they are missing)."""
     if readme_block(readme_text, begin, end) is None:
         raise ValueError(f"the README lacks the markers {begin!r} ... {end!r}")
     head, rest = readme_text.split(begin, 1)

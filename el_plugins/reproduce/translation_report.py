@@ -1,6 +1,7 @@
 """el-reproduce translation's results.json -> table.md (measured mean +- std per variant, the paper's claims with
-a verdict), the plots and the hypotheses files. :func:`render_tables` is the text the README holds between its
-markers; tests/test_reproduce_translation.py checks it against the committed results/translation/results.json."""
+a verdict), the plots and the hypotheses files. :func:`render_tables` is the text docs/reproductions.md holds
+between its markers; tests/test_reproduce_translation.py checks it against the committed
+results/translation/results.json."""
 from __future__ import annotations
 
 import os
@@ -131,7 +132,7 @@ def write_outputs(out: str, results: dict, extras: Dict[str, dict]) -> List[str]
 
 
 def readme_block(readme_text: str) -> Optional[str]:
-    """The text between the README markers (None when they are missing)."""
+    """The text between the markers on docs/reproductions.md (None when they are missing)."""
     if README_BEGIN not in readme_text or README_END not in readme_text:
         return None
     return readme_text.split(README_BEGIN, 1)[1].split(README_END, 1)[0].strip("\n") + "\n"
