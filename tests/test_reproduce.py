@@ -299,7 +299,7 @@ def test_committed_results_are_a_full_run_and_the_readme_shows_them():
 
 def test_committed_table11_results_are_a_full_run_and_the_readme_shows_them():
     """results/mnist-table11/results.json: `el-reproduce mnist-table11 --out results/mnist-table11` (the command
-    on docs/reproductions.md, ~25 min on 2 CPU cores); fails until that run is committed and the block there rendered
+    on docs/reproductions.md, ~20 min on 2 CPU cores); fails until that run is committed and the block there rendered
     from it."""
     assert os.path.isfile(TABLE11_RESULTS), ("results/mnist-table11/results.json is missing: run `el-reproduce "
                                              "mnist-table11 --out results/mnist-table11` and commit its output")

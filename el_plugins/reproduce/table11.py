@@ -16,7 +16,7 @@ As the authors' ``adversarial_robustness/demos/attack.py`` ran it (``--mode trai
 The authors trained 10 models per loss and attacked one on all 10,000 test images; this trains ``--models``
 per loss (clean accuracy on the 10,000 test images) and attacks the first ``--attack-models`` of them on the
 first ``--attack-images`` test images, reporting the binomial standard error of the robust accuracy. The
-defaults (3 models, all attacked, 40 images) fit about 25 minutes on 2 CPU cores.
+defaults (3 models, all attacked, 40 images) fit about 20 minutes on 2 CPU cores (the committed run: 1195 s).
 """
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ AUTOATTACK_3_1_0 = {
 OUTPUTS = ("results.json", "table.md")  # one output set (el_plugins.files.output_set)
 ATTACK_BATCH = 20  # images per AutoAttack call: the progress bar moves once per batch
 QUICK = {"models": 2, "attack_models": 1, "epochs": 1, "train_images": 12000, "test_images": 2000, "attack_images": 4}
-# 3 models per loss, every one attacked on 40 images: ~24 min on 2 CPU cores (one on 200 would take ~36)
+# 3 models per loss, every one attacked on 40 images: ~20 min on 2 CPU cores (one on 200 would take ~36)
 DEFAULTS = {"models": 3, "attack_models": 3, "epochs": RECIPES["table11"].epochs, "train_images": 60000,
             "test_images": 10000, "attack_images": 40}  # = Settings()'s
 PAPER = {"ce": {"accuracy": 98.69, "autoattack_0.1": 74.89, "autoattack_0.2": 5.04},
