@@ -27,8 +27,8 @@ import sys
 import time
 
 from el_plugins import commands
-from el_plugins.devices import add_device_argument
 from el_plugins.files import output_folder_problem
+from el_plugins.reproduce.options import add_run_options, parse_run_options
 from el_plugins.reproduce.paper import PAPER_LOG_END, PAPER_SMOOTHING, VARIANTS
 from el_plugins.reproduce.recipes import ATTACK_IMAGES, RECIPES, SETUPS
 
@@ -81,20 +81,10 @@ def parse_args(argv=None):
                     help="attack the first N test images, 0: no attacks (default: 500; --setup paper: 0)")
     ap.add_argument("--apgd-steps", type=int, default=None, help="iterations of each APGD attack (default: 100)")
     ap.add_argument("--pgd-steps", type=int, default=None, help="PGD iterations (default: 20)")
-    add_device_argument(ap)
-    ap.add_argument("--threads", type=int, default=None,
-                    help="torch CPU threads (default: the usable cores, at most 8)")
-    ap.add_argument("--note", default="", help="a remark stored in results.json settings (e.g. 'CPU shared with other jobs')")
-    ap.add_argument("--quick", action="store_true",
-                    help="CI smoke run: " + ", ".join(f"{k.replace('_', '-')} {v}" for k, v in QUICK.items())
+    add_run_options(ap, "CI smoke run: " + ", ".join(f"{k.replace('_', '-')} {v}" for k, v in QUICK.items())
                     + " (where not given)")
-    commands.add_progress_argument(ap)
-    ap.add_argument("--render", metavar="RESULTS_JSON",
-                    help="train nothing: write table.md beside an existing results.json from it, and print it")
-    args = ap.parse_args(argv)
+    args = parse_run_options(ap, argv)
     if args.render is not None:
-        if not os.path.isfile(args.render):
-            ap.error(f"--render {args.render}: no such file")
         return args
 
     _fill_defaults(args)
@@ -266,19 +256,11 @@ def parse_translation_args(argv):
                     help=f"joint sentencepiece vocabulary (default: {defaults.vocab_size})")
     ap.add_argument("--average-last", type=int, default=defaults.average_last,
                     help=f"epoch checkpoints averaged (default: {defaults.average_last})")
-    add_device_argument(ap)
-    ap.add_argument("--note", default="", help="a remark stored in results.json settings")
-    ap.add_argument("--quick", action="store_true",
-                    help="CI smoke run (not a result): " + ", ".join(f"{k.replace('_', '-')} {v}"
-                                                               for k, v in TRANSLATION_QUICK.items())
-                    + ", one seed each, a 1+1-layer d=64 model")
-    commands.add_progress_argument(ap)
-    ap.add_argument("--render", metavar="RESULTS_JSON",
-                    help="train nothing: write table.md beside an existing results.json from it, and print it")
-    args = ap.parse_args(argv)
+    add_run_options(ap, "CI smoke run (not a result): " + ", ".join(f"{k.replace('_', '-')} {v}"
+                                                                 for k, v in TRANSLATION_QUICK.items())
+                    + ", one seed each, a 1+1-layer d=64 model", threads=False)
+    args = parse_run_options(ap, argv)
     if args.render is not None:
-        if not os.path.isfile(args.render):
-            ap.error(f"--render {args.render}: no such file")
         return args, None
     seeds = {v: getattr(args, f"{v}_seeds") for v in VARIANTS}
     for v, n in seeds.items():

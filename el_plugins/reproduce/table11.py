@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 from typing import Callable, Dict, List, Sequence
 
 from el_plugins import commands
-from el_plugins.devices import add_device_argument
+from el_plugins.reproduce.options import add_run_options, parse_run_options
 from el_plugins.provenance import provenance
 from el_plugins.reproduce.recipes import RECIPES, TrainingSettings
 
@@ -229,19 +229,10 @@ def parse_args(argv=None):
     ap.add_argument("--train-images", type=int, default=None, help="train on the first N training images (default: all 60000)")
     ap.add_argument("--test-images", type=int, default=None,
                     help="clean accuracy on the first N test images (default: all 10000)")
-    add_device_argument(ap)
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the usable cores, at most 8)")
-    ap.add_argument("--note", default="", help="a remark stored in results.json settings")
-    ap.add_argument("--quick", action="store_true",
-                    help="CI smoke run; defaults " + ", ".join(f"{k.replace('_', '-')} {v}" for k, v in QUICK.items())
-                         + " (explicit options win)")
-    commands.add_progress_argument(ap)
-    ap.add_argument("--render", metavar="RESULTS_JSON",
-                    help="train nothing: write table.md beside an existing results.json from it, and print it")
-    args = ap.parse_args(argv)
+    add_run_options(ap, "CI smoke run; defaults " + ", ".join(f"{k.replace('_', '-')} {v}" for k, v in QUICK.items())
+                    + " (explicit options win)")
+    args = parse_run_options(ap, argv)
     if args.render is not None:
-        if not os.path.isfile(args.render):
-            ap.error(f"--render {args.render}: no such file")
         return args
     for key, value in (QUICK if args.quick else DEFAULTS).items():
         if getattr(args, key) is None:
