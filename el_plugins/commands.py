@@ -111,6 +111,22 @@ def failure_cause(output: str) -> str:
     return cause if len(cause) <= 400 else cause[:399] + "\u2026"
 
 
+def _die_with_parent() -> None:  # pragma: no cover (runs in the child, between fork and exec)
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
+    except (OSError, AttributeError):
+        pass  # not Linux: the parent's own clean-up (kill on interrupt) is all there is
+
+
+def child_process_options() -> dict:
+    """Keyword arguments for subprocess.run/Popen of a program that writes into a command's output (fairseq-
+    preprocess, -train, -generate): on Linux the child is killed when the command dies, even by SIGKILL, so an
+    interrupted run leaves no orphan writing into a staging folder that the next run removes."""
+    return {"preexec_fn": _die_with_parent} if sys.platform.startswith("linux") else {}
+
+
 def fairseq_program(name: str) -> str:
     """The path of fairseq's console program ``name`` (fairseq-train, -generate, -preprocess, ...) of this
     Python's environment: beside the interpreter, so a virtual environment that is not activated works."""

@@ -23,10 +23,12 @@ import contextlib
 import glob
 import io
 import json
+import logging
 import os
 import shutil
 import signal
 import threading
+import time
 from typing import Iterable, List, Optional
 
 PARTIAL = ".el-partial-"
@@ -268,7 +270,13 @@ def _swap_in(staging: str, folder: str) -> None:
 
 def _remove(path: str) -> None:
     if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path, ignore_errors=True)
+        for _ in range(50):  # a program still writing into it (a killed run's child) can refill it meanwhile
+            shutil.rmtree(path, ignore_errors=True)
+            if not os.path.lexists(path):
+                return
+            time.sleep(0.1)
+        logging.getLogger(__name__).warning("warning: could not remove %s (something still writes into it); "
+                                            "the next run into this folder removes it", path)
     else:
         with contextlib.suppress(OSError):
             os.unlink(path)

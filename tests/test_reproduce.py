@@ -148,7 +148,7 @@ def test_el_reproduce_quick_end_to_end(mnist_data, tmp_path):
     out = tmp_path / "out"
     done = run_cli("el-reproduce", "mnist", "--quick", "--no-progress", "--data", mnist_data, "--out", str(out))
     results = json.load(open(out / "results.json"))
-    assert set(results) == {"data", "variants", "paper", "settings"}
+    assert set(results) == {"data", "variants", "paper", "settings", "produced_by"}
     assert results["settings"]["quick"] is True and results["settings"]["log_end"] == 1.0
     assert results["settings"]["setup"] == "el-plugins" and results["settings"]["parameters"] == 105866
     assert {k: v["images"] for k, v in results["data"].items()} == {"mnist_train": 12000, "mnist_test": 2000,

@@ -169,7 +169,10 @@ def test_el_translation_train_twice_resumes_the_same_run_and_refuses_another(toy
     for loss, extra, message in (
             ("ce", [], "holds a run of --loss el --log-end 0.5 (its checkpoint_last.pt) but this is --loss ce"),
             ("el", ["--log-end", "0.75"], "holds a run of --loss el --log-end 0.5 (its checkpoint_last.pt) but "
-                                          "this is --loss el --log-end 0.75")):
+                                          "this is --loss el --log-end 0.75"),
+            ("el", ["--smoothing-convention", "paper"],  # the same criterion and log_end: resumed silently before
+             "holds a run of --loss el --log-end 0.5 --smoothing-convention fairseq (its checkpoint_last.pt) but this "
+             "is --loss el --log-end 0.5 --smoothing-convention paper")):
         proc = run_cli("el-translation-train", "--loss", loss, *extra, *args, check=False)
         assert proc.returncode == 2 and "Traceback" not in proc.stdout, proc.stdout[-3000:]
         assert message in proc.stdout.strip().splitlines()[-1], proc.stdout[-2000:]

@@ -188,12 +188,36 @@ def main(argv=None):
     return commands.run(PROG, lambda: _train(cmd))
 
 
-def _run_of(criterion: str, log_end) -> str:
-    """How this command's options would say the run of ``criterion`` (and ``log_end``)."""
-    loss = next((k for k in LOSSES if criterion_args(k, 0.0)[1] == criterion), None)
-    if loss is None:
-        return f"--criterion {criterion}"
-    return f"--loss {loss}" + (f" --log-end {log_end:g}" if loss == "el" and log_end is not None else "")
+EL_CRITERION = "label_smoothed_encouraging_loss"
+EL_DEFAULTS = {"bonus_weight": 1.0, "log_end": 0.75, "smoothing_convention": "auto"}  # the criterion's own
+
+
+def _run_key(criterion: str, options: dict) -> tuple:
+    """What makes two runs the same for resuming: the criterion and, for EL's, its bonus weight, log_end and
+    smoothing convention (``options``: the saved config's or the command's; missing ones: the defaults)."""
+    if criterion != EL_CRITERION:
+        return (criterion,)
+    values = {k: options.get(k) if options.get(k) is not None else v for k, v in EL_DEFAULTS.items()}
+    bonus_weight = float(values["bonus_weight"])
+    log_end = float(values["log_end"]) if bonus_weight else None  # the baseline (no bonus) has no log_end
+    return (criterion, bonus_weight, log_end, values["smoothing_convention"])
+
+
+def _run_of(key: tuple, other: tuple) -> str:
+    """How this command's options would say the run of ``key`` (its smoothing convention where ``other``'s differs)."""
+    if key[0] == "label_smoothed_cross_entropy":
+        return "--loss ce"
+    if key[0] != EL_CRITERION:
+        return f"--criterion {key[0]}"
+    _, bonus_weight, log_end, convention = key
+    text = "--loss ce" if bonus_weight == 0 else f"--loss el --log-end {log_end:g}" + (
+        f" --bonus-weight {bonus_weight:g}" if bonus_weight != 1 else "")
+    return text + (f" --smoothing-convention {convention}" if len(other) == 4 and other[3] != convention else "")
+
+
+def _command_options(cmd: Sequence[str]) -> dict:
+    flags = {"--bonus-weight": "bonus_weight", "--log-end": "log_end", "--smoothing-convention": "smoothing_convention"}
+    return {flags[a]: cmd[i + 1] for i, a in enumerate(cmd[:-1]) if a in flags}
 
 
 def resume_problem(save_dir: str, cmd: Sequence[str]):
@@ -212,13 +236,14 @@ def resume_problem(save_dir: str, cmd: Sequence[str]):
     saved = (state.get("cfg") or {}).get("criterion") if isinstance(state, dict) else None
     if not saved and isinstance(state, dict) and state.get("args") is not None:  # fairseq < 0.10 checkpoints
         saved = dict(vars(state["args"]), _name=getattr(state["args"], "criterion", None))
-    name, log_end = (saved or {}).get("_name"), (saved or {}).get("log_end")
-    new_name = cmd[cmd.index("--criterion") + 1]
-    new_log_end = float(cmd[cmd.index("--log-end") + 1]) if "--log-end" in cmd else None
-    if name is None or (name == new_name and (new_log_end is None or log_end == new_log_end)):
+    if not (saved or {}).get("_name"):
         return None
-    return (f"--save-dir {save_dir} holds a run of {_run_of(name, log_end)} (its {os.path.basename(last)}) but this "
-            f"is {_run_of(new_name, new_log_end)}: fairseq-train would go on training it with the other loss; give "
+    old = _run_key(saved["_name"], saved)
+    new = _run_key(cmd[cmd.index("--criterion") + 1], _command_options(cmd))
+    if old == new:
+        return None
+    return (f"--save-dir {save_dir} holds a run of {_run_of(old, new)} (its {os.path.basename(last)}) but this "
+            f"is {_run_of(new, old)}: fairseq-train would go on training it with the other loss; give "
             "another --save-dir, or remove that one to start over")
 
 
