@@ -265,6 +265,10 @@ def _swap_in(staging: str, folder: str) -> None:
         if name in record["move"]:
             os.rename(new, dest)
     _fsync(folder)
+    # the swap is complete: drop its record first, so that a staging folder whose removal is cut short (or
+    # refilled by a program still writing into it) is only ever removed by the next run, never swapped in again
+    os.unlink(os.path.join(staging, _COMMIT))
+    _fsync(staging)
     _remove(staging)
 
 
