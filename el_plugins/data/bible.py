@@ -32,7 +32,6 @@ from __future__ import annotations
 import contextlib
 import datetime
 import hashlib
-import json
 import logging
 import os
 import random
@@ -43,6 +42,7 @@ from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
 from el_plugins.data import debian
 from el_plugins.data.idx import DataError
+from el_plugins.data.manifest import read_manifest
 from el_plugins.files import read_lines, write_json, write_lines
 
 _log = logging.getLogger(__name__).info
@@ -310,13 +310,7 @@ def prepare(out: str, *, sizes: Dict[str, int] = DEFAULT_SIZES, cache: Optional[
 def verify(folder: str) -> dict:
     """The manifest of a corpus folder whose every file is there with its recorded line count and checksum."""
     path = os.path.join(folder, MANIFEST)
-    try:
-        with open(path, encoding="utf-8") as f:
-            manifest = json.load(f)
-    except FileNotFoundError:
-        raise DataError(f"{folder}: no {MANIFEST} (fill the folder with `el-data bible --out {folder}`)") from None
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: unreadable ({exc})") from None
+    manifest = read_manifest(folder, MANIFEST, "el-data bible")
     if manifest.get("corpus") != "bible.es-en" or set(manifest.get("splits", {})) != set(SPLITS):
         raise DataError(f"{path}: not the manifest of el-data bible (run `el-data bible --out {folder} --force`)")
     for split in SPLITS:

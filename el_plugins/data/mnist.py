@@ -27,7 +27,6 @@ import hashlib
 import importlib
 import importlib.util
 import io
-import json
 import logging
 import os
 import pickle
@@ -40,6 +39,7 @@ import numpy as np
 
 from el_plugins.data import debian
 from el_plugins.data.idx import DataError, find_idx, idx_bytes, parse_idx, read_idx, write_idx  # noqa: F401 (parse_idx re-exported)
+from el_plugins.data.manifest import read_manifest
 from el_plugins.files import write_json
 
 # where the functions below report what they do, unless given ``log=`` (el-data shows it as "el-data: ...")
@@ -352,13 +352,7 @@ def prepare(out: str, source: str = "auto", data_dir: Optional[str] = None, cach
 def verify(folder: str) -> dict:
     """The manifest of a data folder whose every file is there and has its pinned checksum, else a DataError."""
     manifest_path = os.path.join(folder, MANIFEST)
-    try:
-        with open(manifest_path, encoding="utf-8") as f:
-            manifest = json.load(f)
-    except FileNotFoundError:
-        raise DataError(f"{folder}: no {MANIFEST} (fill the folder with `el-data mnist --out {folder}`)") from None
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{manifest_path}: unreadable ({exc})") from None
+    manifest = read_manifest(folder, MANIFEST, "el-data mnist")
     for dataset, split in SPLITS:
         if f"{dataset}/{split}" not in manifest.get("splits", {}):
             raise DataError(f"{manifest_path}: no {NAMES[dataset]} {split} (run `el-data mnist --out {folder} --force`)")
