@@ -230,4 +230,5 @@ def test_the_installed_package_records_the_commit_it_was_built_from():
         assert here["git_commit"] == head.stdout.strip()  # scripts/setup.sh reinstalls on every new commit
     assert describe({"el_plugins_version": "9.9", "git_commit": "0123456789abcdef", "git_dirty": True}) == \
         "el-plugins 9.9, commit 0123456789ab, uncommitted changes"
-    assert describe(None) == "el-plugins (version not recorded)"
+    assert describe(None) == \
+        "an el-plugins that did not record its version and commit (a run from before they were recorded)"
