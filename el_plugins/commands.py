@@ -127,6 +127,39 @@ def child_process_options() -> dict:
     return {"preexec_fn": _die_with_parent} if sys.platform.startswith("linux") else {}
 
 
+def start_program(cmd: Sequence[str], **popen_kwargs) -> "subprocess.Popen":
+    """``subprocess.Popen(cmd, **popen_kwargs)`` with :func:`child_process_options`. A SIGTERM that arrived
+    while the program started can have been dropped by Python (see :func:`el_plugins.files.raise_if_terminated`):
+    then the program is killed and SystemExit(143) raised, as the SIGTERM itself would have done."""
+    import subprocess
+
+    from el_plugins.files import raise_if_terminated
+
+    proc = subprocess.Popen(cmd, **popen_kwargs, **child_process_options())
+    try:
+        raise_if_terminated()
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    return proc
+
+
+def run_program(cmd: Sequence[str], **popen_kwargs) -> "subprocess.CompletedProcess":
+    """``subprocess.run(cmd, **popen_kwargs)`` through :func:`start_program`: the program dies with the command
+    (an exception, Ctrl-C or SIGTERM while it runs kills it). OSError when it cannot be started."""
+    import subprocess
+
+    proc = start_program(cmd, **popen_kwargs)
+    try:
+        stdout, stderr = proc.communicate()
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
 def fairseq_program(name: str) -> str:
     """The path of fairseq's console program ``name`` (fairseq-train, -generate, -preprocess, ...) of this
     Python's environment: beside the interpreter, so a virtual environment that is not activated works."""
@@ -134,4 +167,4 @@ def fairseq_program(name: str) -> str:
 
 
 __all__ = ["CommandError", "FAILURE_EXIT", "USAGE_EXIT", "UsageError", "add_progress_argument", "error",
-           "failure_cause", "fairseq_program", "run", "setup_logging"]
+           "failure_cause", "fairseq_program", "run", "run_program", "setup_logging", "start_program"]

@@ -60,23 +60,41 @@ class _TerminatedError(BaseException):
     """SIGTERM arrived while a file was being written; re-raised as SystemExit after clean-up."""
 
 
+_terminated = threading.Event()  # a SIGTERM arrived and its exception has not reached _sigterm_raises yet
+
+
 @contextlib.contextmanager
 def _sigterm_raises():
-    """Turn SIGTERM into an exception for the duration (main thread only), so that ``finally`` blocks run."""
+    """Turn SIGTERM into an exception for the duration (main thread only), so that ``finally`` blocks run.
+
+    Python runs a signal handler wherever the main thread is, and an exception it raises inside a callback
+    (an at-fork hook while subprocess starts a program, a finalizer) is printed and dropped: the run would go
+    on. So the handler also records the signal, and :func:`raise_if_terminated` (called before an output is
+    put in place, and after a program is started) raises it again."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def handler(signum, frame):
+        _terminated.set()
         raise _TerminatedError()
 
     previous = signal.signal(signal.SIGTERM, handler)
     try:
         yield
     except _TerminatedError:
+        _terminated.clear()
         raise SystemExit(128 + signal.SIGTERM) from None
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def raise_if_terminated() -> None:
+    """SystemExit(143) if a SIGTERM arrived whose exception was dropped (see :func:`_sigterm_raises`): call it
+    before anything that must not happen after the user asked the command to stop."""
+    if _terminated.is_set():
+        _terminated.clear()
+        raise SystemExit(128 + signal.SIGTERM)
 
 
 @contextlib.contextmanager
@@ -101,6 +119,7 @@ def atomic_write(path, mode: str = "w", encoding: str | None = None):
                 yield f
                 f.flush()
                 os.fsync(f.fileno())
+            raise_if_terminated()
             os.replace(tmp, path)
         finally:
             with contextlib.suppress(OSError):
@@ -329,6 +348,7 @@ def output_set(folder, owns: Iterable[str] = (), keep_failed: bool = False):
                 if name.startswith(_SCRATCH):
                     _remove(os.path.join(staging, name))
             _fsync_tree(staging)
+            raise_if_terminated()
             with _signals_held(), _locked(folder):
                 write_json(os.path.join(staging, _COMMIT), {"move": names, "remove": sorted(set(owns) - set(names))})
                 committed = True  # from here on the swap is finished, if not by this process then by the next run

@@ -178,6 +178,41 @@ def test_a_swap_cut_short_by_a_kill_is_finished_by_the_next_run(tmp_path):
     assert snapshot(out) == {"report.json": "newer", "table.md": "new"}
 
 
+DROPPED_SIGTERM = """
+import os, signal, sys, time
+from el_plugins import commands
+from el_plugins.files import output_set
+
+class SignalledInAFinalizer:  # Python drops an exception raised in a finalizer, as in an at-fork hook
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.1)
+
+with output_set(sys.argv[1]) as staged:
+    open(staged.path("report.json"), "w").write("new")
+    SignalledInAFinalizer()
+    print("went on", flush=True)
+    if sys.argv[2] == "start":
+        commands.start_program(["sleep", "61.25"])
+        print("started", flush=True)
+"""
+
+
+@pytest.mark.parametrize("then", ["commit", "start"])
+def test_a_sigterm_python_dropped_still_stops_the_command(tmp_path, then):
+    """A SIGTERM whose exception Python drops (it arrived in a callback: subprocess's at-fork hooks, a
+    finalizer) stopped nothing: el-demo went on and swapped in its new set. Now the set is not swapped in, and
+    a program started after it is killed."""
+    out = write_set(tmp_path / "report", "old")
+    done = subprocess.run([sys.executable, "-c", DROPPED_SIGTERM, str(out), then], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, timeout=60)
+    assert "_TerminatedError" in done.stderr  # Python's "Exception ignored in ...": the drop happened
+    assert done.stdout.splitlines() == ["went on"] and done.returncode == 128 + signal.SIGTERM, done
+    assert snapshot(out) == {"report.json": "old", "table.md": "old", os.path.join("plots", "a.png"): "old"}
+    assert sorted(os.listdir(out)) == ["plots", "report.json", "table.md"]
+    assert subprocess.run(["pgrep", "-f", "sleep 61.25"], stdout=subprocess.PIPE).returncode == 1  # none left
+
+
 def test_signals_are_held_during_the_swap(tmp_path):
     from el_plugins.files import _signals_held
 

@@ -145,8 +145,7 @@ def generate(data_bin: str, path: str, *, beam: int = 5, subset: str = "test", p
     if cpu:
         cmd.append("--cpu")
     try:
-        proc = subprocess.run([*cmd, *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                              **commands.child_process_options())
+        proc = commands.run_program([*cmd, *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     except OSError as exc:  # not installed in this environment
         raise RuntimeError(f"cannot run {cmd[0]} ({exc.strerror or exc}); is fairseq installed here?") from None
     if log is not None or proc.returncode != 0:

@@ -204,8 +204,7 @@ def write_parallel_corpus(splits: Splits, out: str, src: str, tgt: str, *, vocab
     log = os.path.join(out, "preprocess.log")
     with open(log, "w") as f:
         try:
-            failed = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT,
-                                    **commands.child_process_options()).returncode != 0
+            failed = commands.run_program(cmd, stdout=f, stderr=subprocess.STDOUT).returncode != 0
         except OSError as exc:  # not installed in this environment
             raise PrepareError(f"cannot run {cmd[0]} ({exc.strerror or exc}); is fairseq installed here?") from None
     if failed:

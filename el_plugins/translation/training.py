@@ -6,7 +6,7 @@ import sys
 
 from tqdm import tqdm
 
-from el_plugins.commands import CommandError, child_process_options, failure_cause
+from el_plugins.commands import CommandError, failure_cause, start_program
 
 _VALID = re.compile(r"\| valid on 'valid' subset \|.*")
 
@@ -21,8 +21,7 @@ def train_with_progress(cmd, log_path, total_updates, desc, env=None, progress=T
     curve, lines = [], []
     with open(log_path, "w") as log, tqdm(total=total_updates, desc=desc, unit="upd", file=sys.stderr,
                                           dynamic_ncols=True, disable=not progress) as bar:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                                **child_process_options())
+        proc = start_program(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         try:
             for line in proc.stdout:
                 log.write(line)
