@@ -304,8 +304,41 @@ def markdown_table(result):
     from el_plugins.provenance import describe
 
     rows = [r for r in result["results"] if "error" not in r]
-    table = _features_markdown_table(rows) if rows and rows[0].get("d") is not None else _logits_markdown_table(rows)
+    features = bool(rows) and rows[0].get("d") is not None
+    table = _features_markdown_table(rows) if features else _logits_markdown_table(rows)
+    if features:
+        table += "\n\n" + features_goals(rows)
     return table + f"\n\nProduced by {describe(result.get('produced_by'))}."
+
+
+# the goals of linear_encouraging_loss (issue 19): (what, ratio key, at most, only at V >= this)
+FEATURE_GOALS = (("extra peak memory at most 0.1x LS-CE's", "mem_ratio", 0.1, 32000),
+                 ("extra peak memory at most 1.5x torch's chunked linear_cross_entropy without smoothing",
+                  "mem_ratio_torch_chunked", 1.5, 32000),
+                 ("time at most 1.1x the matmul + fused EL on the logits", "time_ratio_fused_logits", 1.1, 0),
+                 ("time at most LS-CE's", "time_ratio", 1.0, 0))
+
+
+def _span(values):
+    lo, hi = f"{min(values):.2f}", f"{max(values):.2f}"
+    return f"{lo}x" if lo == hi else f"{lo}-{hi}x"
+
+
+def features_goals(rows):
+    """One line per goal of linear_encouraging_loss: met or missed, on which rows (dtype, shape) and ratios."""
+    lines = ["Goals of `linear_encouraging_loss`, from the rows above:", ""]
+    for what, key, limit, min_v in FEATURE_GOALS:
+        measured = [r for r in rows if r["variant"] == "linear_el" and r["v"] >= min_v and r.get(key) is not None]
+        if not measured:
+            lines.append(f"- {what}: not measured")
+            continue
+        missed = [r for r in measured if round(r[key], 2) > limit]
+        where = f" (V >= {min_v})" if min_v else ""
+        lines.append(f"- {what}{where}: " + (
+            f"met on all {len(measured)} rows, {_span([r[key] for r in measured])}"
+            if not missed else f"missed on {len(missed)} of {len(measured)} rows: " +
+            ", ".join(f"{r['dtype']} {shape_name(r)} {r[key]:.2f}x" for r in missed)))
+    return "\n".join(lines)
 
 
 def _logits_markdown_table(rows):

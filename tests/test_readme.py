@@ -206,6 +206,25 @@ def test_features_benchmark_headline_skips_failed_rows_and_refuses_none():
         headlines.features_benchmark({"results": results["results"][1:]})
 
 
+def test_features_benchmark_goals_say_met_or_missed_per_row():
+    """The goals under the features table are computed from its rows (issue 19: memory at V >= 32000, time on
+    every shape), naming each row that misses one."""
+    goals = _load_benchmark("loss_benchmark").features_goals
+
+    def row(dtype, v, mem, torch_mem, time_fused, time):
+        return dict(_row("linear_el", dtype, time, mem, mem_ratio_torch_chunked=torch_mem,
+                         time_ratio_fused_logits=time_fused), n=2048, d=512, v=v)
+
+    text = goals([row("float32", 10000, 0.3, 1.2, 0.9, 0.5), row("float32", 32000, 0.04, 1.34, 1.12, 0.6),
+                  row("bfloat16", 128000, 0.05, 1.6, 1.0, 0.7), dict(row("float32", 32000, 9, 9, 9, 9), variant="x")])
+    assert text.splitlines()[2:] == [
+        "- extra peak memory at most 0.1x LS-CE's (V >= 32000): met on all 2 rows, 0.04-0.05x",
+        "- extra peak memory at most 1.5x torch's chunked linear_cross_entropy without smoothing (V >= 32000): "
+        "missed on 1 of 2 rows: bfloat16 2048x512x128000 1.60x",
+        "- time at most 1.1x the matmul + fused EL on the logits: missed on 1 of 3 rows: float32 2048x512x32000 1.12x",
+        "- time at most LS-CE's: met on all 3 rows, 0.50-0.70x"]
+
+
 def test_fairseq_throughput_headline():
     results = {"device": "cpu", "repeats": 3, "results": {
         "LS-CE": {"wps_median": 1000.0, "wps_all": [900.0, 1000.0, 1100.0], "ratio_to_ls_ce": 1.0},
