@@ -1,11 +1,11 @@
 """Forward + backward time and peak memory of the encouraging loss against cross-entropy: on the logits, and
 from the decoder's features (the output layer's matrix product included).
 
-    PYTHONPATH=. .venv/bin/python benchmarks/loss_benchmark.py --out benchmarks/results-cpu.json
-    PYTHONPATH=. .venv/bin/python benchmarks/loss_benchmark.py --quick          # small shapes, a smoke run
+    .venv/bin/python benchmarks/loss_benchmark.py --out benchmarks/results-cpu.json
+    .venv/bin/python benchmarks/loss_benchmark.py --quick          # small shapes, a smoke run
     .venv/bin/python benchmarks/loss_benchmark.py --markdown benchmarks/results-cpu.json   # the README table
-    PYTHONPATH=. .venv/bin/python benchmarks/loss_benchmark.py --from-features --out benchmarks/results-features-cpu.json
-    PYTHONPATH=. .venv/bin/python benchmarks/loss_benchmark.py --from-features --quick   # small shapes, a smoke run
+    .venv/bin/python benchmarks/loss_benchmark.py --from-features --out benchmarks/results-features-cpu.json
+    .venv/bin/python benchmarks/loss_benchmark.py --from-features --quick   # small shapes, a smoke run
 
 On the logits: variants on the same (N, V) logits with ~5% padding rows (ignore_index 1), eps = 0.1:
 
@@ -49,8 +49,24 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)  # this checkout's el_plugins, not an installed snapshot
+
+
+def run_on_this_checkout():
+    """Measure this checkout's el_plugins, not an installed snapshot of it. An installed el-plugins' activation
+    hook (its .pth file) imports the installed copy as Python starts, before any sys.path change here could
+    act; so the benchmark starts again with PYTHONPATH naming the checkout (its worker processes inherit it)."""
+    loaded = sys.modules.get("el_plugins")
+    if loaded is None:
+        sys.path.insert(0, REPO)
+        return
+    if os.path.dirname(os.path.dirname(os.path.abspath(loaded.__file__))) == REPO:
+        return
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if REPO in paths:
+        raise SystemExit(f"loss_benchmark.py: error: PYTHONPATH names {REPO}, yet el_plugins came from "
+                         f"{loaded.__file__}")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, *paths]))
+    os.execve(sys.executable, [sys.executable, os.path.abspath(__file__), *sys.argv[1:]], env)
 
 VARIANTS = ("autograd_el", "fused_el", "fairseq_ls_ce", "torch_ce")
 BASELINE = "fairseq_ls_ce"
@@ -387,6 +403,7 @@ def ratios(results, variant, baseline, key, value):
 
 
 def main(argv=None):
+    run_on_this_checkout()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", help="write the results as JSON here")
     parser.add_argument("--quick", action="store_true", help="small shapes and 2 repeats: a smoke run")

@@ -383,3 +383,18 @@ def test_layers_import_one_way():
     out = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, check=True).stdout
     assert json.loads(out) == ["el_plugins.core", "el_plugins.ops", "el_plugins.ops.encouraging_loss",
                                "el_plugins.ops.linear_encouraging_loss"], out
+
+
+def test_default_chunk_rows_keeps_the_buffers_small_beside_the_logits():
+    """Rows per chunk: the input's size in logits, at least MIN_CHUNK_ROWS (speed) unless the two (rows, V)
+    buffers would then exceed MAX_BUFFER_FRACTION of the (N, V) logits: at 2048 x 512 x 128000 the 128-row
+    floor took 384 MiB where fairseq's LS-CE takes 3005 (benchmarks/results-features-cpu.json)."""
+    from el_plugins.ops.linear_encouraging_loss import MAX_BUFFER_FRACTION, default_chunk_rows
+
+    assert default_chunk_rows(8192, 512, 10000) == 420 and default_chunk_rows(8192, 512, 32000) == 132
+    assert default_chunk_rows(2048, 512, 128000) == 32
+    for n, d, v in ((2048, 512, 128000), (4096, 1024, 256000), (512, 64, 50000), (64, 512, 128000)):
+        rows = default_chunk_rows(n, d, v)
+        assert 1 <= rows <= n
+        assert 2 * rows * v <= MAX_BUFFER_FRACTION * n * v or rows * v <= 2 * (1 << 20)  # or the fewest elements
+    assert default_chunk_rows(300, 50, 1000) == 300 and default_chunk_rows(1, 8, 4) == 1

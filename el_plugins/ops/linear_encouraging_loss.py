@@ -37,16 +37,24 @@ from .encouraging_loss import (MIN_CHUNK_ELEMENTS, NO_DOUBLE_BACKWARD, LossConfi
 MIN_CHUNK_ROWS = 128
 """The fewest rows per chunk by default: a matrix product of fewer rows runs far below the machine's speed
 (measured on 2 CPU cores at V = 32000, d = 512: 16 rows ran at a quarter of 1024 rows' speed, 64 at half,
-128 at two thirds). The chunk's two (rows, V) buffers stay small beside the gradients: at V = 128000, 125 MiB
-in float32 beside the weight's 250 MiB gradient (d = 512)."""
+128 at two thirds), unless that many rows would break :data:`MAX_BUFFER_FRACTION`."""
+
+MAX_BUFFER_FRACTION = 1 / 32
+"""The chunk's two (rows, V) buffers hold at most this fraction of the whole (N, V) logits by default, so
+that at large V and few rows they stay small beside the gradients. benchmarks/loss_benchmark.py
+--from-features, 2048 x 512 x 128000 float32 on 2 CPU cores: 128 rows took 384 MiB (the weight's gradient
+alone is 250 MiB) and 7.1 s, 32 rows (this rule) 280 MiB and 8.5 s, the matrix product + the fused op on
+the logits 8.6 s, fairseq's LS-CE 3005 MiB."""
 
 
 def default_chunk_rows(n_rows: int, in_features: int, n_classes: int) -> int:
     """Rows per chunk: a chunk's logits (rows x n_classes) about the size of the input (n_rows x in_features),
-    as torch's and Liger-Kernel's heuristics choose; at least MIN_CHUNK_ROWS rows and MIN_CHUNK_ELEMENTS logits
-    (every torch op is one OpenMP region, and many small ones stall on a shared CPU, see encouraging_loss)."""
+    as torch's and Liger-Kernel's heuristics choose; at least MIN_CHUNK_ELEMENTS logits (every torch op is one
+    OpenMP region, and many small ones stall on a shared CPU, see encouraging_loss) and MIN_CHUNK_ROWS rows,
+    that floor lowered to keep the two chunk buffers within MAX_BUFFER_FRACTION of the (N, V) logits."""
     n_classes = max(n_classes, 1)
-    rows = max(-(-n_rows * in_features // n_classes), -(-MIN_CHUNK_ELEMENTS // n_classes), MIN_CHUNK_ROWS)
+    floor = min(MIN_CHUNK_ROWS, max(1, int(n_rows * MAX_BUFFER_FRACTION / 2)))
+    rows = max(-(-n_rows * in_features // n_classes), -(-MIN_CHUNK_ELEMENTS // n_classes), floor)
     return max(1, min(n_rows, rows))
 
 
