@@ -41,10 +41,11 @@ MIN_CHUNK_ROWS = 128
 
 MAX_BUFFER_FRACTION = 1 / 32
 """The chunk's two (rows, V) buffers hold at most this fraction of the whole (N, V) logits by default, so
-that at large V and few rows they stay small beside the gradients. benchmarks/loss_benchmark.py
---from-features, 2048 x 512 x 128000 float32 on 2 CPU cores: 128 rows took 384 MiB (the weight's gradient
-alone is 250 MiB) and 7.1 s, 32 rows (this rule) 280 MiB and 8.5 s, the matrix product + the fused op on
-the logits 8.6 s, fairseq's LS-CE 3005 MiB."""
+that at large V and few rows they stay small beside the gradients. At 2048 x 512 x 128000 float32 on 2 CPU
+cores (benchmarks/loss_benchmark.py --from-features) 32 rows (this rule) took 291 MiB and 1.04x the time of
+the matrix product + the fused op on the logits (benchmarks/results-features-cpu.json); 128 rows took 384
+MiB and 0.82x (the same benchmark's run committed in 2c01ec7); the weight's gradient alone is 250 MiB,
+fairseq's LS-CE takes 3005 MiB."""
 
 
 def default_chunk_rows(n_rows: int, in_features: int, n_classes: int) -> int:
