@@ -335,13 +335,10 @@ FEATURE_GOALS = (("extra peak memory at most 0.1x LS-CE's", "mem_ratio", 0.1, 32
                  ("time at most LS-CE's", "time_ratio", 1.0, 0))
 
 
-def _span(values):
-    lo, hi = f"{min(values):.2f}", f"{max(values):.2f}"
-    return f"{lo}x" if lo == hi else f"{lo}-{hi}x"
-
-
 def features_goals(rows):
     """One line per goal of linear_encouraging_loss: met or missed, on which rows (dtype, shape) and ratios."""
+    from el_plugins.reproduce.headlines import ratio_range
+
     lines = ["Goals of `linear_encouraging_loss`, from the rows above:", ""]
     for what, key, limit, min_v in FEATURE_GOALS:
         measured = [r for r in rows if r["variant"] == "linear_el" and r["v"] >= min_v and r.get(key) is not None]
@@ -351,7 +348,7 @@ def features_goals(rows):
         missed = [r for r in measured if round(r[key], 2) > limit]
         where = f" (V >= {min_v})" if min_v else ""
         lines.append(f"- {what}{where}: " + (
-            f"met on all {len(measured)} rows, {_span([r[key] for r in measured])}"
+            f"met on all {len(measured)} rows, {ratio_range([r[key] for r in measured])}"
             if not missed else f"missed on {len(missed)} of {len(measured)} rows: " +
             ", ".join(f"{r['dtype']} {shape_name(r)} {r[key]:.2f}x" for r in missed)))
     return "\n".join(lines)

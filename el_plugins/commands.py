@@ -19,6 +19,7 @@ Torch-free and framework-free, so every command can import it before anything he
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import re
@@ -127,6 +128,18 @@ def child_process_options() -> dict:
     return {"preexec_fn": _die_with_parent} if sys.platform.startswith("linux") else {}
 
 
+@contextlib.contextmanager
+def stopped_on_error(proc: "subprocess.Popen"):
+    """``with stopped_on_error(proc):`` an exception, Ctrl-C or SIGTERM inside the block kills the program
+    ``proc`` and waits for it before it propagates: nothing goes on writing into the command's output."""
+    try:
+        yield proc
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+
+
 def start_program(cmd: Sequence[str], **popen_kwargs) -> "subprocess.Popen":
     """``subprocess.Popen(cmd, **popen_kwargs)`` with :func:`child_process_options`. A SIGTERM that arrived
     while the program started can have been dropped by Python (see :func:`el_plugins.files.raise_if_terminated`):
@@ -136,12 +149,8 @@ def start_program(cmd: Sequence[str], **popen_kwargs) -> "subprocess.Popen":
     from el_plugins.files import raise_if_terminated
 
     proc = subprocess.Popen(cmd, **popen_kwargs, **child_process_options())
-    try:
+    with stopped_on_error(proc):
         raise_if_terminated()
-    except BaseException:
-        proc.kill()
-        proc.wait()
-        raise
     return proc
 
 
@@ -150,13 +159,8 @@ def run_program(cmd: Sequence[str], **popen_kwargs) -> "subprocess.CompletedProc
     (an exception, Ctrl-C or SIGTERM while it runs kills it). OSError when it cannot be started."""
     import subprocess
 
-    proc = start_program(cmd, **popen_kwargs)
-    try:
+    with stopped_on_error(start_program(cmd, **popen_kwargs)) as proc:
         stdout, stderr = proc.communicate()
-    except BaseException:
-        proc.kill()
-        proc.wait()
-        raise
     return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
@@ -167,4 +171,5 @@ def fairseq_program(name: str) -> str:
 
 
 __all__ = ["CommandError", "FAILURE_EXIT", "USAGE_EXIT", "UsageError", "add_progress_argument", "error",
-           "failure_cause", "fairseq_program", "run", "run_program", "setup_logging", "start_program"]
+           "failure_cause", "fairseq_program", "run", "run_program", "setup_logging", "start_program",
+           "stopped_on_error"]

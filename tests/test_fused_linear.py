@@ -388,7 +388,8 @@ def test_layers_import_one_way():
 def test_default_chunk_rows_keeps_the_buffers_small_beside_the_logits():
     """Rows per chunk: the input's size in logits, at least MIN_CHUNK_ROWS (speed) unless the two (rows, V)
     buffers would then exceed MAX_BUFFER_FRACTION of the (N, V) logits: at 2048 x 512 x 128000 the 128-row
-    floor took 384 MiB where fairseq's LS-CE takes 3005 (benchmarks/results-features-cpu.json)."""
+    floor took 384 MiB where fairseq's LS-CE takes 3005 (benchmarks/results-features-cpu.json as committed in
+    2c01ec7)."""
     from el_plugins.ops.linear_encouraging_loss import MAX_BUFFER_FRACTION, default_chunk_rows
 
     assert default_chunk_rows(8192, 512, 10000) == 420 and default_chunk_rows(8192, 512, 32000) == 132

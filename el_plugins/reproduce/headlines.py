@@ -25,7 +25,8 @@ from el_plugins.reproduce import report, translation_report
 PROG = "python -m el_plugins.reproduce.headlines"
 
 
-def _range(values: List[float], decimals: int = 2) -> str:
+def ratio_range(values: List[float], decimals: int = 2) -> str:
+    """'0.47-0.85x' (or '0.50x' when the rounded ends agree): the range of ratios in tables and headlines."""
     lo, hi = f"{min(values):.{decimals}f}", f"{max(values):.{decimals}f}"
     return f"{lo}x" if lo == hi else f"{lo}-{hi}x"
 
@@ -113,8 +114,9 @@ def loss_benchmark(results: dict) -> str:
     fused = _benchmark_rows(results, "fused_el", ("time_ratio", "mem_ratio"))
     autograd = _benchmark_rows(results, "autograd_el", ("time_ratio", "mem_ratio"))
     return (f"fused EL on the logits vs fairseq's LS-CE ({_where(fused)}): time "
-            f"{_range([r['time_ratio'] for r in fused])}, peak memory {_range([r['mem_ratio'] for r in fused])} "
-            f"(autograd EL: {_range([r['time_ratio'] for r in autograd])}, {_range([r['mem_ratio'] for r in autograd])})")
+            f"{ratio_range([r['time_ratio'] for r in fused])}, peak memory "
+            f"{ratio_range([r['mem_ratio'] for r in fused])} (autograd EL: "
+            f"{ratio_range([r['time_ratio'] for r in autograd])}, {ratio_range([r['mem_ratio'] for r in autograd])})")
 
 
 def features_benchmark(results: dict) -> str:
@@ -122,8 +124,8 @@ def features_benchmark(results: dict) -> str:
     and memory over the matrix product + fairseq's LS-CE."""
     rows = _benchmark_rows(results, "linear_el", ("time_ratio", "mem_ratio"))
     return (f"`linear_encouraging_loss` from the decoder's features vs the matrix product + fairseq's LS-CE "
-            f"({_where(rows)}): time {_range([r['time_ratio'] for r in rows])}, peak memory "
-            f"{_range([r['mem_ratio'] for r in rows])}")
+            f"({_where(rows)}): time {ratio_range([r['time_ratio'] for r in rows])}, peak memory "
+            f"{ratio_range([r['mem_ratio'] for r in rows])}")
 
 
 def fairseq_throughput(results: dict) -> str:

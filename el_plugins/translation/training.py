@@ -6,7 +6,7 @@ import sys
 
 from tqdm import tqdm
 
-from el_plugins.commands import CommandError, failure_cause, start_program
+from el_plugins.commands import CommandError, failure_cause, start_program, stopped_on_error
 
 _VALID = re.compile(r"\| valid on 'valid' subset \|.*")
 
@@ -22,7 +22,7 @@ def train_with_progress(cmd, log_path, total_updates, desc, env=None, progress=T
     with open(log_path, "w") as log, tqdm(total=total_updates, desc=desc, unit="upd", file=sys.stderr,
                                           dynamic_ncols=True, disable=not progress) as bar:
         proc = start_program(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-        try:
+        with stopped_on_error(proc):
             for line in proc.stdout:
                 log.write(line)
                 lines.append(line)
@@ -42,10 +42,6 @@ def train_with_progress(cmd, log_path, total_updates, desc, env=None, progress=T
                     curve.append({"epoch": int(fields["epoch"]) if "epoch" in fields else len(curve) + 1,
                                   "updates": int(fields["num_updates"]), "valid_nll_bits": float(fields["nll_loss"])})
             proc.wait()
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            raise
         if proc.returncode != 0:
             raise CommandError(f"fairseq-train failed (exit {proc.returncode}): {failure_cause(''.join(lines))} "
                                f"(its output is in {log_path})")
