@@ -307,14 +307,31 @@ def test_half_gradients_reach_the_parameters_in_their_dtype():
 
 
 # --------------------------------------------------------------------------- the Triton path, interpreted
+def reference_with_logits_rounded_to(dtype):
+    """The reference on float64 features whose logits carry F.linear's rounding in ``dtype`` (the fused op's
+    logits are the product in the input's dtype), the gradients flowing through them in float64."""
+    def loss(x, w, t, linear_bias=None, **kwargs):
+        logits = F.linear(x, w, linear_bias)
+        rounded = F.linear(*(None if a is None else a.to(dtype) for a in (x, w, linear_bias))).double()
+        logits = logits + (rounded - logits).detach()
+        out = EF.encouraging_loss_with_stats(logits, t, implementation="reference", **kwargs)
+        keep = t.ne(kwargs["ignore_index"])
+        correct = ((rounded.argmax(-1) == t) & keep).double()
+        correct = correct.sum() / keep.sum() if kwargs["reduction"] == "mean" else (
+            correct.sum() if kwargs["reduction"] == "sum" else correct)
+        return EF.LinearEncouragingLossOutput(*out, correct)
+    return loss
+
+
 def check_triton_against_float64(device, dtype, reduction, bias, n=40, v=300, **fused_kwargs):
-    """The Triton path on ``dtype`` inputs against the float64 reference on the same (rounded) inputs: the fused op
-    computes its logits and gradients in float32 from them, then rounds the gradients to ``dtype``."""
+    """The Triton path on ``dtype`` inputs against the float64 reference on the same (rounded) inputs and logits:
+    the fused op rounds its logits as F.linear does in ``dtype``, computes the loss and dz in float32 from them,
+    then rounds the gradients to ``dtype``."""
     x, w, b, t = (None if a is None else a.to(device) for a in make_features(n=n, v=v, bias=bias))
     x, w, b = (None if a is None else a.to(dtype).double() for a in (x, w, b))
     grad_output = torch.rand(n, device=device, dtype=torch.float64) if reduction == "none" else None
     kwargs = dict(log_end=0.75, label_smoothing=0.1, ignore_index=PAD, reduction=reduction)
-    ref, ref_grads = run(reference, x, w, b, t, torch.float64, grad_output, **kwargs)
+    ref, ref_grads = run(reference_with_logits_rounded_to(dtype), x, w, b, t, torch.float64, grad_output, **kwargs)
     out, grads = run(fused, x, w, b, t, dtype, None if grad_output is None else grad_output.float(),
                      backend="triton", **fused_kwargs, **kwargs)
     for name in ref._fields:

@@ -1,25 +1,32 @@
 """The output layer fused into the encouraging loss: EL of z = x W^T + b, chunk by chunk, never the whole
 (N, V) logits (``el_plugins.functional.linear_encouraging_loss_with_stats(implementation='fused')``).
 
-Per chunk of rows (the chunk's logits in the compute dtype, float32 for float16/bfloat16):
+Per chunk of rows (the row computation in the compute dtype, float32 for float16/bfloat16):
 
-    z      = x_c W^T + b                                  one matrix product
+    z      = x_c W^T + b                                  one matrix product, in the input's dtype
     dL/dz  = the row computation of the logits' fused op  (chunked torch, or the Triton kernel on CUDA)
     dL/dx_c = dz W,   dL/dW += dz^T x_c,   dL/db += sum_rows dz
 
 dz already carries the reduction's scale (1 / rows for "mean"). The three gradients accumulate in the
 compute dtype; backward multiplies them by grad_output (the loss scale of mixed precision) and only then
-rounds each to its parameter's dtype, once, as the logits' fused op does. For float16/bfloat16 the matrix
-products run on float32 copies of W (and of each chunk of x), so W's float32 copy (V x d) is held during
-the forward pass: the gradient must not be rounded to half precision before the loss scale is known, and
-torch has no half-precision product with a float32 result on CPUs. (On GPUs that makes the products slower
-than the logits path's half-precision ones, unless TF32 is allowed.)
+rounds each to its parameter's dtype. For float16/bfloat16 inputs each product is rounded as the unfused
+computation (F.linear, then the loss, then autograd) rounds it, never more:
+- the logits are the product in the input's dtype, widened to float32 for the row computation, as F.linear's
+  half-precision logits are;
+- dz W, bfloat16: dz rounded to bfloat16 once and the product rounded once, as autograd's gradient of the
+  logits and its product are. bfloat16 has float32's exponent range, so rounding dz before the loss scale is
+  applied flushes nothing. float16: dz would underflow before the loss scale, so the product runs in
+  float32 on W's float32 copy (V x d, held during the forward pass: torch has no float16 product with a
+  float32 result on CPUs);
+- dz^T x_c in float32 (x_c's float32 copy), accumulated over the chunks in float32: the weight's gradient is
+  rounded once, in backward.
+tests/test_fused_linear.py checks that these gradients are as precise as autograd's, against float64.
 
 Peak extra memory: the gradients (float32 for half inputs) plus two (chunk, V) buffers: the logits, whose
 buffer also serves as the row computation's work space, and the gradient of the chunk's logits (the
-probabilities, forward only). Ignored rows are dropped before the matrix product on the torch path; the
-Triton path (CUDA) keeps them in place and zeroes them, because dropping them would make the host wait for
-the count. With reduction="none" the forward pass computes no gradient, and the backward pass computes the
+probabilities, forward only); for half inputs a third (chunk, V) buffer in their dtype, for the products.
+Ignored rows are dropped before the matrix product on the torch path; the Triton path (CUDA) keeps them in
+place and zeroes them, because dropping them would make the host wait for the count. With reduction="none" the forward pass computes no gradient, and the backward pass computes the
 chunks again with each row's grad_output (so it may run more than once); otherwise one backward per
 forward, as the logits' fused op.
 """
@@ -73,10 +80,13 @@ def _chunks(input, weight, bias, target, rows, keep, cfg: LossConfig, backend, c
     n_rows = target.numel()
     n_classes, in_features = weight.shape
     compute_grad = any(needs)
-    w = weight.to(dtype)  # a float32 copy for half inputs (see the module docstring), else weight itself
-    b = None if bias is None else bias.to(dtype)
+    half = input.dtype != dtype  # float16/bfloat16: see the module docstring for which product runs in which dtype
+    # dz @ W: in bfloat16 on W itself; in float32 on W's float32 copy for float16 (and float32/float64: W itself)
+    w_for_input = weight.to(dtype) if needs[0] and input.dtype == torch.float16 else weight
     chunk = max(1, min(chunk_rows, n_rows))
     logits_buffer = torch.empty(chunk, n_classes, dtype=dtype, device=input.device)
+    # half inputs: the product in the input's dtype, then widened into logits_buffer (later dz, rounded for dz @ W)
+    half_buffer = torch.empty(chunk, n_classes, dtype=input.dtype, device=input.device) if half else None
     # the torch path's probabilities (forward only) or the chunk's gradient; the kernel allocates its own
     second_buffer = torch.empty_like(logits_buffer) if backend == "torch" else None
     grad_input = grad_weight = grad_bias = None
@@ -89,12 +99,15 @@ def _chunks(input, weight, bias, target, rows, keep, cfg: LossConfig, backend, c
     per_row = []
     for start in range(0, n_rows, chunk):
         stop = min(start + chunk, n_rows)
-        x = (input[start:stop] if rows is None else input.index_select(0, rows[start:stop])).to(dtype)
+        x = input[start:stop] if rows is None else input.index_select(0, rows[start:stop])
         z = logits_buffer[: stop - start]
-        if b is None:
-            torch.mm(x, w.t(), out=z)
+        product = half_buffer[: stop - start] if half else z
+        if bias is None:
+            torch.mm(x, weight.t(), out=product)
         else:
-            torch.addmm(b, x, w.t(), out=z)
+            torch.addmm(bias, x, weight.t(), out=product)
+        if half:
+            z.copy_(product)
         t, k = target[start:stop], keep[start:stop]
         correct = (z.argmax(-1) == t) & k
         row_scale = scale[start:stop] if isinstance(scale, torch.Tensor) and scale.dim() else scale
@@ -120,15 +133,19 @@ def _chunks(input, weight, bias, target, rows, keep, cfg: LossConfig, backend, c
         if not compute_grad:
             continue
         if grad_input is not None:
-            if rows is None:
-                torch.mm(grad_z, w, out=grad_input[start:stop])
-            else:
-                grad_input.index_copy_(0, rows[start:stop], torch.mm(grad_z, w))
+            if w_for_input.dtype == dtype:
+                grad_x = torch.mm(grad_z, w_for_input, out=grad_input[start:stop] if rows is None else None)
+            else:  # bfloat16: dz rounded once, the product rounded once (as autograd's dz and dz @ W are)
+                grad_x = torch.mm(product.copy_(grad_z), w_for_input)
+                if rows is None:
+                    grad_input[start:stop].copy_(grad_x)
+            if rows is not None:
+                grad_input.index_copy_(0, rows[start:stop], grad_x.to(dtype))
         if grad_weight is not None:
-            grad_weight.addmm_(grad_z.t(), x)
+            grad_weight.addmm_(grad_z.t(), x.to(dtype))
         if grad_bias is not None:
             grad_bias.add_(grad_z.sum(0))
-    del w, logits_buffer, second_buffer
+    del w_for_input, logits_buffer, half_buffer, second_buffer
     if per_row:
         values = [torch.cat(column) for column in zip(*per_row)]
     else:
