@@ -234,9 +234,10 @@ def linear_encouraging_loss_with_stats(
     implementation='reference' is ``encouraging_loss_with_stats(F.linear(input, linear_weight, linear_bias),
     target, ..., implementation='reference')``. The fused implementation (el_plugins.ops) never holds more
     than a chunk of rows' logits: per chunk it computes the logits, the loss and dL/dz, then dz @ W into the
-    input's gradient and dz^T @ input into the weight's (float32 accumulators for float16/bfloat16; the loss
-    scale is applied in backward before the one rounding to each parameter's dtype). Ignored rows are dropped
-    before the matmul (on CUDA, where that would wait for the host, they are computed and zeroed instead).
+    input's gradient and dz^T @ input into the weight's (float32 accumulators for float16/bfloat16, each product
+    rounded no more than F.linear + autograd round it; the loss scale is applied in backward before the last
+    rounding to each parameter's dtype). Ignored rows are dropped before the matmul (on CUDA, where that would
+    wait for the host, they are computed and zeroed instead).
     backend: as in :func:`encouraging_loss_with_stats`; chunk_size: rows per chunk (default: a chunk's logits
     about the size of ``input``, at least 128 rows and 1M logits); block_size: the Triton kernel's columns per block.
     With reduction='none' the backward pass computes the chunks again; otherwise the fused implementation

@@ -160,13 +160,23 @@ def _translation_variant(name, n, bleu, target_prob):
 TRANSLATION = {"variants": {"ce": _translation_variant("LS-CE", 3, 20.0, 0.40),
                             "el": _translation_variant("EL 0.5", 3, 21.0, 0.60),
                             "el_le1": _translation_variant("EL 1", 2, 19.0, 0.50)},
-               "settings": {"average_last": 1, "beam": 5}}
+               "settings": {"average_last": 1, "beam": 5, "device": "cpu", "wall_seconds": 4667.2}}
 
 
 def test_translation_headline():
     assert headlines.translation(TRANSLATION) == (
         "EL (log_end 0.5) vs LS-CE, Spanish -> English Bible: test BLEU 21.00 vs 20.00 (log_end 1: 19.00), valid "
-        "target probability 0.600 vs 0.400; 5 of 6 of the paper's claims hold here (0 the opposite, 1 unclear)")
+        "target probability 0.600 vs 0.400; 5 of 6 of the paper's claims hold here (0 the opposite, 1 unclear); "
+        "the run took 78 min (cpu)")
+
+
+def test_headlines_give_the_run_time_where_the_results_file_recorded_it():
+    with_time = json.loads(json.dumps(MNIST))
+    with_time["settings"] = {"device": "cpu", "cpu_count": 2, "wall_seconds": 637.0}
+    assert headlines.mnist(with_time) == headlines.mnist(MNIST) + "; the run took 11 min (2 CPU cores)"
+    with_time["settings"] = {"device": "cuda", "wall_seconds": 90.0}
+    assert headlines.mnist(with_time).endswith("; the run took 2 min (cuda)")
+    assert "the run took" not in headlines.table11(TABLE11)
 
 
 def test_demo_headline_and_its_parts():

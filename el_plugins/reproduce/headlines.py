@@ -46,6 +46,17 @@ def _claims(markdown: str) -> str:
     return f"{held} of {len(verdicts)} of the paper's claims hold here ({opposite} the opposite, {unclear} unclear)"
 
 
+def _run_time(settings: dict) -> str:
+    """"; the run took M min (where)" from a results file's settings, "" when it did not record its time."""
+    seconds = settings.get("wall_seconds")
+    if seconds is None:
+        return ""
+    where = settings.get("device", "an unrecorded device")
+    if where == "cpu" and settings.get("cpu_count"):
+        where = f"{settings['cpu_count']} CPU cores"
+    return f"; the run took {seconds / 60:.0f} min ({where})"
+
+
 def mnist(results: dict) -> str:
     """results/mnist/results.json (el-reproduce mnist): accuracy, OOD AUROC, robust accuracy; the claims."""
     el, ce = results["variants"]["el"]["mean"], results["variants"]["ce"]["mean"]
@@ -54,7 +65,8 @@ def mnist(results: dict) -> str:
              f"Fashion-MNIST OOD AUROC {el['auroc']:.2f} vs {ce['auroc']:.2f} %"]
     if "attack_0.1" in el and "attack_0.1" in ce:
         parts.append(f"APGD accuracy at eps 0.1 {el['attack_0.1']:.1f} vs {ce['attack_0.1']:.1f} %")
-    return f"EL vs CE ({n_seeds} seeds): {', '.join(parts)}; {_claims(report.render_tables(results))}"
+    return (f"EL vs CE ({n_seeds} seeds): {', '.join(parts)}; {_claims(report.render_tables(results))}"
+            f"{_run_time(results.get('settings', {}))}")
 
 
 def table11(results: dict) -> str:
@@ -64,7 +76,8 @@ def table11(results: dict) -> str:
     for eps in results["settings"]["epsilons"]:
         key = f"autoattack_{eps}"
         parts.append(f"AutoAttack eps {eps} {el['robust'][key]:.1f} vs {ce['robust'][key]:.1f} %")
-    return f"EL vs CE (the authors' network and attack): {', '.join(parts)}; {_claims(report.render_table11(results))}"
+    return (f"EL vs CE (the authors' network and attack): {', '.join(parts)}; "
+            f"{_claims(report.render_table11(results))}{_run_time(results['settings'])}")
 
 
 def translation(results: dict) -> str:
@@ -76,7 +89,8 @@ def translation(results: dict) -> str:
     if "el_le1" in v:
         bleu += f" (log_end 1: {v['el_le1']['mean']['bleu']:.2f})"
     return (f"EL (log_end 0.5) vs LS-CE, Spanish -> English Bible: {bleu}, valid target probability "
-            f"{el['target_prob']:.3f} vs {ce['target_prob']:.3f}; {_claims(translation_report.render_tables(results))}")
+            f"{el['target_prob']:.3f} vs {ce['target_prob']:.3f}; {_claims(translation_report.render_tables(results))}"
+            f"{_run_time(results.get('settings', {}))}")
 
 
 def demo(results: dict) -> str:

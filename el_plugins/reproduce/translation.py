@@ -276,7 +276,7 @@ def run(s: Settings, corpus_folder: str, work: str, *, progress: bool = True,
 
     settings = dict(asdict(s), seeds={v: list(x) for v, x in s.seeds.items()},
                     recipe_args=recipe.RECIPES[s.recipe].args, recipe_follows=recipe.RECIPES[s.recipe].follows,
-                    python=platform.python_version(), platform=platform.platform(),
+                    python=platform.python_version(), platform=platform.platform(), cpu_count=os.cpu_count(),
                     wall_seconds=round(time.time() - started, 1), reused_runs=reused)
     from el_plugins.provenance import provenance
 
