@@ -38,3 +38,35 @@ def test_fused_gradient_as_precise_as_autograd(route, dtype):
     assert fused_p99 <= autograd_p99 * 1.05, (fused_p99, autograd_p99)
     # the gradient reaches the model in the logits' dtype, as autograd's does
     assert fused.abs().max() > 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("shape,per_row,block", [((300, 77), False, 50), ((300, 77), True, 50), ((5, 3), True, 1),
+                                                 ((1000,), False, 64), ((300, 77), True, 1 << 20)])
+def test_rounding_over_the_gradients_own_storage(monkeypatch, dtype, shape, per_row, block):
+    """The fused ops' last step, grad * scale rounded once to the parameter's dtype, written over the float32
+    buffer's own storage block by block (no second gradient-sized tensor): the same values as
+    ``(grad * scale).to(dtype)``, whatever the block size, the result a view of the buffer's storage."""
+    from el_plugins.ops import encouraging_loss as ops_loss
+
+    monkeypatch.setattr(ops_loss, "ROUNDING_BLOCK_ELEMENTS", block)
+    gen = torch.Generator().manual_seed(0)
+    grad = torch.randn(*shape, generator=gen) * 1e-3
+    scale = torch.rand(shape[0], 1, generator=gen) * 65536 if per_row else torch.tensor(128.0)
+    expected = (grad * scale).to(dtype)
+    buffer = grad.clone()
+    rounded = ops_loss.scaled_and_rounded(buffer, scale, dtype)
+    assert rounded.dtype == dtype and rounded.shape == expected.shape and rounded.is_contiguous()
+    assert torch.equal(rounded, expected)
+    assert rounded.untyped_storage().data_ptr() == buffer.untyped_storage().data_ptr()
+
+
+def test_rounding_keeps_the_dtype_or_copies_where_it_cannot_reuse_the_storage():
+    from el_plugins.ops.encouraging_loss import scaled_and_rounded
+
+    grad = torch.arange(12.0).view(3, 4)
+    assert torch.equal(scaled_and_rounded(grad.clone(), 2.0, torch.float32), grad * 2)  # same dtype: in place
+    strided = torch.arange(24.0).view(3, 8)[:, ::2]  # not contiguous: a plain rounded copy
+    expected = (strided * 2).to(torch.bfloat16)
+    assert not strided.is_contiguous() and torch.equal(scaled_and_rounded(strided, 2.0, torch.bfloat16), expected)
+    assert scaled_and_rounded(torch.zeros(0, 5), 2.0, torch.float16).shape == (0, 5)

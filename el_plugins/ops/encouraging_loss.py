@@ -17,7 +17,8 @@ forward pass computes them chunk by chunk and writes dL/dz (already divided by t
 input); the backward pass multiplies that buffer by grad_output (the loss scale of mixed-precision
 training) and only then rounds it to the input's dtype, once, as autograd does: no gradient entry
 that autograd keeps is flushed to zero by rounding before the scale is known. For float32/float64
-input the buffer itself is handed on, scaled in place. Peak extra memory: that buffer plus a few
+input the buffer itself is handed on, scaled in place; for float16/bfloat16 the rounding is written over
+the buffer's own storage (:func:`scaled_and_rounded`). Peak extra memory: that buffer plus a few
 chunk-sized float32 temporaries, instead of the (N, V) float32 log-probabilities, their gradient
 and the gradient of the logits that autograd keeps or creates.
 
@@ -318,7 +319,40 @@ def scaled_gradients(ctx, grad_loss, dtypes):
         return tuple(None if grad is None else grad.detach() for grad in grads)  # new aliases of the buffers
     ctx.consumed = True  # the scale first, in the compute dtype; then one rounding to each dtype (no host sync)
     scale = grad_loss.unsqueeze(-1) if grad_loss.dim() else grad_loss
-    return tuple(None if grad is None else grad.mul_(scale).to(dtype) for grad, dtype in zip(grads, dtypes))
+    return tuple(None if grad is None else scaled_and_rounded(grad, scale, dtype) for grad, dtype in zip(grads, dtypes))
+
+
+ROUNDING_BLOCK_ELEMENTS = 1 << 20
+"""Elements per block of :func:`scaled_and_rounded`'s in-place rounding (its only temporaries)."""
+
+
+def scaled_and_rounded(grad: torch.Tensor, scale, dtype: torch.dtype) -> torch.Tensor:
+    """grad * scale rounded once to ``dtype``; grad (a buffer of the op's own, contiguous, first dim = rows) is
+    consumed. scale: a number, a 0-dim tensor or one per row ((rows, 1)).
+
+    A narrower dtype (float32 -> float16/bfloat16) is written over grad's own storage, block by block in
+    order: block [r0, r1)'s result takes the bytes of grad's rows below r1 / 2, which were read already. So no
+    second tensor of grad's size is made (the float32 gradient and its rounding together would be 1.5 times
+    it at the end of backward); the result is a view of grad's storage, which stays allocated as long as the
+    result does."""
+    if grad.dtype == dtype:
+        return grad.mul_(scale)
+    if not _fits_in(grad, dtype):
+        return grad.mul_(scale).to(dtype)
+    rows = grad.view(grad.shape[0], -1) if grad.dim() else grad.view(1, 1)
+    out = grad.view(-1).view(dtype)[: grad.numel()].view(rows.shape)
+    per_row = isinstance(scale, torch.Tensor) and scale.dim() > 0
+    step = max(1, ROUNDING_BLOCK_ELEMENTS // max(rows.shape[1], 1))
+    for start in range(0, rows.shape[0], step):
+        stop = min(start + step, rows.shape[0])
+        block = rows[start:stop].mul_(scale[start:stop] if per_row else scale).to(dtype)
+        out[start:stop].copy_(block)
+    return out.view(grad.shape)
+
+
+def _fits_in(grad: torch.Tensor, dtype: torch.dtype) -> bool:
+    """Whether ``dtype`` values can be written over grad's storage in place (narrower, grad contiguous)."""
+    return dtype.itemsize < grad.dtype.itemsize and grad.is_contiguous() and grad.numel() > 0
 
 
 # --------------------------------------------------------------------------- entry (from el_plugins.functional)

@@ -19,7 +19,8 @@ computation (F.linear, then the loss, then autograd) rounds it, never more:
   float32 on W's float32 copy (V x d, held during the forward pass: torch has no float16 product with a
   float32 result on CPUs);
 - dz^T x_c in float32 (x_c's float32 copy), accumulated over the chunks in float32: the weight's gradient is
-  rounded once, in backward.
+  rounded once, in backward, over its float32 accumulator's own storage (``scaled_and_rounded``), so the
+  accumulator and its rounding never both exist.
 tests/test_fused_linear.py checks that these gradients are as precise as autograd's, against float64.
 
 Peak extra memory: the gradients (float32 for half inputs) plus two (chunk, V) buffers: the logits, whose
