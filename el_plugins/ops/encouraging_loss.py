@@ -242,7 +242,10 @@ def _torch_rows(input, target, keep, scale, cfg: LossConfig, compute_grad: bool,
         return torch.empty(scratch_rows, n_cols, dtype=dtype, device=input.device) if needed else None
 
     scratch = [buffer(not compute_grad), buffer(cfg.dense_bonus), buffer(input.dtype != dtype)]
-    sum_x = input.sum(-1, dtype=dtype) if cfg.q_other else torch.zeros(n_rows, dtype=dtype, device=input.device)
+    if cfg.q_other:  # by chunks: on CPUs a half tensor's sum(dtype=float32) makes a float32 copy of all of it
+        sum_x = torch.cat([piece.sum(-1, dtype=dtype) for piece in input.split(rows_per_chunk)])
+    else:
+        sum_x = torch.zeros(n_rows, dtype=dtype, device=input.device)
     pieces = []
     for start in range(0, n_rows, rows_per_chunk):
         stop = min(start + rows_per_chunk, n_rows)
