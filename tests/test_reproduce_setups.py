@@ -232,13 +232,12 @@ def test_table_shows_the_authors_metrics_only_where_they_differ():
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     results = json.load(open(os.path.join(root, "results", "mnist", "results.json")))
-    base = report.render_tables(results)
     same = copy.deepcopy(results)
     for entry in same["variants"].values():
         for stat in ("mean", "std"):
             for key in mnist.OOD_KEYS:
                 entry[stat][f"{key}_paper_code"] = entry[stat][key]
-    assert report.render_tables(same) == base  # equal everywhere: no extra rows
+    assert "the authors' metrics.py" not in report.render_tables(same)  # equal everywhere: no extra rows
     differ = copy.deepcopy(same)
     differ["variants"]["el"]["mean"]["fpr95_max_prob_paper_code"] -= 1.0
     table = report.render_tables(differ)
