@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from el_plugins import functional as EF
+from el_plugins.core import reduce_rows
 from el_plugins.loss import LinearEncouragingLoss
 from el_plugins.ops.encouraging_loss import NO_DOUBLE_BACKWARD, SINGLE_BACKWARD_ONLY
 from el_plugins.testing.mixed_precision import precision, scaled_linear_gradients, trained_like_features
@@ -316,9 +317,7 @@ def reference_with_logits_rounded_to(dtype):
         logits = logits + (rounded - logits).detach()
         out = EF.encouraging_loss_with_stats(logits, t, implementation="reference", **kwargs)
         keep = t.ne(kwargs["ignore_index"])
-        correct = ((rounded.argmax(-1) == t) & keep).double()
-        correct = correct.sum() / keep.sum() if kwargs["reduction"] == "mean" else (
-            correct.sum() if kwargs["reduction"] == "sum" else correct)
+        correct = reduce_rows(((rounded.argmax(-1) == t) & keep).double(), kwargs["reduction"], keep.sum())
         return EF.LinearEncouragingLossOutput(*out, correct)
     return loss
 

@@ -27,9 +27,9 @@ Peak extra memory: the gradients (float32 for half inputs) plus two (chunk, V) b
 buffer also serves as the row computation's work space, and the gradient of the chunk's logits (the
 probabilities, forward only); for half inputs a third (chunk, V) buffer in their dtype, for the products.
 Ignored rows are dropped before the matrix product on the torch path; the Triton path (CUDA) keeps them in
-place and zeroes them, because dropping them would make the host wait for the count. With reduction="none" the forward pass computes no gradient, and the backward pass computes the
-chunks again with each row's grad_output (so it may run more than once); otherwise one backward per
-forward, as the logits' fused op.
+place and zeroes them, because dropping them would make the host wait for the count. With reduction="none"
+the forward pass computes no gradient, and the backward pass computes the chunks again with each row's
+grad_output (so it may run more than once); otherwise one backward per forward, as the logits' fused op.
 """
 from __future__ import annotations
 
@@ -134,14 +134,14 @@ def _chunks(input, weight, bias, target, rows, keep, cfg: LossConfig, backend, c
         if not compute_grad:
             continue
         if grad_input is not None:
-            if w_for_input.dtype == dtype:
-                grad_x = torch.mm(grad_z, w_for_input, out=grad_input[start:stop] if rows is None else None)
-            else:  # bfloat16: dz rounded once, the product rounded once (as autograd's dz and dz @ W are)
-                grad_x = torch.mm(product.copy_(grad_z), w_for_input)
-                if rows is None:
-                    grad_input[start:stop].copy_(grad_x)
-            if rows is not None:
-                grad_input.index_copy_(0, rows[start:stop], grad_x.to(dtype))
+            # bfloat16: dz rounded once, the product rounded once (as autograd's dz and dz @ W are)
+            dz = grad_z if w_for_input.dtype == dtype else product.copy_(grad_z)
+            if rows is None and dz.dtype == dtype:
+                torch.mm(dz, w_for_input, out=grad_input[start:stop])
+            elif rows is None:
+                grad_input[start:stop].copy_(torch.mm(dz, w_for_input))
+            else:
+                grad_input.index_copy_(0, rows[start:stop], torch.mm(dz, w_for_input).to(dtype))
         if grad_weight is not None:
             grad_weight.addmm_(grad_z.t(), x.to(dtype))
         if grad_bias is not None:
