@@ -175,6 +175,27 @@ def check_soft_targets(target: torch.Tensor, *, synchronize: bool = True) -> Non
     _fail_where(bad_rows, f"soft targets must be class probabilities: {allowed}", synchronize, describe)
 
 
+def autocast_dtype(device_type: str) -> Optional[torch.dtype]:
+    """The dtype torch.autocast casts a matrix product's inputs to on ``device_type`` ('cpu', 'cuda', ...), or None
+    where autocast is off."""
+    try:
+        if not torch.is_autocast_enabled(device_type):
+            return None
+        return torch.get_autocast_dtype(device_type)
+    except TypeError:  # torch < 2.4: no device_type arguments
+        if device_type == "cpu":
+            return torch.get_autocast_cpu_dtype() if torch.is_autocast_cpu_enabled() else None
+        return torch.get_autocast_gpu_dtype() if device_type == "cuda" and torch.is_autocast_enabled() else None
+
+
+def autocast_input(tensor: Optional[torch.Tensor], dtype: torch.dtype) -> Optional[torch.Tensor]:
+    """``tensor`` as torch.autocast hands it to F.linear: a floating tensor other than float64 cast to ``dtype``
+    (differentiably: its gradient comes back in its own dtype); anything else (None, float64) as it is."""
+    if tensor is None or not tensor.dtype.is_floating_point or tensor.dtype == torch.float64:
+        return tensor
+    return tensor.to(dtype)
+
+
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """float32 for fp16/bf16/fp32 inputs, float64 for float64."""
     return torch.promote_types(dtype, torch.float32)

@@ -23,6 +23,7 @@ share (the bonus, the row terms, the checks) is :mod:`el_plugins.core`, re-expor
 """
 from __future__ import annotations
 
+import contextlib
 from typing import NamedTuple, Optional
 
 import torch
@@ -36,6 +37,8 @@ from el_plugins.core import (  # noqa: F401  (the shared math, re-exported: el_p
     EncouragingLossOutput,
     RowTerms,
     assemble_rows,
+    autocast_dtype,
+    autocast_input,
     bonus,
     bonus_from_log_prob,
     bonus_slope_times_p,
@@ -122,8 +125,8 @@ def encouraging_loss_with_stats(
     entry point, as ``F.cross_entropy`` is; ``implementation`` (see :data:`IMPLEMENTATIONS`) chooses how.
 
     input: (N, V) logits (or log-probabilities with ``input_is_log_probs``), any float dtype.
-    target: (N,) class indices (any integer dtype); rows equal to ``ignore_index`` contribute nothing.
-    With q_y, q_o from :func:`smoothing_weights` (q = w_y * onehot(y) + q_o):
+    target: (N,) class indices (any integer dtype); rows equal to ``ignore_index`` contribute nothing, whatever
+    their logits hold (NaN and inf included: their gradient is 0). With q_y, q_o from :func:`smoothing_weights` (q = w_y * onehot(y) + q_o):
 
         L = w_y (-log p_y + rho b(p_y)) + q_o sum_k (-log p_k + rho b(p_k))
 
@@ -157,11 +160,13 @@ def _reference_encouraging_loss_with_stats(input, target, settings, w_target, q_
                                            input_is_log_probs):
     """The reference: plain autograd on float32 (or wider) log-probabilities (arguments checked by the caller)."""
     log_end, rho, ignore_index = settings.log_end, settings.bonus_weight, settings.ignore_index
+    keep = torch.ones_like(target, dtype=torch.bool) if ignore_index is None else target.ne(ignore_index)
+    if ignore_index is not None:  # an ignored row adds nothing, whatever it holds (0 * NaN would be NaN)
+        input = input.masked_fill(~keep.unsqueeze(1), 0.0)
     if input_is_log_probs:
         lprobs = input.to(compute_dtype(input.dtype))
     else:
         lprobs = F.log_softmax(input.to(compute_dtype(input.dtype)), dim=-1)
-    keep = torch.ones_like(target, dtype=torch.bool) if ignore_index is None else target.ne(ignore_index)
     # clamped: a bad target's (asynchronous) check then fires first under torch.compile, not an index error
     safe_target = target.masked_fill(~keep, 0).clamp(0, max(input.size(1) - 1, 0)).unsqueeze(-1)
 
@@ -236,8 +241,11 @@ def linear_encouraging_loss_with_stats(
     than a chunk of rows' logits: per chunk it computes the logits, the loss and dL/dz, then dz @ W into the
     input's gradient and dz^T @ input into the weight's (float32 accumulators for float16/bfloat16, each product
     rounded no more than F.linear + autograd round it; the loss scale is applied in backward before the last
-    rounding to each parameter's dtype). Ignored rows are dropped before the matmul (on CUDA, where that would
-    wait for the host, they are computed and zeroed instead).
+    rounding to each parameter's dtype). Ignored rows contribute nothing to the loss or to any gradient, whatever
+    their features hold (NaN and inf included), in every implementation and on every device.
+    Under ``torch.autocast`` the input, weight and bias are cast as autocast casts F.linear's (floating tensors
+    other than float64, to the autocast dtype), so the logits and gradients are those of
+    ``encouraging_loss(F.linear(...))`` under the same autocast.
     backend: as in :func:`encouraging_loss_with_stats`; chunk_size: rows per chunk (default: a chunk's logits
     about the size of ``input``, at least 128 rows and 1M logits); block_size: the Triton kernel's columns per block.
     With reduction='none' the backward pass computes the chunks again; otherwise the fused implementation
@@ -248,23 +256,30 @@ def linear_encouraging_loss_with_stats(
     settings_kwargs = dict(log_end=log_end, label_smoothing=label_smoothing, bonus_weight=bonus_weight,
                            ignore_index=ignore_index, reduction=reduction, smoothing_convention=smoothing_convention)
     if implementation == "reference":
-        check_linear_loss_args(input, linear_weight, linear_bias, target, **settings_kwargs)
+        settings, _ = check_linear_loss_args(input, linear_weight, linear_bias, target, **settings_kwargs)
+        keep = (torch.ones_like(target, dtype=torch.bool) if settings.ignore_index is None
+                else target.ne(settings.ignore_index))
+        if settings.ignore_index is not None:  # an ignored row adds nothing to any gradient, whatever it holds
+            input = input.masked_fill(~keep.unsqueeze(1), 0.0)
         logits = F.linear(input, linear_weight, linear_bias)
         out = encouraging_loss_with_stats(logits, target, **settings_kwargs, implementation="reference")
-        ignore_index = check_ignore_index(ignore_index)
         with torch.no_grad():
-            keep = torch.ones_like(target, dtype=torch.bool) if ignore_index is None else target.ne(ignore_index)
             correct = ((logits.argmax(-1) == target) & keep).to(out.loss.dtype)
             correct = reduce_rows(correct, reduction, keep.sum())
         return LinearEncouragingLossOutput(*out, correct)
+    device_type = input.device.type
+    cast_dtype = autocast_dtype(device_type)
+    if cast_dtype is not None:  # as F.linear under torch.autocast: its inputs cast (differentiably) first
+        input, linear_weight, linear_bias = (autocast_input(t, cast_dtype) for t in (input, linear_weight, linear_bias))
     chosen_backend = ops.pick_backend("auto" if backend is None else backend, input)
     settings, target = check_linear_loss_args(input, linear_weight, linear_bias, target,
                                               synchronize=chosen_backend != "triton", **settings_kwargs)
     w_target, q_other = smoothing_weights(settings.label_smoothing, linear_weight.size(0), smoothing_convention)
     config = ops.LossConfig(settings.log_end, settings.bonus_weight, w_target, q_other, False)
-    return LinearEncouragingLossOutput(*ops.fused_linear_encouraging_loss(
-        input, linear_weight, linear_bias, target, config, ignore_index=settings.ignore_index, reduction=reduction,
-        backend=chosen_backend, chunk_size=chunk_size, block_size=block_size))
+    with torch.autocast(device_type, enabled=False) if cast_dtype is not None else contextlib.nullcontext():
+        return LinearEncouragingLossOutput(*ops.fused_linear_encouraging_loss(
+            input, linear_weight, linear_bias, target, config, ignore_index=settings.ignore_index,
+            reduction=reduction, backend=chosen_backend, chunk_size=chunk_size, block_size=block_size))
 
 
 def linear_encouraging_loss(input: torch.Tensor, linear_weight: torch.Tensor, target: torch.Tensor,

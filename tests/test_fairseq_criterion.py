@@ -217,6 +217,29 @@ def test_fused_output_layer_equals_the_logits_path(toy_data_bin, shared, flags):
     assert type(loss.grad_fn).__name__ == "_FusedLinearEncouragingLossBackward"
 
 
+def test_fused_output_layer_under_autocast_equals_the_logits_path(toy_data_bin):
+    """Inside bfloat16 autocast (what fairseq's --amp runs the loss in): the fused output layer's loss and logged
+    values equal the logits path's (--el-fuse-output-layer off) and the reference's, and the gradients agree to
+    bfloat16 rounding: the fused path runs the output projection in bfloat16, as the logits path's nn.Linear does."""
+    common = ["--criterion", CRITERION_NAME, "--label-smoothing", "0.1", "--report-accuracy"]
+    _, model, fused, batches = build(toy_data_bin, *common)
+    criteria = [fused] + [build(toy_data_bin, *common, *flags)[2] for flags in (["--el-fuse-output-layer", "off"],
+                                                                              ["--el-implementation", "reference"])]
+    assert fused.fused_output_layer(model) is not None
+    for sample in batches[:2]:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            results = [loss_and_grads(criterion, model, sample) for criterion in criteria]
+        (f_loss, f_log, f_grads) = results[0]
+        for loss, log, grads in results[1:]:
+            torch.testing.assert_close(f_loss, loss, rtol=1e-6, atol=0)
+            for key in LOGGED_SUMS:
+                torch.testing.assert_close(torch.as_tensor(f_log[key]).double(), torch.as_tensor(log[key]).double(),
+                                           rtol=1e-6, atol=1e-4, msg=lambda m: f"{key}: {m}")
+            scale = max(g.abs().max().item() for g in grads)
+            for a, b in zip(f_grads, grads):
+                torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-3 * scale)
+
+
 def test_fused_output_layer_per_token_loss_with_reduce_false(toy_data_bin):
     _, model, fused, batches = build(toy_data_bin, "--criterion", CRITERION_NAME, "--label-smoothing", "0.1")
     _, _, logits_path, _ = build(toy_data_bin, "--criterion", CRITERION_NAME, "--label-smoothing", "0.1",

@@ -456,6 +456,36 @@ def test_interpreted_triton_one_class_with_fairseq_smoothing_is_refused():
     assert (x.grad == 0).all()
 
 
+def check_ignored_rows_add_nothing(dtype=torch.float64, implementations=("fused", "reference"), **fused_kwargs):
+    """NaN and inf in the logits of ignored rows: the loss, every logged value and the gradient equal those with
+    finite logits there; the ignored rows' gradient is 0 (torch's own cross_entropy gives them NaN)."""
+    z, t = make_logits(n=40, v=200)
+    ignored = (t == PAD).nonzero().squeeze(1)
+    poisoned = z.clone()
+    poisoned[ignored[0]] = float("nan")
+    poisoned[ignored[1], 3] = float("inf")
+    poisoned[ignored[2], :7] = -float("inf")
+    for implementation in implementations:
+        kwargs = dict(label_smoothing=0.1, ignore_index=PAD, reduction="sum", implementation=implementation,
+                      **(fused_kwargs if implementation == "fused" else {}))
+        (bad, bad_grad), (good, good_grad) = (run(EF.encouraging_loss_with_stats, logits, t, dtype, **kwargs)
+                                              for logits in (poisoned, z))
+        for name in bad._fields:
+            torch.testing.assert_close(getattr(bad, name), getattr(good, name), rtol=0, atol=0)
+        assert bad_grad.isfinite().all() and (bad_grad[ignored] == 0).all()
+        torch.testing.assert_close(bad_grad, good_grad, rtol=0, atol=0)
+
+
+def test_ignored_rows_add_nothing_whatever_they_hold():
+    check_ignored_rows_add_nothing()
+
+
+@interpreted
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_interpreted_triton_ignored_rows_add_nothing_whatever_they_hold(dtype):
+    check_ignored_rows_add_nothing(dtype, ("fused",), backend="triton", block_size=64)
+
+
 def test_triton_interpreted():
     """Runs the ``interpreted`` tests above in a subprocess with TRITON_INTERPRET=1."""
     pytest.importorskip("triton")

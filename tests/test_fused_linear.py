@@ -372,6 +372,93 @@ def test_interpreted_triton_linear_never_waits_for_the_device(monkeypatch, reduc
     assert count_host_syncs(monkeypatch, lambda: step("torch"))  # the counter sees host reads where there are some
 
 
+# --------------------------------------------------------------------------- torch.autocast, ignored rows
+@pytest.mark.parametrize("route", ["function", "module"])
+def test_autocast_casts_as_f_linear_does(route):
+    """Under bfloat16 autocast (timm's and fairseq's --amp) the fused output layer casts its inputs as autocast
+    casts F.linear's: the loss equals encouraging_loss(F.linear(...)) and the reference under the same autocast,
+    the products run in bfloat16, and the gradients reach the float32 leaves as precise as autograd's."""
+    x64, w64, t = trained_like_features(256, 32, 1000)
+    kwargs = dict(label_smoothing=0.1, ignore_index=PAD)
+
+    def step(how, x, w):
+        x, w = x.detach().requires_grad_(), torch.nn.Parameter(w.detach())
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            if how == "unfused":
+                loss = EF.encouraging_loss(F.linear(x, w), t, **kwargs)
+            elif route == "module":
+                module = LinearEncouragingLoss(32, 1000, smoothing=0.1, ignore_index=PAD, implementation=how)
+                module.linear.weight = w
+                loss = module(x, t)
+            else:
+                loss = EF.linear_encouraging_loss(x, w, t, implementation=how, **kwargs)
+        loss.backward()
+        return loss, x.grad, w.grad
+
+    x, w = x64.float(), w64.float()
+    unfused, fused_step, reference_step = (step(how, x, w) for how in ("unfused", "fused", "reference"))
+    assert fused_step[0].dtype == unfused[0].dtype == torch.float32
+    torch.testing.assert_close(fused_step[0], unfused[0], rtol=1e-6, atol=0)
+    torch.testing.assert_close(reference_step[0], unfused[0], rtol=1e-6, atol=0)
+    # the truth: float64 on the inputs autocast rounds, logits rounded as F.linear rounds them in bfloat16
+    xr, wr = (a.to(torch.bfloat16).double().requires_grad_() for a in (x, w))
+    logits = F.linear(xr, wr)
+    logits = logits + (logits.to(torch.bfloat16).double() - logits).detach()
+    EF.encouraging_loss(logits, t, implementation="reference", **kwargs).backward()
+    for name, truth, ours, autograd in (("input", xr.grad, fused_step[1], unfused[1]),
+                                        ("weight", wr.grad, fused_step[2], unfused[2])):
+        assert ours.dtype == torch.float32
+        _, ours_p99 = precision(ours.double(), truth, torch.bfloat16)
+        _, autograd_p99 = precision(autograd.double(), truth, torch.bfloat16)
+        assert ours_p99 <= autograd_p99 * 1.05, (name, ours_p99, autograd_p99)
+
+
+def nan_and_inf_in_ignored_rows(dtype=torch.float64, bias=True):
+    """Features, weight, bias and targets whose ignored rows hold NaN and inf, and the same with those rows finite."""
+    x, w, b, t = make_features(n=60, v=300, bias=bias)
+    ignored = (t == PAD).nonzero().squeeze(1)
+    assert ignored.numel() >= 3
+    poisoned = x.clone()
+    poisoned[ignored[0]] = float("nan")
+    poisoned[ignored[1], 0] = float("inf")
+    poisoned[ignored[2], 1:] = -float("inf")
+    return [None if a is None else a.to(dtype) for a in (poisoned, x, w, b)] + [t, ignored]
+
+
+def check_ignored_rows_add_nothing(dtype=torch.float64, **fused_kwargs):
+    poisoned, clean, w, b, t, ignored = nan_and_inf_in_ignored_rows(dtype)
+    kwargs = dict(label_smoothing=0.1, ignore_index=PAD, reduction="sum")
+    for loss_fn in (fused, reference) if not fused_kwargs else (fused,):
+        results = []
+        for x in (poisoned, clean):
+            leaves = [a.detach().requires_grad_() for a in (x, w, b)]
+            out = loss_fn(leaves[0], leaves[1], t, linear_bias=leaves[2], **kwargs,
+                          **(fused_kwargs if loss_fn is fused else {}))
+            out.loss.backward()
+            results.append((out, [leaf.grad for leaf in leaves]))
+        (bad_out, bad_grads), (good_out, good_grads) = results
+        for name in bad_out._fields:
+            torch.testing.assert_close(getattr(bad_out, name), getattr(good_out, name), rtol=0, atol=0)
+        for bad, good in zip(bad_grads, good_grads):
+            assert bad.isfinite().all()
+            torch.testing.assert_close(bad, good, rtol=0, atol=0)
+        assert (bad_grads[0][ignored] == 0).all()
+
+
+def test_ignored_rows_add_nothing_whatever_they_hold():
+    """NaN and inf in the features of ignored rows: the loss, every logged value and every gradient equal those
+    with finite features there, in the fused op (torch path) and the reference; the ignored rows' gradient is 0."""
+    check_ignored_rows_add_nothing()
+
+
+@interpreted
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_interpreted_triton_ignored_rows_add_nothing_whatever_they_hold(dtype):
+    """The same on the CUDA code path (the Triton backend keeps ignored rows in place, never asking the host for
+    their count): NaN and inf there reach no gradient (0 * NaN in dz^T x would be NaN)."""
+    check_ignored_rows_add_nothing(dtype, backend="triton", chunk_size=16, block_size=128)
+
+
 def test_triton_interpreted():
     """Runs the ``interpreted`` tests above in a subprocess with TRITON_INTERPRET=1."""
     pytest.importorskip("triton")

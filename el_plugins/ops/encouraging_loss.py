@@ -259,6 +259,8 @@ def _torch_rows(input, target, keep, scale, cfg: LossConfig, compute_grad: bool,
             return torch.zeros(n_rows, dtype=dtype, device=input.device)
         return torch.cat([piece[i] for piece in pieces])
 
+    if compute_grad and not bool(keep.all()):  # ignored rows: 0, whatever they hold (0 * NaN would be NaN)
+        grad.index_fill_(0, (~keep).nonzero().squeeze(1), 0.0)
     log_p_target = cat(0)
     return RowTerms(log_p_target, cat(1), bonus_from_log_prob(log_p_target, cfg.log_end), cat(2)), grad
 

@@ -26,8 +26,9 @@ tests/test_fused_linear.py checks that these gradients are as precise as autogra
 Peak extra memory: the gradients (float32 for half inputs) plus two (chunk, V) buffers: the logits, whose
 buffer also serves as the row computation's work space, and the gradient of the chunk's logits (the
 probabilities, forward only); for half inputs a third (chunk, V) buffer in their dtype, for the products.
-Ignored rows are dropped before the matrix product on the torch path; the Triton path (CUDA) keeps them in
-place and zeroes them, because dropping them would make the host wait for the count. With reduction="none"
+Ignored rows contribute nothing, whatever they hold (NaN, inf): the torch path drops them before the matrix
+product; the Triton path (CUDA) keeps them in place, because dropping them would make the host wait for the
+count, and the kernel writes their dz as zeros and their features are zeroed for dz^T x_c (0 * NaN is NaN). With reduction="none"
 the forward pass computes no gradient, and the backward pass computes the chunks again with each row's
 grad_output (so it may run more than once); otherwise one backward per forward, as the logits' fused op.
 """
@@ -143,6 +144,8 @@ def _chunks(input, weight, bias, target, rows, keep, cfg: LossConfig, backend, c
             else:
                 grad_input.index_copy_(0, rows[start:stop], torch.mm(dz, w_for_input).to(dtype))
         if grad_weight is not None:
+            if rows is None and ignore_index is not None:  # 0 * NaN would be NaN: an ignored row adds nothing
+                x = x.masked_fill(~k.unsqueeze(1), 0.0)
             grad_weight.addmm_(grad_z.t(), x.to(dtype))
         if grad_bias is not None:
             grad_bias.add_(grad_z.sum(0))
