@@ -87,6 +87,24 @@ def test_user_dir_fallback_when_automatic_activation_is_off(toy_data_bin, tmp_pa
         assert "criterion: LabelSmoothedEncouragingLossCriterion" in out
 
 
+def test_user_dir_printer_says_in_one_line_that_fairseq_is_missing(tmp_path):
+    """``python -m el_plugins.fairseq_plugin`` where fairseq is not installed (a sitecustomize marks it missing, as
+    an uninstalled package is): one line naming what is missing and how to install it, exit 1, no traceback."""
+    (tmp_path / "sitecustomize.py").write_text("import sys\nsys.modules['fairseq'] = None  # not installed\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")])))
+    proc = subprocess.run([sys.executable, "-m", "el_plugins.fairseq_plugin"], env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr.strip().splitlines() == [
+        "python -m el_plugins.fairseq_plugin: error: fairseq is not installed here: pip install cython numpy && "
+        "pip install --no-build-isolation fairseq-fixed (Python >= 3.11), or pip install fairseq (older Pythons)"]
+    imported = subprocess.run([sys.executable, "-c", "import el_plugins.fairseq_plugin"], env=env,
+                              stderr=subprocess.PIPE, text=True)
+    assert imported.returncode == 1
+    assert imported.stderr.strip().splitlines()[-1].startswith(
+        "ModuleNotFoundError: el_plugins.fairseq_plugin needs fairseq: fairseq is not installed here")
+
+
 @pytest.mark.parametrize("flag,value,message", [
     ("--log-end", "1.5", r"--log-end must be in \(0, 1\]"),
     ("--log-end", "0", r"--log-end must be in \(0, 1\]"),
@@ -118,7 +136,11 @@ def test_out_of_range_option_is_a_usage_error_in_every_command(toy_data_bin, tmp
     ('label_smoothing: 0.1, log_end: "abc"', "--log-end must be in (0, 1], a number"),
     ("label_smoothing: true", "--label-smoothing must be in [0, 1), a number, got True"),
     ("bonus_weight: [1, 2]", "--bonus-weight must be a finite number >= 0"),
-], ids=["out-of-range", "bool", "string", "bool-smoothing", "list"])
+    ('el_fuse_output_layer: "on"', "--el-fuse-output-layer must be one of 'auto', 'off', got 'on'"),
+    ("el_implementation: fast", "--el-implementation must be one of 'auto', 'fused', 'reference', got 'fast'"),
+    ("smoothing_convention: timm", "--smoothing-convention must be one of 'auto', 'paper', 'fairseq', got 'timm'"),
+], ids=["out-of-range", "bool", "string", "bool-smoothing", "list", "fuse-choice", "implementation-choice",
+        "convention-choice"])
 def test_bad_value_in_hydra_yaml_stops_with_the_message_last(toy_data_bin, tmp_path, criterion, message):
     """A value out of range, or not a number at all, in a fairseq-hydra-train YAML: the criterion's one-line
     message, last, and no traceback (omegaconf's type validation is not the one that answers)."""

@@ -25,7 +25,6 @@ from fairseq import utils
 from fairseq.criterions import register_criterion
 from fairseq.criterions.label_smoothed_cross_entropy import (LabelSmoothedCrossEntropyCriterion,
                                                              LabelSmoothedCrossEntropyCriterionConfig)
-from fairseq.dataclass import ChoiceEnum
 from fairseq.models import BaseFairseqModel
 from fairseq.models.fairseq_decoder import FairseqDecoder
 from fairseq.models.transformer import TransformerDecoderBase, TransformerModelBase
@@ -102,10 +101,7 @@ def fusable_output_layer(model):
 
 
 SMOOTHING_CONVENTION_OPTIONS = ("auto", *EF.SMOOTHING_CONVENTIONS)  # auto: the installed fairseq's
-SMOOTHING_CONVENTION_CHOICES = ChoiceEnum(list(SMOOTHING_CONVENTION_OPTIONS))
-IMPLEMENTATION_CHOICES = ChoiceEnum(list(EF.IMPLEMENTATIONS))
 FUSE_OUTPUT_LAYER_OPTIONS = ("auto", "off")
-FUSE_OUTPUT_LAYER_CHOICES = ChoiceEnum(list(FUSE_OUTPUT_LAYER_OPTIONS))
 
 
 @dataclass
@@ -113,10 +109,11 @@ class LabelSmoothedEncouragingLossConfig(LabelSmoothedCrossEntropyCriterionConfi
     """fairseq's label_smoothed_cross_entropy options (--label-smoothing, --report-accuracy,
     --ignore-prefix-size, sentence_avg) and EL's own.
 
-    The three numbers are typed ``Any`` for omegaconf: a fairseq-hydra-train YAML value that is not a number
-    (``log_end: true``, ``"abc"``) then reaches the criterion's own check and stops the run with its one-line
-    message, as a value out of range does, instead of omegaconf's validation traceback. On the command line
-    :meth:`LabelSmoothedEncouragingLossCriterion.add_args` gives them their checked number types."""
+    EL's numbers and choices are typed ``Any`` for omegaconf: a fairseq-hydra-train YAML value that is not a
+    number (``log_end: true``, ``"abc"``) or not one of the choices (``el_fuse_output_layer: on``) then reaches the
+    criterion's own check and stops the run with its one-line message, as a value out of range does, instead of
+    omegaconf's validation traceback. On the command line :meth:`LabelSmoothedEncouragingLossCriterion.add_args`
+    gives them their checked number types and their choices."""
 
     label_smoothing: Any = field(
         default=0.0, metadata={"help": "epsilon for label smoothing, in [0, 1); 0 means no label smoothing"},
@@ -129,20 +126,20 @@ class LabelSmoothedEncouragingLossConfig(LabelSmoothedCrossEntropyCriterionConfi
     bonus_weight: Any = field(
         default=1.0, metadata={"help": "weight rho of the bonus, >= 0; 0 gives label_smoothed_cross_entropy"}
     )
-    smoothing_convention: SMOOTHING_CONVENTION_CHOICES = field(
+    smoothing_convention: Any = field(
         default="auto",
         metadata={"help": "how smoothing spreads epsilon: 'fairseq' = eps/(V-1) off the target (fairseq >= 0.12), "
                           "'paper' = eps/V on every class (fairseq 0.10, timm, the paper's reference code); "
                           "'auto' (default): the installed fairseq's own convention"},
     )
-    el_implementation: IMPLEMENTATION_CHOICES = field(
+    el_implementation: Any = field(
         default="auto",
         metadata={"help": "'fused': loss and gradient in one pass over the decoder's logits, no fp32 (tokens x "
                           "vocab) intermediates (less memory); 'reference': plain autograd on fairseq's "
                           "log-probabilities, with --bonus-weight 0 bit-for-bit label_smoothed_cross_entropy; "
                           "'auto' (default): fused, except for float64 on a GPU"},
     )
-    el_fuse_output_layer: FUSE_OUTPUT_LAYER_CHOICES = field(
+    el_fuse_output_layer: Any = field(
         default="auto",
         metadata={"help": "'auto' (default): on fairseq's Transformer the decoder's output layer is fused into the "
                           "loss (features and the output projection in, no whole (tokens x vocab) logits or "
@@ -154,6 +151,9 @@ class LabelSmoothedEncouragingLossConfig(LabelSmoothedCrossEntropyCriterionConfi
 CHECKED_OPTIONS = {"label_smoothing": ("--label-smoothing", EF.check_label_smoothing),
                    "log_end": ("--log-end", EF.check_log_end),
                    "bonus_weight": ("--bonus-weight", EF.check_bonus_weight)}
+CHOICE_OPTIONS = {"smoothing_convention": ("--smoothing-convention", SMOOTHING_CONVENTION_OPTIONS),
+                  "el_implementation": ("--el-implementation", EF.IMPLEMENTATIONS),
+                  "el_fuse_output_layer": ("--el-fuse-output-layer", FUSE_OUTPUT_LAYER_OPTIONS)}
 
 
 def checked_number(flag, check):
@@ -187,11 +187,11 @@ class LabelSmoothedEncouragingLossCriterion(LabelSmoothedCrossEntropyCriterion):
                          ignore_prefix_size=ignore_prefix_size, report_accuracy=report_accuracy)
         self.log_end = EF.check_log_end(log_end, "--log-end")
         self.bonus_weight = EF.check_bonus_weight(bonus_weight, "--bonus-weight")
-        convention = EF.check_choice(str(smoothing_convention), SMOOTHING_CONVENTION_OPTIONS, "--smoothing-convention")
+        convention, self.implementation, self.fuse_output_layer = (
+            EF.check_choice(value, CHOICE_OPTIONS[dest][1], CHOICE_OPTIONS[dest][0]) for dest, value in (
+                ("smoothing_convention", smoothing_convention), ("el_implementation", el_implementation),
+                ("el_fuse_output_layer", el_fuse_output_layer)))
         self.smoothing_convention = installed_fairseq_smoothing_convention() if convention == "auto" else convention
-        self.implementation = EF.check_choice(str(el_implementation), EF.IMPLEMENTATIONS, "--el-implementation")
-        self.fuse_output_layer = EF.check_choice(str(el_fuse_output_layer), FUSE_OUTPUT_LAYER_OPTIONS,
-                                                 "--el-fuse-output-layer")
         self._el_logging = {}
 
     @classmethod
@@ -201,6 +201,8 @@ class LabelSmoothedEncouragingLossCriterion(LabelSmoothedCrossEntropyCriterion):
         for action in parser._actions:
             if action.dest in CHECKED_OPTIONS:
                 action.type = checked_number(*CHECKED_OPTIONS[action.dest])
+            elif action.dest in CHOICE_OPTIONS:
+                action.type, action.choices = str, CHOICE_OPTIONS[action.dest][1]
 
     @classmethod
     def build_criterion(cls, cfg, task):
