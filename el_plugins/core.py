@@ -94,6 +94,15 @@ def check_count(value, name: str, what: str) -> Optional[int]:
     return int(value)
 
 
+def check_num_classes(num_classes: int) -> None:
+    """A softmax over ``num_classes`` classes needs at least 2: with one, p = 1 whatever the logit, so the loss is a
+    constant and there is nothing to learn."""
+    if num_classes < 2:
+        raise ValueError(f"softmax EL needs at least 2 classes, got logits of {num_classes} class(es): with one class "
+                         f"p = 1 whatever the logit, the loss is a constant and nothing is learned (for one binary "
+                         f"output use binary_encouraging_loss / BinaryEncouragingLoss, sigmoid EL)")
+
+
 def check_floating(tensor: torch.Tensor, name: str = "input", what: str = "logits") -> None:
     """A real floating-point tensor (as torch's cross-entropy requires of its logits)."""
     if not isinstance(tensor, torch.Tensor):
@@ -213,10 +222,19 @@ def bonus_from_log_prob(log_p: torch.Tensor, log_end: float = 1.0) -> torch.Tens
     return bonus
 
 
-def bonus(p: torch.Tensor, log_end: float = 1.0) -> torch.Tensor:
-    """The bonus b(p) for probabilities p in [0, 1] (see the docstring of el_plugins.functional)."""
+def bonus(p, log_end: float = 1.0) -> torch.Tensor:
+    """The bonus b(p) for probabilities p in [0, 1] (a tensor or a number), in float32 or wider (see the
+    docstring of el_plugins.functional). A value outside [0, 1], NaN included, is a ValueError naming it."""
     log_end = check_log_end(log_end)
+    if not isinstance(p, torch.Tensor):
+        if real_number(p) is None:
+            raise ValueError(f"p must be a probability in [0, 1] (a number or a floating-point tensor), got {p!r}")
+        p = torch.tensor(real_number(p), dtype=torch.float64)
+    check_floating(p, "p", "probabilities")
     p = p.to(compute_dtype(p.dtype))
+    outside = ~((p >= 0) & (p <= 1))  # NaN too
+    if bool(outside.any()):
+        raise ValueError(f"p must be probabilities in [0, 1], got {p[outside].flatten()[0].item()!r}")
     return bonus_from_log_prob(torch.log(p), log_end)
 
 
@@ -332,11 +350,7 @@ def check_index_target(target, num_rows: int, num_classes: int, device, settings
         raise ValueError(f"expected {shapes}")
     if target.device != device:
         raise ValueError(f"target is on {target.device} but input on {device}: put both on the same device")
-    if num_classes == 1 and smoothing_convention == "fairseq" and settings.label_smoothing > 0:
-        raise ValueError(
-            "smoothing_convention='fairseq' spreads label_smoothing over the V - 1 classes other than the target, "
-            "and with V = 1 class there are none (the target weights would sum to 1 - label_smoothing): use "
-            "label_smoothing=0 or smoothing_convention='paper' for a single class")
+    check_num_classes(num_classes)
     check_targets(target, num_classes, settings.ignore_index, synchronize=synchronize)
     return target.long()
 

@@ -52,6 +52,7 @@ from el_plugins.core import (  # noqa: F401  (the shared math, re-exported: el_p
     check_label_smoothing,
     check_linear_loss_args,
     check_log_end,
+    check_num_classes,
     check_soft_targets,
     check_targets,
     compute_dtype,
@@ -304,6 +305,7 @@ def soft_target_encouraging_loss(
     an asynchronous device-side assertion, so that the step does not wait for the host)."""
     log_end, rho = check_dense_loss_args(input, target, log_end=log_end, bonus_weight=bonus_weight,
                                          reduction=reduction, what="soft targets")
+    check_num_classes(input.size(-1) if input.dim() else 0)
     check_soft_targets(target, synchronize=input.device.type == "cpu")
     lprobs = F.log_softmax(input.to(compute_dtype(input.dtype)), dim=-1)
     per_class = -lprobs

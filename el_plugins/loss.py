@@ -15,8 +15,21 @@ import torch.nn as nn
 
 from el_plugins import functional as EF
 
+NOT_SCRIPTABLE = (
+    "{name} cannot be compiled by torch.jit.script: its loss is Python (argument checks and the fused op's "
+    "autograd.Function), which TorchScript cannot compile. Use torch.compile (implementation='auto' or "
+    "'reference' compiles with fullgraph=True), or keep the loss outside the scripted module.")
 
-class EncouragingLoss(nn.Module):
+
+class _LossModule(nn.Module):
+    """What every EL module shares: a clear refusal of torch.jit.script (called on the module or on a model
+    holding it), before TorchScript's own error about the first line it cannot read."""
+
+    def __prepare_scriptable__(self):
+        raise RuntimeError(NOT_SCRIPTABLE.format(name=type(self).__name__))
+
+
+class EncouragingLoss(_LossModule):
     """Softmax EL for single-label classification.
 
     Targets are class indices (N,) -- smoothed as timm and the paper do, q = (1 - eps) onehot + eps / C --
@@ -73,35 +86,61 @@ class EncouragingLoss(nn.Module):
                 f'reduction={self.reduction!r}')
 
 
-class LinearEncouragingLoss(EncouragingLoss):
+class LinearEncouragingLoss(_LossModule):
     """The output layer and softmax EL in one module, as torch's nn.LinearCrossEntropyLoss: it owns the
     ``linear`` layer (in_features -> num_classes) and computes EL of its logits with
     el_plugins.functional.linear_encouraging_loss, which by default never holds the whole (N, C) logits.
 
+    Takes class-index targets only (the paper's smoothing): soft targets (Mixup/CutMix) need the logits, so use
+    ``EncouragingLoss()(module.linear(x), soft_target)`` for those.
+
     Args:
         in_features, num_classes, bias, device, dtype: the linear layer's (``self.linear``).
-        log_end, smoothing, bonus_weight, ignore_index, reduction, implementation: as in EncouragingLoss
-            (class-index targets, the paper's smoothing).
+        log_end, smoothing, bonus_weight, ignore_index, reduction, implementation: as in EncouragingLoss.
     """
 
     def __init__(self, in_features: int, num_classes: int, *, bias: bool = False, device=None, dtype=None,
-                 **settings):
-        super().__init__(**settings)
+                 log_end: float = 0.75, smoothing: float = 0., bonus_weight: float = 1., ignore_index=None,
+                 reduction: str = 'mean', implementation: str = 'auto'):
+        super().__init__()
+        self.implementation = EF.check_choice(implementation, EF.IMPLEMENTATIONS, 'implementation')
+        self.log_end = EF.check_log_end(log_end)
+        self.smoothing = EF.check_label_smoothing(smoothing, 'smoothing')
+        self.bonus_weight = EF.check_bonus_weight(bonus_weight)
+        self.ignore_index = EF.check_ignore_index(ignore_index)
+        self.reduction = EF.check_choice(reduction, EF.REDUCTIONS, 'reduction')
         self.linear = nn.Linear(in_features, num_classes, bias=bias, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """x: (N, in_features) features; target: (N,) class indices."""
-        return EF.linear_encouraging_loss(
-            x, self.linear.weight, target, linear_bias=self.linear.bias, log_end=self.log_end,
-            label_smoothing=self.smoothing, bonus_weight=self.bonus_weight, ignore_index=self.ignore_index,
-            reduction=self.reduction, smoothing_convention='paper', implementation=self.implementation)
+        """x: features (..., in_features), as nn.Linear takes them: (N, in_features), (B, T, in_features), or one
+        unbatched row (in_features,). target: class indices, an integer tensor of x's leading shape (...).
+        reduction='none' returns one loss per row, of the target's shape."""
+        in_features = self.linear.in_features
+        if not isinstance(target, torch.Tensor) or target.dtype.is_floating_point:
+            raise ValueError(
+                f'LinearEncouragingLoss takes class-index targets (an integer tensor of the features\' leading shape); '
+                f'got {getattr(target, "dtype", type(target).__name__)}: soft targets (Mixup/CutMix) need the logits, '
+                f'use EncouragingLoss()(module.linear(x), target) for those')
+        if not isinstance(x, torch.Tensor) or x.dim() < 1 or x.shape[-1] != in_features \
+                or tuple(target.shape) != tuple(x.shape[:-1]):
+            raise ValueError(
+                f'expected features x (..., {in_features}) and class-index targets of x\'s leading shape (...), '
+                f'e.g. x (N, {in_features}) and target (N,), or x (B, T, {in_features}) and target (B, T); got x '
+                f'{tuple(getattr(x, "shape", ()))} and target {tuple(target.shape)}')
+        loss = EF.linear_encouraging_loss(
+            x.reshape(-1, in_features), self.linear.weight, target.reshape(-1), linear_bias=self.linear.bias,
+            log_end=self.log_end, label_smoothing=self.smoothing, bonus_weight=self.bonus_weight,
+            ignore_index=self.ignore_index, reduction=self.reduction, smoothing_convention='paper',
+            implementation=self.implementation)
+        return loss.reshape(target.shape) if self.reduction == 'none' else loss
 
     def extra_repr(self) -> str:
         return (f'in_features={self.linear.in_features}, num_classes={self.linear.out_features}, '
-                f'bias={self.linear.bias is not None}, {super().extra_repr()}')
+                f'bias={self.linear.bias is not None}, log_end={self.log_end}, smoothing={self.smoothing}, '
+                f'bonus_weight={self.bonus_weight}, reduction={self.reduction!r}')
 
 
-class BinaryEncouragingLoss(nn.Module):
+class BinaryEncouragingLoss(_LossModule):
     """Sigmoid EL for multi-label classification, per class with s = sigmoid(z):
     L_c = t (-log s + rho b(s)) + (1 - t) (-log(1 - s) + rho b(1 - s)).
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from el_plugins.loss import EncouragingLoss
+from el_plugins import functional as EF
+from el_plugins.loss import BinaryEncouragingLoss, EncouragingLoss, LinearEncouragingLoss
 from el_plugins.testing.spec_example import fused_loss, reference_loss
 
 
@@ -153,18 +154,21 @@ def test_ignore_index_with_soft_targets_is_refused():
 
 
 @pytest.mark.parametrize("loss_fn", LOSSES)
-def test_one_class_with_fairseq_smoothing_is_refused(loss_fn):
-    """V = 1, smoothing_convention='fairseq', eps > 0: there is no other class to spread eps over, so the target
-    weights would sum to 1 - eps (and the fused gradient would not be the loss's). Refused; eps = 0 or 'paper' work."""
+@pytest.mark.parametrize("kwargs", [dict(), dict(label_smoothing=0.1, smoothing_convention="fairseq"),
+                                    dict(label_smoothing=0.1, smoothing_convention="paper")])
+def test_one_class_is_refused(loss_fn, kwargs):
+    """V = 1: p = 1 whatever the logit, so the loss is a constant and nothing is learned (issue 24; with the fairseq
+    convention and eps > 0 the target weights would not even sum to 1). Refused in every convention, soft targets too;
+    sigmoid EL on one output is binary classification and stays allowed."""
     z, t = torch.randn(5, 1, dtype=torch.float64), torch.zeros(5, dtype=torch.long)
-    with pytest.raises(ValueError, match=r"smoothing_convention='fairseq' spreads label_smoothing over the V - 1 .* "
-                                         r"use label_smoothing=0 or smoothing_convention='paper'"):
-        loss_fn(z, t, label_smoothing=0.1, smoothing_convention="fairseq")
-    for kwargs in (dict(label_smoothing=0.0, smoothing_convention="fairseq"),
-                   dict(label_smoothing=0.1, smoothing_convention="paper")):
-        x = z.clone().requires_grad_()
-        loss_fn(x, t, **kwargs).backward()
-        assert (x.grad == 0).all()  # p = 1 whatever the logit: the true gradient is 0
+    with pytest.raises(ValueError, match=r"softmax EL needs at least 2 classes, got logits of 1 class\(es\): with one "
+                                         r"class p = 1 whatever the logit"):
+        loss_fn(z, t, **kwargs)
+    with pytest.raises(ValueError, match=r"softmax EL needs at least 2 classes"):
+        EF.soft_target_encouraging_loss(z, torch.ones_like(z))
+    with pytest.raises(ValueError, match=r"softmax EL needs at least 2 classes"):
+        EF.linear_encouraging_loss(torch.randn(5, 3), torch.randn(1, 3), t)
+    assert EF.binary_encouraging_loss(z, torch.ones_like(z)).isfinite()
 
 
 # --------------------------------------------------------------------------- issue 18, item 1: multi-label target shapes
@@ -188,3 +192,33 @@ def test_binary_loss_takes_both_target_forms():
     torch.testing.assert_close(loss(z, torch.tensor([0, 1, 2, 1])), loss(z, F.one_hot(torch.tensor([0, 1, 2, 1]), 3)))
     with pytest.raises(ValueError, match=r"target 3 is outside the 3 classes"):
         loss(z, torch.tensor([0, 1, 2, 3]))
+
+
+# --------------------------------------------------------------------------- issue 24, item 4
+@pytest.mark.parametrize("p,found", [(torch.tensor([0.3, 1.5]), "1.5"), (-0.2, "-0.2"), (float("nan"), "nan"),
+                                     (torch.tensor([[0.1], [-1e-9]], dtype=torch.float64), "-1e-09")])
+def test_bonus_refuses_values_that_are_not_probabilities(p, found):
+    """b(p) takes probabilities: outside [0, 1] (it gave the clamp's value above 1 and NaN below 0) is refused."""
+    with pytest.raises(ValueError, match=rf"p must be probabilities in \[0, 1\], got {found}$"):
+        EF.bonus(p)
+
+
+def test_bonus_takes_numbers_and_tensors():
+    torch.testing.assert_close(EF.bonus(0.5), torch.tensor(0.5, dtype=torch.float64).log())
+    torch.testing.assert_close(EF.bonus(torch.tensor([0.0, 1.0])), torch.tensor([0.0, -11.512925]), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match=r"p must be a real floating-point tensor of probabilities"):
+        EF.bonus(torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match=r"p must be a probability in \[0, 1\] \(a number or a floating-point tensor\), "
+                                         r"got 'x'"):
+        EF.bonus("x")
+
+
+@pytest.mark.parametrize("make", [lambda: EncouragingLoss(), lambda: BinaryEncouragingLoss(),
+                                  lambda: LinearEncouragingLoss(4, 3),
+                                  lambda: torch.nn.Sequential(torch.nn.Linear(3, 3), EncouragingLoss())])
+def test_torch_jit_script_is_refused_with_what_to_use_instead(make):
+    """TorchScript cannot compile the loss (Python checks, an autograd.Function): refused by name, before
+    TorchScript's own error ('int' object has no attribute or method 'is_floating_point'), naming torch.compile."""
+    with pytest.raises(RuntimeError, match=r"(Encouraging|BinaryEncouraging|LinearEncouraging)Loss cannot be compiled "
+                                           r"by torch.jit.script: .* Use torch.compile"):
+        torch.jit.script(make())

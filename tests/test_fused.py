@@ -445,15 +445,11 @@ def test_interpreted_triton_mixed_precision(dtype):
 
 
 @interpreted
-def test_interpreted_triton_one_class_with_fairseq_smoothing_is_refused():
-    """V = 1 with the fairseq convention and eps > 0 (issue 18, item 8) is refused on the Triton path too; the
-    paper's convention gives the true gradient 0 there."""
+def test_interpreted_triton_one_class_is_refused():
+    """V = 1 (issue 24) is refused on the Triton path too, before the kernel runs."""
     z, t = torch.randn(5, 1), torch.zeros(5, dtype=torch.long)
-    with pytest.raises(ValueError, match=r"smoothing_convention='fairseq' spreads label_smoothing over the V - 1"):
-        fused_loss(z, t, label_smoothing=0.1, smoothing_convention="fairseq", backend="triton")
-    x = z.requires_grad_()
-    fused_loss(x, t, label_smoothing=0.1, smoothing_convention="paper", backend="triton", block_size=16).backward()
-    assert (x.grad == 0).all()
+    with pytest.raises(ValueError, match=r"softmax EL needs at least 2 classes"):
+        fused_loss(z, t, label_smoothing=0.1, backend="triton")
 
 
 def check_ignored_rows_add_nothing(dtype=torch.float64, implementations=("fused", "reference"), **fused_kwargs):

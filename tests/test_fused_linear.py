@@ -216,6 +216,37 @@ def test_module_form():
     assert "in_features=50, num_classes=1000, bias=True, log_end=0.5" in repr(module)
 
 
+def test_module_takes_leading_dimensions_as_f_linear_does():
+    """Features (..., d) with targets (...): (B, T, d), and one unbatched row (d,) with a () target, give the loss
+    of the flattened rows; reduction='none' keeps the targets' shape (issue 24)."""
+    x, w, b, t = make_features(n=24, bias=True)
+    module = LinearEncouragingLoss(x.size(1), w.size(0), bias=True, dtype=torch.float64, smoothing=0.1,
+                                   ignore_index=PAD, reduction="none")
+    with torch.no_grad():
+        module.linear.weight.copy_(w)
+        module.linear.bias.copy_(b)
+    flat = module(x, t)
+    assert flat.shape == (24,)
+    torch.testing.assert_close(module(x.view(4, 6, -1), t.view(4, 6)), flat.view(4, 6), rtol=1e-12, atol=0)
+    one = module(x[5], t[5])
+    assert one.shape == () and torch.isclose(one, flat[5])
+    module.reduction = "mean"
+    torch.testing.assert_close(module(x.view(4, 6, -1), t.view(4, 6)), module(x, t), rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("x_shape,target,message", [
+    ((5, 50), torch.rand(5, 1000).softmax(-1), r"LinearEncouragingLoss takes class-index targets .* soft targets "
+                                               r"\(Mixup/CutMix\) need the logits, use EncouragingLoss\(\)"),
+    ((5, 49), torch.zeros(5, dtype=torch.long), r"expected features x \(\.\.\., 50\) and class-index targets of "
+                                                r"x's leading shape .* got x \(5, 49\) and target \(5,\)"),
+    ((2, 3, 50), torch.zeros(6, dtype=torch.long), r"got x \(2, 3, 50\) and target \(6,\)"),
+    ((50,), torch.zeros(1, dtype=torch.long), r"got x \(50,\) and target \(1,\)"),
+])
+def test_module_says_what_it_takes(x_shape, target, message):
+    with pytest.raises(ValueError, match=message):
+        LinearEncouragingLoss(50, 1000)(torch.randn(*x_shape), target)
+
+
 # --------------------------------------------------------------------------- the arguments
 @pytest.mark.parametrize("kwargs,shapes,target", [
     (dict(log_end=0.0), None, None),

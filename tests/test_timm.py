@@ -33,7 +33,18 @@ def digits_folder(tmp_path_factory):
 # --------------------------------------------------------------------------- the factory
 def test_el_is_a_timm_loss_type():
     assert "el" in timm.loss.LOSS_TYPES and "el" in timm.loss.MULTI_LABEL_LOSS_TYPES
-    assert timm.loss._loss_factory.LOSS_TYPES is timm.loss.LOSS_TYPES
+    assert timm.loss._loss_factory.create_classification_loss is timm.loss.create_classification_loss
+    # timm's own function reads its module's tuple, which stays timm's (see the next test)
+    assert "el" not in timm.loss._loss_factory.LOSS_TYPES
+
+
+def test_timms_own_factory_taken_before_registration_says_it_does_not_know_el():
+    """A reference to timm's factory kept from before el-plugins registered (manual activation with
+    EL_PLUGINS_DISABLE=1, a local alias) answers 'el' with timm's "Unknown loss type", not with another loss's
+    message (it said "The db loss requires class_counts..." when timm's tuple held 'el')."""
+    original = timm.loss.create_classification_loss.__el_original__
+    with pytest.raises(ValueError, match=r"Unknown loss type 'el', expected one of \('ce', .*'db'\)"):
+        original(loss_type="el")
 
 
 @pytest.mark.parametrize("kwargs,cls,smoothing", [

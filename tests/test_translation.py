@@ -52,6 +52,16 @@ def test_el_bleu_score_command(tmp_path):
     assert proc.returncode == 1 and "2 hypotheses but 1 references" in proc.stdout
     proc = run_cli("el-bleu", "score", "--hyp", tmp_path / "missing.txt", "--ref", tmp_path / "r.txt", check=False)
     assert proc.returncode == 2 and "--hyp: no such file" in proc.stdout
+    for not_a_file in ("/dev/null", tmp_path):
+        proc = run_cli("el-bleu", "score", "--hyp", not_a_file, "--ref", tmp_path / "r.txt", check=False)
+        assert proc.returncode == 2, proc.stdout
+        assert (proc.stdout.strip().splitlines()[-1] == f"el-bleu: error: --hyp: '{not_a_file}' is not a regular file "
+                "(a folder, a device or a pipe); give a file of text lines"), proc.stdout
+    proc = run_cli("el-bleu", "score", "--hyp", tmp_path / "h.txt", "--ref", tmp_path / "r.txt", "--lang", "xx",
+                   check=False)
+    assert proc.returncode == 2
+    assert re.search(r"el-bleu: error: --lang 'xx': not a language sacremoses' Moses detokenizer knows; use one of "
+                     r"as, bn, .*\bde, el, en, es\b.*\bfr\b", proc.stdout), proc.stdout
 
 
 @pytest.mark.parametrize("option", ["--hyp", "--ref", "--raw-ref"])
@@ -350,6 +360,7 @@ def test_el_bleu_generate_checks_before_any_work(toy_data_bin, word_level_run, t
             (["--post-process", "bogus"], toy_data_bin, "argument --post-process: invalid choice: 'bogus'"),
             (["--max-tokens", "0"], toy_data_bin, "--max-tokens must be >= 1, got 0"),
             (["--max-tokens", "-5"], toy_data_bin, "--max-tokens must be >= 1, got -5"),
+            (["--lang", "xx"], toy_data_bin, "--lang 'xx': not a language sacremoses' Moses detokenizer knows"),
             ([], lm, f"DATA_BIN {lm} is not a translation data-bin"),
     ):
         proc = generate(*args, data=data)

@@ -64,9 +64,12 @@ def _with_el(factory):
     @functools.wraps(factory)
     def create_classification_loss(*args, el_log_end=None, el_bonus_weight=None, **kwargs):
         bound = signature.bind(*args, **kwargs)
-        if bound.arguments.get('loss_type') != LOSS_TYPE:
+        loss_type = bound.arguments.get('loss_type')
+        if loss_type != LOSS_TYPE:
             if el_log_end is not None or el_bonus_weight is not None:
                 raise ValueError("el_log_end and el_bonus_weight only apply to loss_type='el'.")
+            if loss_type and loss_type not in LOSS_TYPES:  # timm's own message, with 'el' among the types
+                raise ValueError(f"Unknown loss type '{loss_type}', expected one of {LOSS_TYPES}.")
             return factory(*args, **kwargs)
         bound.apply_defaults()
         return create_encouraging_loss(bound.arguments, el_log_end, el_bonus_weight)
@@ -77,21 +80,29 @@ def _with_el(factory):
     return create_classification_loss
 
 
+LOSS_TYPES = tuple(timm_loss_factory.LOSS_TYPES) + (LOSS_TYPE,)
+MULTI_LABEL_LOSS_TYPES = tuple(timm_loss_factory.MULTI_LABEL_LOSS_TYPES) + (LOSS_TYPE,)
+
+
 def register() -> None:
-    """Add 'el' to timm's factory (idempotent), and re-point every module holding the old objects."""
+    """Add 'el' to timm's factory (idempotent), and re-point every module holding the old objects.
+
+    timm's own function keeps reading its module's own LOSS_TYPES, which stays timm's: a reference to it taken
+    before this ran (and not re-pointed, e.g. a local alias) then answers 'el' with timm's "Unknown loss type 'el'"
+    instead of running past its checks into another loss's branch."""
     original = timm_loss_factory.create_classification_loss
     if hasattr(original, '__el_original__'):
         return
+    wrapped = _with_el(original)
     replacements = {  # name: (old object, new object)
-        'create_classification_loss': (original, _with_el(original)),
-        'LOSS_TYPES': (timm_loss_factory.LOSS_TYPES, tuple(timm_loss_factory.LOSS_TYPES) + (LOSS_TYPE,)),
-        'MULTI_LABEL_LOSS_TYPES': (timm_loss_factory.MULTI_LABEL_LOSS_TYPES,
-                                   tuple(timm_loss_factory.MULTI_LABEL_LOSS_TYPES) + (LOSS_TYPE,)),
+        'create_classification_loss': (original, wrapped),
+        'LOSS_TYPES': (timm_loss_factory.LOSS_TYPES, LOSS_TYPES),
+        'MULTI_LABEL_LOSS_TYPES': (timm_loss_factory.MULTI_LABEL_LOSS_TYPES, MULTI_LABEL_LOSS_TYPES),
     }
     for module in list(sys.modules.values()):
         namespace = getattr(module, '__dict__', None) or {}
         for name, (old, new) in replacements.items():
-            if namespace.get(name) is old:
+            if namespace.get(name) is old and (module is not timm_loss_factory or name == 'create_classification_loss'):
                 setattr(module, name, new)
 
 

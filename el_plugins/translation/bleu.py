@@ -171,7 +171,8 @@ def main(argv=None):
     g.add_argument("--post-process", default="auto", choices=POST_PROCESS,
                    help="fairseq's --post-process, what undoes the subwords (default: auto, DATA_BIN's own)")
     g.add_argument("--raw-ref", help="the original (detokenized) references for sacreBLEU, one per line")
-    g.add_argument("--lang", default="en", help="target language for detokenization (default: en)")
+    g.add_argument("--lang", default="en", help="target language for detokenization, a code sacremoses knows "
+                                                "(default: en)")
     g.add_argument("--cpu", action="store_true")
     g.add_argument("--batch-size", type=int, default=GENERATE_BATCH_SIZE,
                    help=f"sentences per batch (default: {GENERATE_BATCH_SIZE}, the authors' generate.py setting)")
@@ -181,12 +182,20 @@ def main(argv=None):
     s.add_argument("--hyp", required=True)
     s.add_argument("--ref", required=True)
     s.add_argument("--raw-ref")
-    s.add_argument("--lang", default="en")
+    s.add_argument("--lang", default="en", help="target language for detokenization (default: en)")
     args = ap.parse_args(argv)
     for name in ("path", "hyp", "ref", "raw_ref"):
         value = getattr(args, name, None)
-        if value and not os.path.isfile(value):
+        if value and not os.path.exists(value):
             ap.error(f"--{name.replace('_', '-')}: no such file {value!r}")
+        if value and not os.path.isfile(value):
+            ap.error(f"--{name.replace('_', '-')}: {value!r} is not a regular file (a folder, a device or a pipe); "
+                     "give a file of text lines")
+    from el_plugins.translation.prepare import moses_languages
+
+    if args.lang not in moses_languages():
+        ap.error(f"--lang {args.lang!r}: not a language sacremoses' Moses detokenizer knows; use one of "
+                 f"{', '.join(moses_languages())}")
     if args.command == "generate":
         if not os.path.isdir(args.data_bin):
             ap.error(f"DATA_BIN: no such folder {args.data_bin!r}")

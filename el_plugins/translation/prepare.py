@@ -131,6 +131,13 @@ def moses_tokenize(lines: Sequence[str], lang: str, lowercase: bool) -> List[str
     return [tok.tokenize(line.lower() if lowercase else line, escape=False, return_str=True) for line in lines]
 
 
+def moses_languages() -> List[str]:
+    """The language codes sacremoses has Moses data for (what ``--lang`` of the el-* commands takes)."""
+    from sacremoses.corpus import NonbreakingPrefixes
+
+    return sorted(set(NonbreakingPrefixes().available_langs.values()))
+
+
 def moses_detokenize(lines: Sequence[str], lang: str) -> List[str]:
     from sacremoses import MosesDetokenizer
 
