@@ -98,6 +98,7 @@ setup(
         # snapshot that does (install it with --no-build-isolation after torch, cython, numpy).
         "fairseq": ["fairseq>=0.12; python_version<'3.11'", "fairseq-fixed>=0.12.3; python_version>='3.11'"],
         "timm": ["timm>=1.0.23", "torchvision"],
+        "hf": ["transformers>=5.0", "accelerate"],  # el_plugins.hf (accelerate: Trainer); tested with 5.25.0
         "scripts": ["sacrebleu>=2.0", "sacremoses", "sentencepiece", "tqdm", "matplotlib", "scikit-learn", "pyyaml"],
         "test": ["pytest", "scikit-learn", "pillow"],
         # el-data / el-reproduce. torchattacks declares requests~=2.25.1, which it does not use:
