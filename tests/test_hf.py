@@ -643,3 +643,74 @@ def test_accelerate_launch_two_cpu_processes_trains_as_one(tmp_path):
     b = {k: torch.tensor(v) for k, v in one["state"].items()}
     assert two["paths"] == one["paths"] == ["hidden", "hidden"]  # fused, inside DDP too
     assert_same_params(a, b, atol=2e-5)
+
+
+# --------------------------------------------------------------------------- the benchmark and docs/hf.md
+def _benchmark():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("transformers_benchmark",
+                                                  os.path.join(REPO, "benchmarks", "transformers_benchmark.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+NOT_MEASURED = "not measured yet"
+
+
+def test_docs_hf_memory_section_is_the_committed_results_file():
+    """docs/hf.md's memory section is the benchmark's table of benchmarks/results-transformers-cpu.json (a full
+    run); while that file is not committed, it says the figures are not measured yet and shows none."""
+    bench = _benchmark()
+    with open(os.path.join(REPO, "docs", "hf.md"), encoding="utf-8") as f:
+        section = f.read().split("## Memory and time", 1)[1].split("\n## ", 1)[0]
+    path = os.path.join(REPO, bench.RESULTS_FILE)
+    if not os.path.isfile(path):
+        assert NOT_MEASURED in section and "| float32 |" not in section and "| bfloat16 |" not in section
+        return
+    with open(path, encoding="utf-8") as f:
+        results = json.load(f)
+    assert not results["settings"]["quick"] and results["settings"]["tokens"] == list(bench.FULL_TOKENS)
+    assert {r["v"] for r in results["results"]} == set(bench.FULL_VOCABS)
+    assert bench.markdown_table(results) in section and NOT_MEASURED not in section
+
+
+def test_benchmark_goals_say_met_or_missed_per_row():
+    bench = _benchmark()
+
+    def row(variant, dtype, v, time_ratio, mem_ratio):
+        return dict(device="cpu", dtype=dtype, v=v, tokens=[2, 1024], variant=variant, time_s=0.1, peak_mib=10.0,
+                    time_ratio=time_ratio, mem_ratio=mem_ratio)
+
+    rows = [row("el_fused", "float32", 32000, 0.9, 0.19), row("el_fused", "bfloat16", 128000, 1.2, 0.05),
+            row("hf_ce", "float32", 32000, 1.0, 1.0)]
+    assert bench.goals(rows).splitlines()[2:] == [
+        "- extra peak memory at most 0.2x Transformers' own loss: met on all 2 rows, 0.05-0.19x",
+        "- time at most Transformers' own loss: missed on 1 of 2 rows: bfloat16 V=128000 1.20x"]
+    table = bench.markdown_table({"results": rows, "versions": {"torch": "t", "transformers": "x"}})
+    assert "| float32 | 32000 | 2x1024 | **EL, output layer fused in** | 100.0 | 10.0 | **0.90** | **0.19** |" in table
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_benchmark_quick_run_writes_its_results(tmp_path):
+    """The benchmark's smoke run (one V, float32): every variant measured, the fused one without logits, the results
+    file written with its versions and commit, and its table rendered."""
+    out = tmp_path / "results.json"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "transformers_benchmark.py"), "--quick",
+                           "--vocabs", "1000", "--dtypes", "float32", "--out", str(out)],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(out.read_text())
+    assert results["settings"]["quick"] and results["versions"]["transformers"] == transformers.__version__
+    assert "git_commit" in results["produced_by"]
+    rows = {r["variant"]: r for r in results["results"]}
+    assert set(rows) == {"hf_ce", "el_fused", "el_logits"} and not any("error" in r for r in rows.values())
+    assert all(r["time_s"] > 0 and r["peak_mib"] is not None for r in rows.values())
+    assert rows["hf_ce"]["time_ratio"] == 1.0 and rows["el_fused"]["mem_ratio"] is not None
+    # the three variants train the same model: EL (fused or not) is not cross-entropy, and the two EL agree
+    assert abs(rows["el_fused"]["loss"] - rows["el_logits"]["loss"]) < 1e-4
+    assert abs(rows["el_fused"]["loss"] - rows["hf_ce"]["loss"]) > 1e-3
+    assert "**EL, output layer fused in**" in _benchmark().markdown_table(results)
