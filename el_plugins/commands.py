@@ -61,8 +61,18 @@ def run(prog: str, main: Callable[[], Optional[int]], errors: Sequence[type] = (
     except CommandError as exc:
         return error(prog, str(exc), exc.exit_code)
     except tuple(errors) as exc:  # noqa: B030 (a tuple of exception types)
-        return error(prog, str(exc), FAILURE_EXIT)
+        return error(prog, describe_error(exc), FAILURE_EXIT)
     return 0 if code is None else int(code)
+
+
+def describe_error(exc: BaseException) -> str:
+    """The message of ``exc`` for ``prog: error: ...``: an OSError as ``path: reason`` (``[Errno 30] Read-only file
+    system: 'out'`` becomes ``out: read-only file system``), anything else as it is."""
+    if isinstance(exc, OSError) and exc.strerror:
+        paths = [p for p in (exc.filename, exc.filename2) if p is not None]
+        reason = exc.strerror[:1].lower() + exc.strerror[1:]
+        return f"{' -> '.join(map(os.fsdecode, paths))}: {reason}" if paths else reason
+    return str(exc)
 
 
 def add_progress_argument(parser: argparse.ArgumentParser) -> None:

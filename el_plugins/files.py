@@ -326,9 +326,10 @@ def output_set(folder, owns: Iterable[str] = (), keep_failed: bool = False):
 
     owns: further names in ``out`` that belong to this kind of output: those the new set lacks are removed in
     the same swap (a plot that this run has no data for must not stay beside the new report). Other entries of
-    ``out`` are left alone. keep_failed: on an error (not on Ctrl-C or SIGTERM) keep the staging folder, for
-    the logs an error message names (not its :meth:`OutputSet.scratch` folders; not at all if nothing else is
-    in it); the next run removes it."""
+    ``out`` are left alone. keep_failed: on an error (not on Ctrl-C or SIGTERM) whose message names a path in the
+    staging folder, keep that folder for the logs the message names (not its :meth:`OutputSet.scratch` folders);
+    the next run removes it. An error that names none (a program that is not installed, a bad value) leaves
+    nothing behind."""
     folder = os.fspath(folder)
     os.makedirs(folder, exist_ok=True)
     finish_interrupted(folder)
@@ -357,11 +358,12 @@ def output_set(folder, owns: Iterable[str] = (), keep_failed: bool = False):
             if not committed:
                 _remove(staging)
             raise
-        except BaseException:
+        except BaseException as exc:
             if not committed:
-                for name in os.listdir(staging) if keep_failed else ():
+                keep = keep_failed and staging in str(exc)  # a log the message names is in there
+                for name in os.listdir(staging) if keep else ():
                     if name.startswith(_SCRATCH):  # kept for its logs, not its work files
                         _remove(os.path.join(staging, name))
-                if not keep_failed or not os.listdir(staging):
+                if not keep or not os.listdir(staging):
                     _remove(staging)
             raise

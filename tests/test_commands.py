@@ -46,7 +46,8 @@ def assert_error(proc, prog, code, message=""):
     ("el-reproduce", ["mnist", "--bogus"]),
 ])
 def test_a_bad_option_is_a_usage_error(tmp_path, name, args):
-    assert_error(run(name, *args, cwd=tmp_path), name, 2, "unrecognized arguments: --bogus")
+    prog = f"{name} mnist" if name == "el-reproduce" else name  # every message of an experiment names it
+    assert_error(run(name, *args, cwd=tmp_path), prog, 2, "unrecognized arguments: --bogus")
 
 
 def test_el_timm_train_usage_errors(tmp_path):
@@ -66,7 +67,8 @@ def test_el_timm_train_usage_errors(tmp_path):
     ("el-average-checkpoints", ["--inputs", "missing.pt", "--output", "avg.pt"], 2, "--inputs missing.pt: no such file"),
 ])
 def test_a_missing_input(tmp_path, name, args, code, message):
-    assert_error(run(name, *args, cwd=tmp_path), name, code, message)
+    prog = f"{name} mnist" if name == "el-reproduce" else name
+    assert_error(run(name, *args, cwd=tmp_path), prog, code, message)
     assert not (tmp_path / "avg.pt").exists()
 
 
@@ -91,7 +93,7 @@ def test_an_input_that_is_not_what_it_should_be_is_a_failure(tmp_path):
                  "does not look like timm's train.py")
 
     (tmp_path / "results.json").write_text("{}\n")
-    assert_error(run("el-reproduce", "mnist", "--render", "results.json", cwd=tmp_path), "el-reproduce", 1,
+    assert_error(run("el-reproduce", "mnist", "--render", "results.json", cwd=tmp_path), "el-reproduce mnist", 1,
                  "not a results.json of el-reproduce mnist")
 
     user = tmp_path / "user" / "MNIST" / "raw"
@@ -102,6 +104,28 @@ def test_an_input_that_is_not_what_it_should_be_is_a_failure(tmp_path):
     assert_error(run("el-data", "mnist", "--data-dir", "user", "--out", "data", cwd=tmp_path), "el-data", 1,
                  "not an IDX file")
     assert not (tmp_path / "data" / "SOURCES.json").exists()
+
+
+@pytest.mark.parametrize("experiment", ["mnist", "mnist-table11", "translation"])
+def test_el_reproduce_says_one_thing_one_way_in_every_experiment(tmp_path, experiment):
+    """Issue 24: every message of an experiment starts with ``el-reproduce <experiment>:``, usage errors and
+    failures alike; an --out that is a file is 'is a file, not a folder' in each; an OSError is 'path: reason'."""
+    (tmp_path / "a_file").write_text("x")
+    assert_error(run("el-reproduce", experiment, "--out", "a_file", cwd=tmp_path), f"el-reproduce {experiment}", 2,
+                 "--out a_file: is a file, not a folder")
+    if experiment != "translation":  # (translation's --render reads a results.json; a folder is its usage error)
+        (tmp_path / "results.json").mkdir()
+        proc = run("el-reproduce", experiment, "--render", "results.json", cwd=tmp_path)
+        assert proc.returncode in (1, 2) and proc.stderr.strip().splitlines()[-1].startswith(
+            f"el-reproduce {experiment}: error: "), proc.stderr
+        assert "[Errno" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_an_oserror_is_path_and_reason():
+    assert commands.describe_error(OSError(30, "Read-only file system", "out/x")) == "out/x: read-only file system"
+    assert commands.describe_error(OSError(18, "Invalid cross-device link", "a", None, "b")) == \
+        "a -> b: invalid cross-device link"
+    assert commands.describe_error(ValueError("as it is")) == "as it is"
 
 
 @pytest.mark.parametrize("name", sorted(MODULES))
@@ -194,6 +218,6 @@ def test_an_output_folder_below_a_file_is_refused_before_any_work(tmp_path, name
     (tmp_path / "notes.txt").write_text("a file")
     for out in ("notes.txt", "notes.txt/sub"):
         proc = run(name, *args, "--out", out, cwd=tmp_path)
-        assert_error(proc, name, 2, f"--out {out}: ")
+        assert_error(proc, " ".join([name, *args[:1]]) if name == "el-reproduce" else name, 2, f"--out {out}: ")
         assert "is a file, not a folder" in proc.stderr, proc.stderr
     assert (tmp_path / "notes.txt").read_text() == "a file"

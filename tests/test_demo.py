@@ -59,3 +59,22 @@ def test_demo_rejects_bad_options(tmp_path):
     proc = run_cli("el-demo", "--data", tmp_path / "own", "--parts", "translation", "--out", tmp_path / "o", check=False)
     assert proc.returncode == 2 and "error: --data" in proc.stdout and "valid.src has 2 lines but valid.en has 1" in proc.stdout
     assert "Traceback" not in proc.stdout and not (tmp_path / "o").exists()  # refused before any work
+
+
+def test_demo_averages_what_training_left(tmp_path, caplog):
+    """--updates too few for 5 epochs: the epoch checkpoints there are; too few for one epoch: the last
+    checkpoint as it is (el-demo --updates 4 failed after training, "asked for 5 epoch checkpoints ... found 0").
+    Each case is said in the log."""
+    from el_plugins.demo.translation import checkpoints_to_average
+
+    for name in ("checkpoint_last.pt", "checkpoint_best.pt"):
+        (tmp_path / name).write_bytes(b"")
+    with caplog.at_level("WARNING"):
+        assert checkpoints_to_average(str(tmp_path), 5, "EL", 4) == [str(tmp_path / "checkpoint_last.pt")]
+    assert "EL: no epoch finished within 4 updates" in caplog.text and "checkpoint_last.pt" in caplog.text
+    caplog.clear()
+    for epoch in (1, 2):
+        (tmp_path / f"checkpoint{epoch}.pt").write_bytes(b"")
+    with caplog.at_level("WARNING"):
+        assert checkpoints_to_average(str(tmp_path), 5, "EL", 40) == [str(tmp_path / f"checkpoint{e}.pt") for e in (2, 1)]
+    assert "40 updates made 2 epoch checkpoint(s), fewer than the 5 to average: averaging those" in caplog.text

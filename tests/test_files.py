@@ -121,10 +121,15 @@ def test_output_set_error_leaves_the_previous_set(tmp_path):
             open(staged.path("report.json"), "w").write("new, half")
             raise RuntimeError("disk full")
     assert snapshot(out) == {"report.json": "old", "table.md": "old", os.path.join("plots", "a.png"): "old"}
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError):  # an error that names no file in the set: nothing is kept
+        with output_set(out, keep_failed=True) as staged:
+            open(staged.path("work.bin"), "w").write("work")
+            raise RuntimeError("cannot run fairseq-train: not installed")
+    assert not os.path.exists(staged.staging)
+    with pytest.raises(RuntimeError):  # one that names its log: the log is kept for the user to read
         with output_set(out, keep_failed=True) as staged:
             open(staged.path("train.log"), "w").write("why it failed")
-            raise RuntimeError("fairseq-train failed")
+            raise RuntimeError(f"fairseq-train failed (its output is in {staged.path('train.log')})")
     kept = staged.path("train.log")
     assert open(kept).read() == "why it failed" and staged.final(kept) == str(out / "train.log")
     write_set(out, "new")  # the next run removes the kept staging folder

@@ -46,7 +46,7 @@ def test_el_reproduce_render_of_results_without_variants(tmp_path):
     proc = run_cli("el-reproduce", "mnist", "--render", tmp_path / "results.json", check=False)
     assert proc.returncode == 1 and "Traceback" not in proc.stdout, proc.stdout[-2000:]
     assert proc.stdout.strip().splitlines()[-1] == (
-        f"el-reproduce: error: --render {tmp_path / 'results.json'}: not a results.json of el-reproduce mnist "
+        f"el-reproduce mnist: error: --render {tmp_path / 'results.json'}: not a results.json of el-reproduce mnist "
         "(ValueError: it has no measured variants ('variants' is missing or empty))")
     assert not (tmp_path / "table.md").exists()
 

@@ -20,6 +20,7 @@ import os
 import sys
 
 from el_plugins import commands
+from el_plugins.files import output_folder_problem
 from el_plugins.data.idx import DataError
 from el_plugins.data.mnist import SOURCES, default_cache
 
@@ -54,8 +55,9 @@ def parse_args(argv=None):
     for split in DEFAULT_SIZES if args.dataset == "bible" else ():
         if getattr(args, split) < 1:
             ap.error(f"--{split} must be >= 1 pairs, got {getattr(args, split)}")
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        ap.error(f"--out {args.out}: exists and is not a folder")
+    problem = output_folder_problem(args.out)
+    if problem:
+        ap.error(f"--out {args.out}: {problem}")
     return args
 
 

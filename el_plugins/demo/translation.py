@@ -17,13 +17,31 @@ from el_plugins.analysis.fairseq_eval import evaluate, load
 from el_plugins.commands import CommandError
 from el_plugins.devices import resolve_device, subprocess_env
 from el_plugins.translation import bleu, recipe
-from el_plugins.translation.average_checkpoints import average_checkpoints, save_atomic, select_checkpoints
+from el_plugins.translation.average_checkpoints import (EPOCH_PATTERN, average_checkpoints, save_atomic,
+                                                       select_checkpoints)
 from el_plugins.files import read_lines
 from el_plugins.translation.prepare import prepare_parallel_corpus
 from el_plugins.translation.training import train_with_progress
 
 LOSS_NAMES = {"ce": "LS-CE", "el": "EL"}
 logger = logging.getLogger(__name__)
+
+
+def checkpoints_to_average(folder, average_last, name, max_update):
+    """The last ``average_last`` epoch checkpoints of a run, or those there are (said in the log); when no epoch
+    finished within ``max_update`` updates, the last checkpoint alone (said too)."""
+    if not any(EPOCH_PATTERN.fullmatch(f) for f in os.listdir(folder)):
+        last = os.path.join(folder, "checkpoint_last.pt")
+        if os.path.isfile(last):
+            logger.warning("[translation] %s: no epoch finished within %d updates, so there is no epoch checkpoint "
+                           "to average: using the last checkpoint (checkpoint_last.pt) as it is", name, max_update)
+            return [last]
+    paths = select_checkpoints(folder, num_epoch=average_last, allow_fewer=True)
+    if len(paths) < average_last:
+        logger.warning("[translation] %s: %d updates made %d epoch checkpoint(s), fewer than the %d to average: "
+                       "averaging %s", name, max_update, len(paths), average_last,
+                       "those" if len(paths) > 1 else "that one")
+    return paths
 
 
 def run_translation(out, splits, src, tgt, *, device="cpu", max_update=400, vocab_size=600, average_last=5, seed=1,
@@ -48,11 +66,7 @@ def run_translation(out, splits, src, tgt, *, device="cpu", max_update=400, voca
                                    cpu=cpu, max_update=max_update, log_end=log_end if loss == "el" else None)
         curve = train_with_progress(cmd, os.path.join(run_dir, "train.log"), max_update, f"[translation] train {name}",
                                     env=env, progress=progress)
-        paths = select_checkpoints(os.path.join(run_dir, "checkpoints"), num_epoch=average_last, allow_fewer=True)
-        if len(paths) < average_last:
-            logger.warning("[translation] %s: %d updates made %d epoch checkpoint(s), fewer than the %d to average: "
-                           "averaging %s", name, max_update, len(paths), average_last,
-                           "those" if len(paths) > 1 else "that one")
+        paths = checkpoints_to_average(os.path.join(run_dir, "checkpoints"), average_last, name, max_update)
         averaged = os.path.join(run_dir, f"average_last{len(paths)}.pt")
         save_atomic(average_checkpoints(paths), averaged)
         try:

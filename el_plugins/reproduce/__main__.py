@@ -16,8 +16,9 @@ scikit-learn and as the authors' metrics.py), ECE, the energy on and out of the 
 L-inf attacks (torchattacks: APGD-CE + APGD-DLR, PGD, FGSM) at eps 0.1 and 0.2.
 mnist-table11: Table 11 as the authors ran it (their network, training and torchattacks 3.1.0's AutoAttack).
 Writes OUT/results.json, OUT/table.md (measured mean +- std beside the paper) and PNG plots; prints the
-table (stdout). Progress bars and messages go to stderr (``--no-progress``: no bars); a damaged data folder
-or results.json is ``el-reproduce: error: ...``, exit 1; a bad option exits 2.
+table (stdout). Progress bars and messages go to stderr (``--no-progress``: no bars); every message of an
+experiment starts with its name: a damaged data folder or results.json is ``el-reproduce mnist: error: ...``
+(mnist-table11, translation likewise), exit 1; a bad option is the same line with exit 2.
 """
 import argparse
 import importlib.util
@@ -50,13 +51,28 @@ def _usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+def parse_experiment(argv) -> str:
+    """The experiment argv starts with; ``--help``, a missing or an unknown one end here as argparse ends them."""
+    top = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    top.add_argument("experiment", choices=EXPERIMENTS,
+                     help="mnist: the paper's MNIST tables (1, 4, 11, 13); mnist-table11: Table 11 the authors' way; "
+                          "translation: its translation claims on a real corpus (each has its own options: "
+                          "el-reproduce mnist --help, el-reproduce mnist-table11 --help, el-reproduce translation "
+                          "--help)")
+    return top.parse_args(argv[:1]).experiment
+
+
+MNIST_PROG = f"{PROG} mnist"  # the prefix of every message of el-reproduce mnist, usage errors and failures alike
+
+
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(prog=PROG, description=__doc__,
+    """The arguments of ``el-reproduce mnist ...`` (argv starts with ``mnist``)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if parse_experiment(argv) != "mnist":
+        raise ValueError(f"parse_args parses el-reproduce mnist's arguments, got {argv[:1]}")
+    argv = argv[1:]
+    ap = argparse.ArgumentParser(prog=MNIST_PROG, description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("experiment", choices=EXPERIMENTS,
-                    help="mnist: the paper's MNIST tables (1, 4, 11, 13); mnist-table11: Table 11 the authors' way; "
-                         "translation: its translation claims on a real corpus (their own options: el-reproduce "
-                         "mnist-table11 --help, el-reproduce translation --help)")
     ap.add_argument("--setup", choices=SETUPS, default="el-plugins",
                     help="el-plugins: el-plugins' own CPU setup (SmallCNN, Adam, 5 epochs; default); paper: the "
                          "authors' Tables 1/4/13 setup (MNISTNet, SGD, 100 epochs, the best test epoch; for a GPU), "
@@ -188,12 +204,12 @@ def main(argv=None):
         from el_plugins.reproduce import table11
         return table11.main(argv[1:])
     args = parse_args(argv)
-    commands.setup_logging(PROG)
+    commands.setup_logging(MNIST_PROG)
     if args.render is not None:
-        return commands.run(PROG, lambda: render(args.render), errors=(OSError,))
+        return commands.run(MNIST_PROG, lambda: render(args.render), errors=(OSError,))
     from el_plugins.data import DataError
 
-    return commands.run(PROG, lambda: _reproduce(args, argv), errors=(DataError, OSError))
+    return commands.run(MNIST_PROG, lambda: _reproduce(args, argv), errors=(DataError, OSError))
 
 
 def _reproduce(args, argv) -> int:
@@ -301,12 +317,13 @@ def parse_translation_args(argv):
 
 def translation_main(argv) -> int:
     args, settings = parse_translation_args(argv)
-    commands.setup_logging(PROG)
+    prog = f"{PROG} translation"
+    commands.setup_logging(prog)
     from el_plugins.data import DataError
 
     if args.render is not None:
-        return commands.run(PROG, lambda: _render_translation(args.render))
-    return commands.run(PROG, lambda: _reproduce_translation(args, settings), errors=(DataError, OSError))
+        return commands.run(prog, lambda: _render_translation(args.render))
+    return commands.run(prog, lambda: _reproduce_translation(args, settings), errors=(DataError, OSError))
 
 
 def _render_translation(path: str) -> int:

@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass
 from typing import Callable, Dict, List, Sequence
 
 from el_plugins import commands
+from el_plugins.files import output_folder_problem
 from el_plugins.reproduce.options import add_run_options, parse_run_options
 from el_plugins.provenance import provenance
 from el_plugins.reproduce.recipes import RECIPES, TrainingSettings
@@ -250,10 +251,10 @@ def parse_args(argv=None):
         args.threads = min(_usable_cores(), 8)
     elif args.threads < 1:
         ap.error(f"--threads must be >= 1, got {args.threads}")
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        ap.error(f"--out {args.out}: exists and is not a folder")
-    if os.path.exists(args.data) and not os.path.isdir(args.data):
-        ap.error(f"--data {args.data}: exists and is not a folder")
+    for name in ("out", "data"):
+        problem = output_folder_problem(getattr(args, name))
+        if problem:
+            ap.error(f"--{name} {getattr(args, name)}: {problem}")
     import importlib.util
     if importlib.util.find_spec("torchattacks") is None:
         ap.error("the attack needs torchattacks: pip install --no-deps torchattacks==3.5.1 (scripts/setup.sh does)")
@@ -262,7 +263,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    commands.setup_logging("el-reproduce")
+    commands.setup_logging(PROG)
     if args.render is not None:
         return commands.run(PROG, lambda: render(args.render), errors=(OSError,))
     from el_plugins.data import DataError
