@@ -244,6 +244,10 @@ def test_remove_encouraging_loss_restores_the_models_own_loss():
                                rtol=0, atol=0)
     with pytest.raises(ValueError, match="no EL from apply_encouraging_loss to remove"):
         hf.remove_encouraging_loss(model)
+    hf.apply_encouraging_loss(model)
+    model.forward = lambda *args, **kwargs: None  # wrapped again by something else
+    with pytest.raises(ValueError, match="wrapped again after apply_encouraging_loss"):
+        hf.remove_encouraging_loss(model)
 
 
 def test_applying_again_replaces_the_settings():
@@ -346,6 +350,22 @@ def test_an_output_layer_with_a_hook_is_not_fused(caplog):
     assert seen and out.logits is not None and "forward hooks" in caplog.text
     want, _ = reference_el(unpatched, kind, batch, labels, label_smoothing=0.1)
     torch.testing.assert_close(out.loss, want, rtol=1e-12, atol=1e-12)
+
+
+def test_hidden_states_of_another_dtype_than_the_output_layer_take_the_logits(caplog):
+    """bfloat16 layers with a float32 lm_head under autocast (the forward's lm_head then multiplies in bfloat16): the
+    fused op takes one dtype, so the call computes the logits as the forward would, and the log says why."""
+    kind, model = build("llama", dtype=torch.bfloat16)
+    model.lm_head.float()
+    unpatched = copy.deepcopy(model)
+    hf.apply_encouraging_loss(model, label_smoothing=0.1)
+    batch, labels = make_batch(kind)
+    with caplog.at_level(logging.WARNING, logger="el_plugins.hf"), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(**batch, labels=labels)
+        want, logits = reference_el(unpatched, kind, batch, labels, label_smoothing=0.1)
+    assert "input is torch.bfloat16 but lm_head.weight torch.float32" in caplog.text
+    torch.testing.assert_close(out.logits, logits, rtol=0, atol=0)
+    torch.testing.assert_close(out.loss, want, rtol=1e-6, atol=1e-6)
 
 
 # --------------------------------------------------------------------------- bad input

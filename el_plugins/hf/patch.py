@@ -222,6 +222,7 @@ def apply_encouraging_loss(
     def forward(self, *args, **kwargs):
         return _forward(self, args, kwargs)
 
+    forward.el_plugins_hf = True
     setattr(target, PATCH_ATTRIBUTE, patch)
     target.forward = types.MethodType(forward, target)
     return model
@@ -233,6 +234,9 @@ def remove_encouraging_loss(model):
     patch = vars(target).get(PATCH_ATTRIBUTE)
     if patch is None:
         raise ValueError(f"{type(target).__name__} has no EL from apply_encouraging_loss to remove")
+    if not getattr(getattr(vars(target).get("forward"), "__func__", None), "el_plugins_hf", False):
+        raise ValueError(f"{type(target).__name__}.forward was wrapped again after apply_encouraging_loss (e.g. by "
+                         f"accelerate's mixed precision): EL cannot be removed from under that wrapper")
     del target.__dict__[PATCH_ATTRIBUTE]
     if patch.previous_forward is None:
         del target.__dict__["forward"]
