@@ -258,11 +258,13 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true",
                         help=f"V {' and '.join(map(str, QUICK_VOCABS))}, {'x'.join(map(str, QUICK_TOKENS))} tokens, "
                              f"2 rounds: a smoke run")
-    parser.add_argument("--repeats", type=int, default=None, help="timed rounds per V and dtype (default 5; 2 with --quick)")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="timed rounds per V and dtype (default 5; 2 with --quick)")
     parser.add_argument("--vocabs", help=f"comma-separated V (default {','.join(map(str, FULL_VOCABS))})")
     parser.add_argument("--dtypes", help=f"comma-separated (default {','.join(DTYPES)})")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--markdown", metavar="RESULTS_JSON", help="print docs/hf.md's table of a results file and exit")
+    parser.add_argument("--markdown", metavar="RESULTS_JSON",
+                        help="print docs/hf.md's table of a results file and exit")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -340,9 +342,9 @@ def main(argv=None):
             "machine": dict(bench.machine_info(device), load_average_before=load_before,
                             load_average_after=os.getloadavg()),
             "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
-            "settings": {"model": dict(MODEL, architecture="LlamaForCausalLM"), "tokens": tokens, "label_smoothing": EPS,
-                         "log_end": LOG_END, "ignored_fraction": IGNORED, "baseline": BASELINE, "repeats": repeats,
-                         "memory_method": memory_method, "quick": args.quick},
+            "settings": {"model": dict(MODEL, architecture="LlamaForCausalLM"), "tokens": tokens,
+                         "label_smoothing": EPS, "log_end": LOG_END, "ignored_fraction": IGNORED, "baseline": BASELINE,
+                         "repeats": repeats, "memory_method": memory_method, "quick": args.quick},
             "results": rows,
             "produced_by": provenance(),
         }

@@ -528,7 +528,8 @@ def train(name, route, tmp_path, *, batch_size=2, accumulation=2, bf16=False, st
         hf.apply_encouraging_loss(model, **settings)
     seq2seq = kind == "seq2seq"
     args_class = transformers.Seq2SeqTrainingArguments if seq2seq else transformers.TrainingArguments
-    args = args_class(output_dir=str(tmp_path / f"{name}-{route}-{accumulation}"), per_device_train_batch_size=batch_size,
+    args = args_class(output_dir=str(tmp_path / f"{name}-{route}-{accumulation}"),
+                      per_device_train_batch_size=batch_size,
                       gradient_accumulation_steps=accumulation, max_steps=steps, learning_rate=1e-2, seed=0,
                       logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, bf16=bf16,
                       dataloader_num_workers=0, disable_tqdm=True, lr_scheduler_type="constant", warmup_steps=0)

@@ -18,7 +18,13 @@ except ImportError as exc:  # pragma: no cover - the extra is missing
     raise ImportError("el_plugins.hf needs Hugging Face Transformers: pip install 'el-plugins[hf]' "
                       f"(or pip install transformers) ({exc})") from exc
 
-from el_plugins.hf.loss import IGNORE_INDEX, SHIFT_LABELS_OPTIONS, ELSettings, EncouragingLossFunc, encouraging_loss_func
+from el_plugins.hf.loss import (
+    IGNORE_INDEX,
+    SHIFT_LABELS_OPTIONS,
+    ELSettings,
+    EncouragingLossFunc,
+    encouraging_loss_func,
+)
 from el_plugins.hf.patch import (
     ARCHITECTURES,
     FUSE_OUTPUT_LAYER_OPTIONS,

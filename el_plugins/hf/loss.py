@@ -155,9 +155,11 @@ class EncouragingLossFunc:
     def __init__(self, settings: ELSettings, shift_labels: Union[str, bool] = "auto"):
         if not isinstance(settings, ELSettings):
             raise ValueError(f"settings must be an el_plugins.hf.ELSettings, got {type(settings).__name__}")
-        if not (shift_labels is True or shift_labels is False or isinstance(shift_labels, str) and shift_labels == "auto"):
-            raise ValueError(f"shift_labels must be one of 'auto', True (a causal LM: position t predicts label t + 1), "
-                             f"False (labels aligned with the logits: seq2seq, masked LM), got {shift_labels!r}")
+        if not (shift_labels is True or shift_labels is False
+                or isinstance(shift_labels, str) and shift_labels == "auto"):
+            raise ValueError(f"shift_labels must be one of 'auto', True (a causal LM: position t predicts label "
+                             f"t + 1), False (labels aligned with the logits: seq2seq, masked LM), "
+                             f"got {shift_labels!r}")
         self.settings = settings
         self.shift_labels = shift_labels
 
