@@ -338,6 +338,22 @@ def test_gemma2_softcap_is_not_fused_and_its_softcapped_logits_are_used(caplog):
     torch.testing.assert_close(out.loss, plain, rtol=1e-12, atol=1e-12)
 
 
+def test_another_major_version_of_transformers_is_not_fused(caplog, monkeypatch):
+    """The forwards of ARCHITECTURES were read in Transformers 5: with another major version the logits path."""
+    monkeypatch.setattr(hf.patch, "READ_IN", (4,))
+    kind, model = build("t5-tied")
+    unpatched = copy.deepcopy(model)
+    with caplog.at_level(logging.WARNING, logger="el_plugins.hf"):
+        hf.apply_encouraging_loss(model, label_smoothing=0.1)
+    assert f"Transformers {transformers.__version__}: el-plugins read these architectures' forwards in " \
+           f"Transformers 4.x" in caplog.text
+    batch, labels = make_batch(kind)
+    out = model(**batch, labels=labels)
+    want, logits = reference_el(unpatched, kind, batch, labels, label_smoothing=0.1)
+    torch.testing.assert_close(out.logits, logits, rtol=0, atol=0)
+    torch.testing.assert_close(out.loss, want, rtol=1e-12, atol=1e-12)
+
+
 def test_an_output_layer_with_a_hook_is_not_fused(caplog):
     kind, model = build("llama")
     unpatched = copy.deepcopy(model)

@@ -13,10 +13,13 @@ timm ones (the math is :mod:`el_plugins.functional`).
 Needs ``transformers`` (``pip install 'el-plugins[hf]'``). docs/hf.md has what is fused and what is not.
 """
 try:
-    import transformers  # noqa: F401
+    import transformers
 except ImportError as exc:  # pragma: no cover - the extra is missing
     raise ImportError("el_plugins.hf needs Hugging Face Transformers: pip install 'el-plugins[hf]' "
                       f"(or pip install transformers) ({exc})") from exc
+if int(transformers.__version__.split(".")[0]) < 5:  # pragma: no cover - an older install
+    raise ImportError(f"el_plugins.hf needs Transformers >= 5.0 (its Trainer, loss functions and model forwards), "
+                      f"found {transformers.__version__}: pip install 'el-plugins[hf]'")
 
 from el_plugins.hf.loss import (
     IGNORE_INDEX,

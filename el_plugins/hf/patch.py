@@ -38,7 +38,7 @@ import torch.nn as nn
 
 from el_plugins.hf.loss import IGNORE_INDEX, ELSettings, lm_targets, rows_loss
 
-__all__ = ["ARCHITECTURES", "Architecture", "FUSE_OUTPUT_LAYER_OPTIONS", "apply_encouraging_loss",
+__all__ = ["ARCHITECTURES", "Architecture", "FUSE_OUTPUT_LAYER_OPTIONS", "READ_IN", "apply_encouraging_loss",
            "remove_encouraging_loss", "fused_architectures"]
 
 logger = logging.getLogger("el_plugins.hf")
@@ -89,6 +89,21 @@ class Architecture:
         except ImportError:
             return None
         return getattr(module, self.class_name, None)
+
+
+READ_IN = (5,)
+"""The major versions of Transformers whose forwards :data:`ARCHITECTURES` describes (read in 5.0 and 5.25); with
+another, the output layer is not fused (the logits path, and the log says why)."""
+
+
+def _unread_transformers() -> Optional[str]:
+    import transformers
+
+    major = int(transformers.__version__.split(".")[0])
+    if major in READ_IN:
+        return None
+    return (f"Transformers {transformers.__version__}: el-plugins read these architectures' forwards in Transformers "
+            f"{', '.join(f'{m}.x' for m in READ_IN)}")
 
 
 ARCHITECTURES: Tuple[Architecture, ...] = (
@@ -209,7 +224,7 @@ def apply_encouraging_loss(
     elif fuse_output_layer == "off":
         logger.info("el-plugins: %s: EL from the model's logits (fuse_output_layer='off')", name)
     else:
-        differ = arch.logits_differ(target.config) if arch.logits_differ else None
+        differ = _unread_transformers() or (arch.logits_differ(target.config) if arch.logits_differ else None)
         if differ:
             patch.warned.add(differ)
             logger.warning("el-plugins: %s: the output layer is not fused into EL (%s); EL is computed from the "
@@ -373,7 +388,7 @@ def _not_fused(model, patch: _Patch) -> Optional[str]:
     if not model.training:
         return "evaluation mode"
     arch = patch.architecture
-    reason = arch.logits_differ(model.config) if arch.logits_differ else None
+    reason = _unread_transformers() or (arch.logits_differ(model.config) if arch.logits_differ else None)
     lm_head = model._modules.get("lm_head")
     if reason is None:
         reason = _plain_linear_problem(lm_head)
