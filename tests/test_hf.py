@@ -25,7 +25,7 @@ from el_plugins import functional as EF  # noqa: E402
 from el_plugins import hf  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-V = 96
+V = 128
 PAD, START = 1, 2  # seq2seq pad and decoder start ids
 LOG_END = 0.75
 
@@ -154,7 +154,7 @@ def test_bonus_weight_zero_is_the_models_own_cross_entropy(name):
     own = unpatched(**batch, labels=labels).loss  # (causal LMs compute it in float32)
     torch.testing.assert_close(out.loss, own.to(out.loss.dtype), rtol=1e-6, atol=1e-6)
     assert abs(out.loss.item() - hf.apply_encouraging_loss(copy.deepcopy(unpatched))(
-        **batch, labels=labels).loss.item()) > 1e-3  # the bonus changes it (this test can tell)
+        **batch, labels=labels).loss.item()) > 1e-4  # the bonus changes it (this test can tell)
 
 
 @pytest.mark.parametrize("name", ["llama", "bart", "t5-tied"])
@@ -534,7 +534,9 @@ def dataset(kind, n=8, length=12, model=None, seed=3):
 
 
 def train(name, route, tmp_path, *, batch_size=2, accumulation=2, bf16=False, steps=2, settings=None, model=None):
-    """Trainer (Seq2SeqTrainer for seq2seq) for `steps` steps; returns (the trained model, the logged losses)."""
+    """Trainer (Seq2SeqTrainer for seq2seq) for `steps` steps of SGD (its update is linear in the gradient, so equal
+    gradients give equal parameters; Adam's first steps amplify rounding in tiny gradients); returns (the trained
+    model, the logged losses)."""
     settings = dict(label_smoothing=0.1) if settings is None else settings
     kind = BUILDERS[name][0] if name in BUILDERS else "causal"
     if model is None:
@@ -546,7 +548,7 @@ def train(name, route, tmp_path, *, batch_size=2, accumulation=2, bf16=False, st
     args_class = transformers.Seq2SeqTrainingArguments if seq2seq else transformers.TrainingArguments
     args = args_class(output_dir=str(tmp_path / f"{name}-{route}-{accumulation}"),
                       per_device_train_batch_size=batch_size,
-                      gradient_accumulation_steps=accumulation, max_steps=steps, learning_rate=1e-2, seed=0,
+                      gradient_accumulation_steps=accumulation, max_steps=steps, optim="sgd", learning_rate=0.1, seed=0,
                       logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, bf16=bf16,
                       dataloader_num_workers=0, disable_tqdm=True, lr_scheduler_type="constant", warmup_steps=0)
     trainer_class = transformers.Seq2SeqTrainer if seq2seq else transformers.Trainer
@@ -583,10 +585,10 @@ def test_trainer_both_routes_train_the_same_model(name, tmp_path):
     applied, applied_losses = train(name, "apply", tmp_path)
     func, func_losses = train(name, "compute_loss_func", tmp_path)
     assert_trained(applied, name)
-    assert_same_params(params(applied), params(func), atol=2e-5)
+    assert_same_params(params(applied), params(func), atol=1e-6)
     torch.testing.assert_close(torch.tensor(applied_losses), torch.tensor(func_losses), rtol=1e-5, atol=1e-5)
     whole, _ = train(name, "apply", tmp_path, batch_size=4, accumulation=1)
-    assert_same_params(params(applied), params(whole), atol=2e-5)
+    assert_same_params(params(applied), params(whole), atol=1e-6)
 
 
 @pytest.mark.slow
@@ -596,7 +598,7 @@ def test_trainer_with_bonus_weight_zero_trains_as_transformers_own_loss(tmp_path
     plain = dict(label_smoothing=0.0, bonus_weight=0.0)
     applied, losses = train("llama", "apply", tmp_path, settings=plain)
     own, own_losses = train("llama", "own", tmp_path, settings=plain)
-    assert_same_params(params(applied), params(own), atol=2e-5)
+    assert_same_params(params(applied), params(own), atol=1e-6)
     torch.testing.assert_close(torch.tensor(losses), torch.tensor(own_losses), rtol=1e-5, atol=1e-5)
 
 
@@ -644,7 +646,7 @@ for i in range(4):
     labels[12 - i:] = -100
     rows.append({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels})
 args = transformers.TrainingArguments(output_dir=out + ".run", per_device_train_batch_size=batch_size, max_steps=2,
-                                      learning_rate=1e-2, seed=0, save_strategy="no", report_to=[], use_cpu=True,
+                                      optim="sgd", learning_rate=0.1, seed=0, save_strategy="no", report_to=[], use_cpu=True,
                                       logging_steps=1, disable_tqdm=True, lr_scheduler_type="constant")
 trainer = transformers.Trainer(model=model, args=args, train_dataset=rows)
 trainer.train()
@@ -679,7 +681,7 @@ def test_accelerate_launch_two_cpu_processes_trains_as_one(tmp_path):
     a = {k: torch.tensor(v) for k, v in two["state"].items()}
     b = {k: torch.tensor(v) for k, v in one["state"].items()}
     assert two["paths"] == one["paths"] == ["hidden", "hidden"]  # fused, inside DDP too
-    assert_same_params(a, b, atol=2e-5)
+    assert_same_params(a, b, atol=1e-6)
 
 
 # --------------------------------------------------------------------------- the benchmark and docs/hf.md
