@@ -92,7 +92,7 @@ setup(
     python_requires=">=3.9",
     packages=find_packages(include=["el_plugins", "el_plugins.*"]),
     cmdclass={"build_py": BuildPyWithPth},
-    install_requires=["torch>=2.1", "numpy"],
+    install_requires=["torch>=2.9", "numpy"],  # the oldest tested: scripts/check_torch_versions.py
     extras_require={
         # fairseq 0.12.2 does not import on Python >= 3.11; fairseq-fixed is a packaged later
         # snapshot that does (install it with --no-build-isolation after torch, cython, numpy).

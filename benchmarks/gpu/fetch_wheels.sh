@@ -74,8 +74,10 @@ if ! have "fairseq_fixed-0.12.3.1-cp312-*.whl"; then
   torch_version=$("$build/bin/python" -c 'import torch; print(torch.__version__)')
   say "building $FAIRSEQ for CPython 3.12 / torch $torch_version (a few minutes)"
   tmp=$(mktemp -d)
+  # from its sdist: PyPI's cp312 wheel of it was built (2024-11) against an older torch, and its C++ extensions
+  # link against one torch's own symbols
   pip_q "$build/bin/python" -m pip wheel -q --disable-pip-version-check --no-deps --no-build-isolation \
-    -w "$tmp" "$FAIRSEQ"
+    --no-binary fairseq-fixed -w "$tmp" "$FAIRSEQ"
   mv "$tmp"/fairseq_fixed-*.whl "$whl"/ && rmdir "$tmp"
 fi
 

@@ -124,8 +124,24 @@ def goals(document):
 
 def _step_note(document, step):
     name = step["name"]
+    if name == "machine" and document.get("machine"):
+        m = document["machine"]
+        return m.get("nvidia_smi") or m.get("gpu") or "no GPU"
+    if name == "install" and step.get("wheels"):
+        return f"{len(step['wheels'])} wheels" + (f" into {step['target']}" if step.get("target") else "") + \
+            (f"; {step['reason']}" if step.get("reason") else "")
+    if name == "packages" and (document.get("packages") or {}).get("imports"):
+        imports = document["packages"]["imports"]
+        failed = [m for m, where in imports.items() if str(where).startswith("ERROR")]
+        def where(m):
+            return f"{m} (an installed copy, not the checkout)" if m == "el_plugins" and "-packages" in str(
+                imports[m]) else m
+        return ("imported: " + ", ".join(where(m) for m in imports if m not in failed) +
+                ("; failed: " + ", ".join(f"{m} ({imports[m][6:90]})" for m in failed) if failed else ""))
     if name.startswith("tests_"):
         t = (document.get("tests") or {}).get(name) or {}
+        if document.get("dry_run") and t.get("collected") is not None:
+            return f"{t['collected']} collected (a dry run collects only)"
         c = t.get("counts")
         if c:
             note = f"{c['passed']} passed, {c['failed']} failed, {c['errors']} errors, {c['skipped']} skipped"
