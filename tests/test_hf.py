@@ -37,6 +37,16 @@ SEQ2SEQ = dict(vocab_size=V, d_model=32, encoder_layers=2, decoder_layers=2, enc
                attention_dropout=0.0, activation_dropout=0.0)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """The models here are tiny: one intra-op thread (on a busy 2-core machine, a second thread makes each small
+    operation wait for the other core, 0.03 s tests take seconds)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _t5(**extra):
     return transformers.T5ForConditionalGeneration(transformers.T5Config(
         vocab_size=V, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, dropout_rate=0.0,
