@@ -625,6 +625,30 @@ def test_trainer_bf16_autocast_trains(name, route, tmp_path):
 
 
 @pytest.mark.slow
+def test_trainer_evaluate_gets_the_logits_and_the_el_loss(tmp_path):
+    """Trainer.evaluate runs the model in evaluation mode: compute_metrics gets the logits, eval_loss is EL's."""
+    kind, model = build("llama", dtype=torch.float32)
+    data = dataset(kind, n=4, model=model)
+    unpatched = copy.deepcopy(model)
+    hf.apply_encouraging_loss(model, label_smoothing=0.1)
+    shapes = []
+
+    def metrics(prediction):
+        shapes.append(prediction.predictions.shape)
+        return {"seen": 1.0}
+
+    args = transformers.TrainingArguments(output_dir=str(tmp_path), per_device_eval_batch_size=4, report_to=[],
+                                          use_cpu=True, disable_tqdm=True)
+    result = transformers.Trainer(model=model, args=args, eval_dataset=data, compute_metrics=metrics).evaluate()
+    assert shapes == [(4, 12, V)] and result["eval_seen"] == 1.0
+    batch = torch.utils.data.default_collate([data[i] for i in range(4)])
+    labels = batch.pop("labels")
+    with torch.no_grad():
+        want, _ = reference_el(unpatched.eval(), kind, batch, labels, label_smoothing=0.1)
+    assert abs(result["eval_loss"] - want.item()) < 1e-5
+
+
+@pytest.mark.slow
 def test_trainer_with_a_lora_model(tmp_path):
     peft = pytest.importorskip("peft")
     _, base = build("llama", dtype=torch.float32)
