@@ -6,6 +6,8 @@ from the decoder's features (the output layer's matrix product included).
     .venv/bin/python benchmarks/loss_benchmark.py --markdown benchmarks/results-cpu.json   # the README table
     .venv/bin/python benchmarks/loss_benchmark.py --from-features --out benchmarks/results-features-cpu.json
     .venv/bin/python benchmarks/loss_benchmark.py --from-features --quick   # small shapes, a smoke run
+    python3 benchmarks/loss_benchmark.py --device cuda --dtypes bfloat16,float16 --shapes 8192x32000  # on a GPU
+    (benchmarks/gpu/run.sh runs it there, on the logits and from 8192 x 4096 features, at V = 32000 and 128000)
 
 On the logits: variants on the same (N, V) logits with ~5% padding rows (ignore_index 1), eps = 0.1:
 
@@ -244,7 +246,7 @@ def _loss_fn(variant, chunk_size=None):
     raise ValueError(variant)
 
 
-def skip_reason(variant, device, named=False, torch_version=None):
+def skip_reason(variant, device, named=False):
     """Why ``variant`` cannot (or by default does not) run on ``device`` here, or None when it runs. ``named``: the
     user named it in --variants (the compiled variants then run on a CPU too)."""
     import importlib.util
@@ -259,10 +261,10 @@ def skip_reason(variant, device, named=False, torch_version=None):
     if variant in CUDA_ONLY and device != "cuda":
         return CUDA_ONLY[variant]
     if variant in ("torch_lce_ls0", "torch_lce_ls01") and not hasattr(F, "linear_cross_entropy"):
-        return f"torch {torch_version or torch.__version__} has no F.linear_cross_entropy (torch >= 2.13 has)"
+        return f"torch {torch.__version__} has no F.linear_cross_entropy (torch >= 2.13 has)"
     if variant in COMPILED and device != "cuda" and not named:
-        return ("not in a CPU run's default variants (inductor compiles each shape and dtype for tens of seconds on a "
-                "small CPU): name it in --variants to measure it")
+        return ("run on CUDA by default (on a small CPU inductor compiles each shape and dtype for tens of seconds): "
+                "name it in --variants to measure it here")
     return None
 
 

@@ -125,6 +125,46 @@ def test_gpu_benchmark_commands_take_the_issues_shapes_and_dtypes(tmp_path):
         assert ("--from-features" in argv) == features and out.endswith(".json")
 
 
+LIGER_UNDER_THE_INTERPRETER = r"""
+import importlib.util, sys
+import torch, torch.nn.functional as F
+spec = importlib.util.spec_from_file_location("lb", sys.argv[1]); lb = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(lb)
+torch.manual_seed(0)
+logits, target = lb._make_inputs(16, 100, torch.float32, "cpu")
+z = logits.clone().requires_grad_()
+loss = lb._loss_fn("liger_ce")(z, target)
+assert not torch.equal(z.detach(), logits), "liger_ce no longer writes over its input: drop it from MUTATES_INPUT"
+loss.backward()
+ref_z = logits.clone().requires_grad_()
+ref = F.cross_entropy(ref_z, target, label_smoothing=lb.EPS, ignore_index=lb.PAD)
+ref.backward()
+torch.testing.assert_close(loss, ref); torch.testing.assert_close(z.grad, ref_z.grad)
+(x, w), t = lb._make_features(16, 8, 100, torch.float32, "cpu")
+leaves = (x.requires_grad_(), w.requires_grad_())
+loss = lb._loss_fn("liger_flce")(*leaves, t); loss.backward()
+ref_leaves = (x.detach().clone().requires_grad_(), w.detach().clone().requires_grad_())
+ref = lb._loss_fn("torch_ce_features")(*ref_leaves, t); ref.backward()
+torch.testing.assert_close(loss, ref)
+for a, b in zip(leaves, ref_leaves):
+    torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5)
+print("liger peers agree with torch CE")
+"""
+
+
+@pytest.mark.e2e
+def test_liger_peers_compute_torchs_smoothed_cross_entropy_under_the_triton_interpreter():
+    """The GPU-only peers as the benchmark calls them (label smoothing 0.1, ignore_index, reductions), run on CPU
+    tensors by Triton's interpreter: the same loss and gradients as torch's cross-entropy; Liger's CE writes its
+    gradient over the logits, which is why the benchmark gives it a copy of them."""
+    pytest.importorskip("liger_kernel")
+    pytest.importorskip("triton")
+    proc = subprocess.run([sys.executable, "-c", LIGER_UNDER_THE_INTERPRETER,
+                           os.path.join(REPO, "benchmarks", "loss_benchmark.py")], stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, timeout=600, env=dict(os.environ, TRITON_INTERPRET="1"))
+    assert proc.returncode == 0 and "agree" in proc.stdout, proc.stdout[-3000:]
+
+
 # --------------------------------------------------------------------------- parsing
 def test_junit_reports_are_counted(tmp_path):
     path = tmp_path / "junit.xml"
@@ -140,13 +180,17 @@ def test_junit_reports_are_counted(tmp_path):
 
 
 def test_timm_and_fairseq_logs_are_parsed():
-    timm_log = ("Model resnet18 created, param count:11181642\nel-timm-train: --loss el: the encouraging loss "
-                "(log_end 0.75)\nTrain: 0 [   0/10 (  0%)]  Loss: 2.48 (2.48)  Time: 1.0s\n"
+    timm_log = ("Model resnet18 created, param count:11181642\nel-plugins: training loss = encouraging loss "
+                "(log_end=0.75)\nClassificationTask: criterion=EncouragingLoss\n/tmp/el-x/out checkpoint\n"
+                "Train: 0 [   0/10 (  0%)]  Loss: 2.48 (2.48)  Time: 1.0s\n"
                 "Train: 0 [   9/10 (100%)]  Loss: 2.17 (2.21)  Time: 0.5s\n--result\n"
-                '[\n {"epoch": 0, "train": {"loss": 2.2}, "validation": {"loss": 2.3, "top1": 10.2, "top5": 60.7}}\n]\n')
+                '[\n {"epoch": 0, "train": {"loss": 2.2},\n'
+                '  "validation": {"loss": 2.3, "top1": 10.2, "top5": 60.7}}\n]\n')
     timm = check.parse_timm_log(timm_log)
     assert timm["train_losses"] == [2.48, 2.17] and timm["finite"] and timm["result"]["validation"]["top1"] == 10.2
-    assert any("encouraging" in line for line in timm["loss_lines"])
+    assert timm["loss_lines"] == ["el-plugins: training loss = encouraging loss (log_end=0.75)",
+                                  "ClassificationTask: criterion=EncouragingLoss"]
+    assert timm["criterion"] == "EncouragingLoss"
     assert not check.parse_timm_log("Train: 0 [   0/10 (  0%)]  Loss: nan (nan)")["finite"]
     fairseq_log = ("2026-12-07 | INFO | fairseq_cli.train | criterion: LabelSmoothedEncouragingLossCriterion\n"
                    '2026 | INFO | train_inner | {"epoch": 1, "update": 1, "loss": "9.1", "loss_scale": "128", '
@@ -249,20 +293,23 @@ def _document():
                       {"name": "fairseq_fp16", "status": "timeout", "seconds": 60.0, "reason": "| x"}],
             "tests": {"tests_cuda": {"counts": {"tests": 25, "passed": 24, "failed": 1, "errors": 0, "skipped": 0},
                                      "failures": [{"test": "tests.test_fused::test_triton_kernel_cuda[x]"}]}},
-            "timm": {"train_losses": [2.5, 2.1], "result": {"validation": {"top1": 40.0}}},
+            "timm": {"train_losses": [2.5, 2.1], "result": {"validation": {"top1": 40.0}},
+                     "criterion": "EncouragingLoss"},
             "benchmarks": {"loss_32000": {"results": logits}, "features_32000": {"results": features}}}
 
 
 def test_gpu_markdown_from_a_results_file():
     text = report.markdown(_document())
     assert text.startswith("NVIDIA H100 80GB HBM3, torch 2.11.0+cu130, Triton 3.6.0, Python 3.12.3, Liger-Kernel "
-                           "0.8.5, Cut Cross-Entropy 25.1.1, timm 1.0.31, fairseq-fixed 0.12.3.1; benchmarks/gpu/run.sh "
-                           "in one call of 431 s (started 2026-12-08T10:00:00+00:00), el-plugins commit 0123456789ab.")
+                           "0.8.5, Cut Cross-Entropy 25.1.1, timm 1.0.31, fairseq-fixed 0.12.3.1; "
+                           "benchmarks/gpu/run.sh in one call of 431 s (started 2026-12-08T10:00:00+00:00), "
+                           "el-plugins commit 0123456789ab.")
     lines = text.splitlines()
     assert "| tests_cuda | ok | 41 | 24 passed, 1 failed, 0 errors, 0 skipped; failed: test_triton_kernel_cuda[x] |" \
         in lines
     assert "| loss_32000 | ok | 50 | 4 rows measured, 0 skipped, 2 failed |" in lines
-    assert "| timm_amp | ok | 20 | 2 steps, loss 2.50 -> 2.10, validation top-1 40.0% |" in lines
+    assert "| timm_amp | ok | 20 | 2 steps, loss 2.50 -> 2.10, validation top-1 40.0%, criterion EncouragingLoss |" \
+        in lines
     assert "| fairseq_fp16 | timeout | 60 | \\| x |" in lines
     assert "| bfloat16 | 8192x32000 | **fused EL** | 3.00 | 1000 | 0 | **0.75** | **0.67** |" in lines
     assert "| float16 | 8192x32000 | **fused EL** | 5.00 | 1600 | 1 | **1.25** | **1.07** |" in lines

@@ -160,8 +160,10 @@ def parse_timm_log(output):
         except (ValueError, IndexError):
             result = None
     loss_lines = [line.strip() for line in output.splitlines()
-                  if re.search(r"encouraging|\bEL\b|loss_type|--loss", line, re.I)][:5]
+                  if re.search(r"encouraging|loss_type|criterion", line, re.I)][:5]
+    criterion = re.search(r"criterion=(\w+)", output)
     return {"train_losses": losses, "result": result, "loss_lines": loss_lines,
+            "criterion": criterion.group(1) if criterion else None,
             "finite": bool(losses) and all(v == v and abs(v) != float("inf") for v in losses)}
 
 
@@ -431,8 +433,8 @@ def pytest_command(run, name, selection, deselect, budget_s):
             "--continue-on-collection-errors", *(f"--deselect={d}" for d in deselect), *selection]
     if run.dry_run:
         argv.insert(argv.index("-q"), "--collect-only")
-    elif has_module(run, "pytest_timeout"):
-        argv[argv.index("-q"):argv.index("-q")] = ["-p", "pytest_timeout", f"--timeout={max(budget_s // 2, 30)}"]
+    elif has_module(run, "pytest_timeout"):  # the plugin loads itself; a test that hangs fails alone
+        argv.insert(argv.index("-q"), f"--timeout={max(budget_s // 2, 30)}")
     return argv, junit
 
 

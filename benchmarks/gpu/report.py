@@ -157,6 +157,8 @@ def _step_note(document, step):
         result = t.get("result") or {}
         if result.get("validation"):
             note += f", validation top-1 {result['validation'].get('top1', 0):.1f}%"
+        if t.get("criterion"):
+            note += f", criterion {t['criterion']}"
         return note
     if name == "fairseq_fp16" and document.get("fairseq"):
         f = document["fairseq"]
