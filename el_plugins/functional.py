@@ -1,50 +1,39 @@
-"""The encouraging loss (EL): the one implementation of its math, torch only.
+"""The encouraging loss (EL): the public loss functions, torch only, as torch.nn.functional's are.
 
 Zhao et al., "Well-classified Examples are Underestimated in Classification with Deep Neural
 Networks", AAAI 2022, https://arxiv.org/abs/2110.06537
 
-Per row with logits z, p = softmax(z) and target weights q (smoothed one-hot or a soft target):
+Per row with logits z, p = softmax(z), the smoothed target weights q and the bonus's q' (the bonus smoothing,
+by default the label smoothing):
 
-    L = sum_k q_k * ( -log p_k + rho * b(p_k) )
+    L = sum_k q_k (-log p_k) + rho sum_k q'_k b(p_k)
 
-    b(p) = log(max(1 - p, 1e-5))                   p <= log_end   (the normal bonus when log_end = 1)
-    b(p) = (p - log_end) / (log_end - 1) + log(1 - log_end)   p > log_end   (the conservative tail)
+with b one member of the bonus family (``bonus=``, docs/math.md): ``'log'`` (default), the paper's
+log(max(1 - p, 1e-5)) turning into its tangent past ``log_end``; ``'power'``, -p^gamma; ``'cosine'``,
+cos(pi p) - 1; and with ``bonus_start`` s the aggressive bonus (0 below s, b(p) - b(s) from s on). Each b is
+decreasing, so -b rewards confident correct predictions that cross-entropy stops rewarding. rho = 0 is plain
+(label-smoothed) cross-entropy. Everything is computed in float32 or wider, whatever the dtype of the logits.
+Every integration of el-plugins (the fairseq criterion, the timm and Transformers losses, the analysis tools)
+calls these functions.
 
-b is concave and decreasing, so -b rewards confident correct predictions that cross-entropy stops
-rewarding. rho = 0 is plain (label-smoothed) cross-entropy. Everything is computed in float32 or
-wider, whatever the dtype of the logits. Every integration of el-plugins (the fairseq criterion,
-the timm loss, the analysis tools) calls these functions.
-
-The public functions, one per operation as in torch.nn.functional: :func:`encouraging_loss_with_stats`
-(logits), :func:`linear_encouraging_loss_with_stats` (features and an output layer, as
-``F.linear_cross_entropy``), :func:`soft_target_encouraging_loss`, :func:`binary_encouraging_loss`.
-``implementation=`` chooses the reference here or the fused op of :mod:`el_plugins.ops`; the math both
-share (the bonus, the row terms, the checks) is :mod:`el_plugins.core`, re-exported here.
+One function per operation: :func:`encouraging_loss` / :func:`encouraging_loss_with_stats` (logits),
+:func:`linear_encouraging_loss` / :func:`linear_encouraging_loss_with_stats` (features and an output layer, as
+``F.linear_cross_entropy``), :func:`soft_target_encouraging_loss`, :func:`binary_encouraging_loss`, and
+:func:`bonus`. ``implementation=`` chooses the reference here or the fused op of :mod:`el_plugins.ops`; the math
+both share is :mod:`el_plugins.core`, the argument checks :mod:`el_plugins.checks`.
 """
 from __future__ import annotations
 
-import contextlib
 from typing import NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
 
 from el_plugins import ops
-from el_plugins.core import (  # noqa: F401  (the shared math, re-exported: el_plugins.functional is the public API)
-    BONUS_CLAMP,
-    REDUCTIONS,
-    SMOOTHING_CONVENTIONS,
-    EncouragingLossOutput,
-    RowTerms,
-    assemble_rows,
-    autocast_dtype,
-    autocast_input,
-    bonus,
-    bonus_from_log_prob,
-    bonus_slope_times_p,
+from el_plugins.checks import (  # noqa: F401  (check_* re-exported for the adapters until they import el_plugins.checks)
+    bonus_spec,
     check_bonus_weight,
     check_choice,
-    check_count,
     check_dense_loss_args,
     check_floating,
     check_ignore_index,
@@ -55,13 +44,22 @@ from el_plugins.core import (  # noqa: F401  (the shared math, re-exported: el_p
     check_num_classes,
     check_soft_targets,
     check_targets,
-    compute_dtype,
+    loss_settings,
     real_number,
-    reduce_outputs,
+)
+from el_plugins.core import (  # noqa: F401  (public constants and output types)
+    BONUS_CLAMP,
+    BONUSES,
+    REDUCTIONS,
+    SCHEDULES,
+    SMOOTHING_CONVENTIONS,
+    EncouragingLossOutput,
+    bonus_from_log_prob,
+    compute_dtype,
     reduce_rows,
     smoothing_weights,
+    target_weights,
 )
-
 
 IMPLEMENTATIONS = ("auto", "fused", "reference")
 """How the class-index losses compute: ``fused`` (el_plugins.ops: loss and gradient in one pass, the gradient
@@ -106,13 +104,22 @@ def _tuning(**options):
     return {name: value for name, value in options.items() if value is not None}
 
 
+
+def _tuning(**options):
+    return {name: value for name, value in options.items() if value is not None}
+
+
 def encouraging_loss_with_stats(
     input: torch.Tensor,
     target: torch.Tensor,
     *,
-    log_end: float = 0.75,
+    log_end: Optional[float] = None,
     label_smoothing: float = 0.0,
     bonus_weight: float = 1.0,
+    bonus: str = "log",
+    bonus_gamma: Optional[float] = None,
+    bonus_start: float = 0.0,
+    bonus_smoothing: Optional[float] = None,
     ignore_index: Optional[int] = None,
     reduction: str = "mean",
     smoothing_convention: str = "paper",
@@ -122,14 +129,22 @@ def encouraging_loss_with_stats(
     chunk_size: Optional[int] = None,
     block_size: Optional[int] = None,
 ) -> EncouragingLossOutput:
-    """Label-smoothed EL for class-index targets, with the terms that show EL at work: the one public
-    entry point, as ``F.cross_entropy`` is; ``implementation`` (see :data:`IMPLEMENTATIONS`) chooses how.
+    """Label-smoothed EL for class-index targets, with the terms that show EL at work; ``implementation`` (see
+    :data:`IMPLEMENTATIONS`) chooses how.
 
-    input: (N, V) logits (or log-probabilities with ``input_is_log_probs``), any float dtype.
+    input: (N, V) logits (or log-probabilities with ``input_is_log_probs``), any float dtype, V >= 2.
     target: (N,) class indices (any integer dtype); rows equal to ``ignore_index`` contribute nothing, whatever
-    their logits hold (NaN and inf included: their gradient is 0). With q_y, q_o from :func:`smoothing_weights` (q = w_y * onehot(y) + q_o):
+    their logits hold (NaN and inf included: their gradient is 0).
 
-        L = w_y (-log p_y + rho b(p_y)) + q_o sum_k (-log p_k + rho b(p_k))
+    The bonus: ``bonus`` 'log' (default), 'power' or 'cosine'; ``bonus_gamma`` > 0, the exponent of 'power' (and
+    only of it); ``bonus_start`` in [0, 1), the aggressive bonus of 'log' and 'power'; ``log_end`` in (0, 1], where
+    the log bonus turns into its tangent (None: 0.75 for 'log'; the other members have no tail and take none, or
+    1; with bonus_start > 0 it must be 1). ``bonus_weight`` rho >= 0 (0: cross-entropy).
+    The smoothing: ``label_smoothing`` eps in [0, 1) of the nll terms, ``bonus_smoothing`` in [0, 1) of the bonus
+    term (None: eps), both spread as ``smoothing_convention`` says ('paper': eps / V on every class; 'fairseq':
+    eps / (V - 1) off the target). With q = w_y onehot(y) + q_o and q' likewise:
+
+        L = w_y (-log p_y) + q_o sum_k (-log p_k) + rho (w'_y b(p_y) + q'_o sum_k b(p_k))
 
     'mean' divides by the number of rows that are not ignored (0 rows give 0, not NaN).
 
@@ -141,26 +156,22 @@ def encouraging_loss_with_stats(
     """
     tuning = _tuning(backend=backend, chunk_size=chunk_size, block_size=block_size)
     implementation = _choose_implementation(implementation, input, tuning)
-    chosen_backend = None  # the reference's
-    if implementation == "fused":
-        chosen_backend = ops.pick_backend("auto" if backend is None else backend, input)
-    settings, target = check_index_loss_args(
-        input, target, log_end=log_end, label_smoothing=label_smoothing, bonus_weight=bonus_weight,
-        ignore_index=ignore_index, reduction=reduction, smoothing_convention=smoothing_convention,
-        synchronize=chosen_backend != "triton")  # the GPU path never waits for the host
-    w_target, q_other = smoothing_weights(settings.label_smoothing, input.size(1), smoothing_convention)
+    settings = loss_settings(log_end=log_end, label_smoothing=label_smoothing, bonus_weight=bonus_weight,
+                             bonus=bonus, bonus_gamma=bonus_gamma, bonus_start=bonus_start,
+                             bonus_smoothing=bonus_smoothing, ignore_index=ignore_index, reduction=reduction,
+                             smoothing_convention=smoothing_convention)
     if implementation == "reference":
-        return _reference_encouraging_loss_with_stats(input, target, settings, w_target, q_other, reduction,
-                                                      input_is_log_probs)
-    config = ops.LossConfig(settings.log_end, settings.bonus_weight, w_target, q_other, bool(input_is_log_probs))
-    return ops.fused_encouraging_loss(input, target, config, ignore_index=settings.ignore_index, reduction=reduction,
-                                      backend=chosen_backend, chunk_size=chunk_size, block_size=block_size)
+        target = check_index_loss_args(input, target, settings)
+        return _reference_encouraging_loss_with_stats(input, target, settings, input_is_log_probs)
+    return EncouragingLossOutput(*ops.fused_loss(input, target, settings, input_is_log_probs=input_is_log_probs,
+                                                 backend=backend or "auto", chunk_size=chunk_size,
+                                                 block_size=block_size))
 
 
-def _reference_encouraging_loss_with_stats(input, target, settings, w_target, q_other, reduction,
-                                           input_is_log_probs):
+def _reference_encouraging_loss_with_stats(input, target, settings, input_is_log_probs):
     """The reference: plain autograd on float32 (or wider) log-probabilities (arguments checked by the caller)."""
-    log_end, rho, ignore_index = settings.log_end, settings.bonus_weight, settings.ignore_index
+    ignore_index, reduction = settings.ignore_index, settings.reduction
+    weights = target_weights(settings, input.size(1))
     keep = torch.ones_like(target, dtype=torch.bool) if ignore_index is None else target.ne(ignore_index)
     if ignore_index is not None:  # an ignored row adds nothing, whatever it holds (0 * NaN would be NaN)
         input = input.masked_fill(~keep.unsqueeze(1), 0.0)
@@ -175,31 +186,54 @@ def _reference_encouraging_loss_with_stats(input, target, settings, w_target, q_
     nll = (-lp_target).masked_fill(~keep, 0.0)
     count = keep.sum()
     nll_r = reduce_rows(nll, reduction, count)
-    loss = w_target * nll_r
-    if q_other:
+    loss = weights.nll_target * nll_r
+    if weights.nll_other:
         smooth = (-lprobs.sum(-1)).masked_fill(~keep, 0.0)
-        loss = loss + q_other * reduce_rows(smooth, reduction, count)
+        loss = loss + weights.nll_other * reduce_rows(smooth, reduction, count)
     el_bonus = torch.zeros_like(nll_r)
-    if rho:
-        b_target = bonus_from_log_prob(lp_target, log_end).masked_fill(~keep, 0.0)
-        el_bonus = w_target * reduce_rows(b_target, reduction, count)
-        if q_other:
-            b_all = bonus_from_log_prob(lprobs, log_end).sum(-1).masked_fill(~keep, 0.0)
-            el_bonus = el_bonus + q_other * reduce_rows(b_all, reduction, count)
-        el_bonus = rho * el_bonus
+    if weights.bonus_target or weights.bonus_other:
+        b_target = bonus_from_log_prob(lp_target, settings.bonus).masked_fill(~keep, 0.0)
+        el_bonus = weights.bonus_target * reduce_rows(b_target, reduction, count)
+        if weights.bonus_other:
+            b_all = bonus_from_log_prob(lprobs, settings.bonus).sum(-1).masked_fill(~keep, 0.0)
+            el_bonus = el_bonus + weights.bonus_other * reduce_rows(b_all, reduction, count)
         loss = loss + el_bonus
 
     with torch.no_grad():
         p_target = torch.exp(lp_target).masked_fill(~keep, 0.0)
-        past = ((p_target > log_end) & keep).to(p_target.dtype)
+        past = ((p_target > settings.log_end) & keep).to(p_target.dtype)
     return EncouragingLossOutput(
         loss, nll_r, el_bonus, reduce_rows(p_target, reduction, count), reduce_rows(past, reduction, count)
     )
 
 
-def encouraging_loss(input: torch.Tensor, target: torch.Tensor, **kwargs) -> torch.Tensor:
-    """Label-smoothed EL for class-index targets: the loss of :func:`encouraging_loss_with_stats` (same arguments)."""
-    return encouraging_loss_with_stats(input, target, **kwargs).loss
+def encouraging_loss(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    log_end: Optional[float] = None,
+    label_smoothing: float = 0.0,
+    bonus_weight: float = 1.0,
+    bonus: str = "log",
+    bonus_gamma: Optional[float] = None,
+    bonus_start: float = 0.0,
+    bonus_smoothing: Optional[float] = None,
+    ignore_index: Optional[int] = None,
+    reduction: str = "mean",
+    smoothing_convention: str = "paper",
+    input_is_log_probs: bool = False,
+    implementation: str = "auto",
+    backend: Optional[str] = None,
+    chunk_size: Optional[int] = None,
+    block_size: Optional[int] = None,
+) -> torch.Tensor:
+    """Label-smoothed EL for class-index targets, as ``F.cross_entropy`` is cross-entropy: the loss of
+    :func:`encouraging_loss_with_stats` (the same arguments, described there)."""
+    return encouraging_loss_with_stats(
+        input, target, log_end=log_end, label_smoothing=label_smoothing, bonus_weight=bonus_weight, bonus=bonus,
+        bonus_gamma=bonus_gamma, bonus_start=bonus_start, bonus_smoothing=bonus_smoothing, ignore_index=ignore_index,
+        reduction=reduction, smoothing_convention=smoothing_convention, input_is_log_probs=input_is_log_probs,
+        implementation=implementation, backend=backend, chunk_size=chunk_size, block_size=block_size).loss
 
 
 # --------------------------------------------------------------------------- the output layer fused in
@@ -222,9 +256,13 @@ def linear_encouraging_loss_with_stats(
     target: torch.Tensor,
     *,
     linear_bias: Optional[torch.Tensor] = None,
-    log_end: float = 0.75,
+    log_end: Optional[float] = None,
     label_smoothing: float = 0.0,
     bonus_weight: float = 1.0,
+    bonus: str = "log",
+    bonus_gamma: Optional[float] = None,
+    bonus_start: float = 0.0,
+    bonus_smoothing: Optional[float] = None,
     ignore_index: Optional[int] = None,
     reduction: str = "mean",
     smoothing_convention: str = "paper",
@@ -254,40 +292,55 @@ def linear_encouraging_loss_with_stats(
     """
     tuning = _tuning(backend=backend, chunk_size=chunk_size, block_size=block_size)
     implementation = _choose_implementation(implementation, input, tuning, "features")
-    settings_kwargs = dict(log_end=log_end, label_smoothing=label_smoothing, bonus_weight=bonus_weight,
-                           ignore_index=ignore_index, reduction=reduction, smoothing_convention=smoothing_convention)
-    if implementation == "reference":
-        settings, _ = check_linear_loss_args(input, linear_weight, linear_bias, target, **settings_kwargs)
-        keep = (torch.ones_like(target, dtype=torch.bool) if settings.ignore_index is None
-                else target.ne(settings.ignore_index))
-        if settings.ignore_index is not None:  # an ignored row adds nothing to any gradient, whatever it holds
-            input = input.masked_fill(~keep.unsqueeze(1), 0.0)
-        logits = F.linear(input, linear_weight, linear_bias)
-        out = encouraging_loss_with_stats(logits, target, **settings_kwargs, implementation="reference")
-        with torch.no_grad():
-            correct = ((logits.argmax(-1) == target) & keep).to(out.loss.dtype)
-            correct = reduce_rows(correct, reduction, keep.sum())
-        return LinearEncouragingLossOutput(*out, correct)
-    device_type = input.device.type
-    cast_dtype = autocast_dtype(device_type)
-    if cast_dtype is not None:  # as F.linear under torch.autocast: its inputs cast (differentiably) first
-        input, linear_weight, linear_bias = (autocast_input(t, cast_dtype) for t in (input, linear_weight, linear_bias))
-    chosen_backend = ops.pick_backend("auto" if backend is None else backend, input)
-    settings, target = check_linear_loss_args(input, linear_weight, linear_bias, target,
-                                              synchronize=chosen_backend != "triton", **settings_kwargs)
-    w_target, q_other = smoothing_weights(settings.label_smoothing, linear_weight.size(0), smoothing_convention)
-    config = ops.LossConfig(settings.log_end, settings.bonus_weight, w_target, q_other, False)
-    with torch.autocast(device_type, enabled=False) if cast_dtype is not None else contextlib.nullcontext():
-        return LinearEncouragingLossOutput(*ops.fused_linear_encouraging_loss(
-            input, linear_weight, linear_bias, target, config, ignore_index=settings.ignore_index,
-            reduction=reduction, backend=chosen_backend, chunk_size=chunk_size, block_size=block_size))
+    settings = loss_settings(log_end=log_end, label_smoothing=label_smoothing, bonus_weight=bonus_weight,
+                             bonus=bonus, bonus_gamma=bonus_gamma, bonus_start=bonus_start,
+                             bonus_smoothing=bonus_smoothing, ignore_index=ignore_index, reduction=reduction,
+                             smoothing_convention=smoothing_convention)
+    if implementation == "fused":
+        return LinearEncouragingLossOutput(*ops.fused_loss(
+            input, target, settings, linear_weight=linear_weight, linear_bias=linear_bias,
+            backend=backend or "auto", chunk_size=chunk_size, block_size=block_size))
+    check_linear_loss_args(input, linear_weight, linear_bias, target, settings)
+    keep = torch.ones_like(target, dtype=torch.bool) if ignore_index is None else target.ne(settings.ignore_index)
+    if settings.ignore_index is not None:  # an ignored row adds nothing to any gradient, whatever it holds
+        input = input.masked_fill(~keep.unsqueeze(1), 0.0)
+    logits = F.linear(input, linear_weight, linear_bias)
+    out = _reference_encouraging_loss_with_stats(logits, target.long(), settings, False)
+    with torch.no_grad():
+        correct = ((logits.argmax(-1) == target) & keep).to(out.loss.dtype)
+        correct = reduce_rows(correct, settings.reduction, keep.sum())
+    return LinearEncouragingLossOutput(*out, correct)
 
 
-def linear_encouraging_loss(input: torch.Tensor, linear_weight: torch.Tensor, target: torch.Tensor,
-                            **kwargs) -> torch.Tensor:
-    """EL of ``F.linear(input, linear_weight, linear_bias)``: the loss of :func:`linear_encouraging_loss_with_stats`
-    (same arguments), as ``F.linear_cross_entropy`` is cross-entropy's."""
-    return linear_encouraging_loss_with_stats(input, linear_weight, target, **kwargs).loss
+def linear_encouraging_loss(
+    input: torch.Tensor,
+    linear_weight: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    linear_bias: Optional[torch.Tensor] = None,
+    log_end: Optional[float] = None,
+    label_smoothing: float = 0.0,
+    bonus_weight: float = 1.0,
+    bonus: str = "log",
+    bonus_gamma: Optional[float] = None,
+    bonus_start: float = 0.0,
+    bonus_smoothing: Optional[float] = None,
+    ignore_index: Optional[int] = None,
+    reduction: str = "mean",
+    smoothing_convention: str = "paper",
+    implementation: str = "auto",
+    backend: Optional[str] = None,
+    chunk_size: Optional[int] = None,
+    block_size: Optional[int] = None,
+) -> torch.Tensor:
+    """EL of ``F.linear(input, linear_weight, linear_bias)``, as ``F.linear_cross_entropy`` is cross-entropy's: the
+    loss of :func:`linear_encouraging_loss_with_stats` (the same arguments, described there)."""
+    return linear_encouraging_loss_with_stats(
+        input, linear_weight, target, linear_bias=linear_bias, log_end=log_end, label_smoothing=label_smoothing,
+        bonus_weight=bonus_weight, bonus=bonus, bonus_gamma=bonus_gamma, bonus_start=bonus_start,
+        bonus_smoothing=bonus_smoothing, ignore_index=ignore_index, reduction=reduction,
+        smoothing_convention=smoothing_convention, implementation=implementation, backend=backend,
+        chunk_size=chunk_size, block_size=block_size).loss
 
 
 # --------------------------------------------------------------------------- soft and multi-label targets
@@ -295,23 +348,33 @@ def soft_target_encouraging_loss(
     input: torch.Tensor,
     target: torch.Tensor,
     *,
-    log_end: float = 0.75,
+    log_end: Optional[float] = None,
     bonus_weight: float = 1.0,
+    bonus: str = "log",
+    bonus_gamma: Optional[float] = None,
+    bonus_start: float = 0.0,
+    bonus_smoothing: Optional[float] = None,
     reduction: str = "mean",
 ) -> torch.Tensor:
-    """EL for dense target distributions t (Mixup/CutMix): L = sum_k t_k (-log p_k + rho b(p_k)).
+    """EL for dense target distributions t (Mixup/CutMix), (N, V) like the logits:
 
-    t must be class probabilities (entries >= 0, rows summing to 1): anything else is a ValueError (on a GPU,
-    an asynchronous device-side assertion, so that the step does not wait for the host)."""
-    log_end, rho = check_dense_loss_args(input, target, log_end=log_end, bonus_weight=bonus_weight,
-                                         reduction=reduction, what="soft targets")
+        L = sum_k t_k (-log p_k) + rho sum_k t'_k b(p_k),   t' = (1 - lambda) t + lambda / V
+
+    with lambda = ``bonus_smoothing`` (None: t' = t; the targets arrive smoothed). The bonus arguments are
+    :func:`encouraging_loss_with_stats`'s. t must be class probabilities (entries >= 0, rows summing to 1):
+    anything else is a ValueError (on a GPU, an asynchronous device-side assertion, so that the step does not wait
+    for the host)."""
+    rho = check_dense_loss_args(input, target, bonus_weight=bonus_weight, reduction=reduction, what="soft targets")
+    spec = bonus_spec(bonus, bonus_gamma, bonus_start, log_end)
+    smoothing = None if bonus_smoothing is None else check_label_smoothing(bonus_smoothing, "bonus_smoothing")
     check_num_classes(input.size(-1) if input.dim() else 0)
     check_soft_targets(target, synchronize=input.device.type == "cpu")
     lprobs = F.log_softmax(input.to(compute_dtype(input.dtype)), dim=-1)
-    per_class = -lprobs
+    t = target.to(lprobs.dtype)
+    loss = (t * -lprobs).sum(-1)
     if rho:
-        per_class = per_class + rho * bonus_from_log_prob(lprobs, log_end)
-    loss = (target.to(lprobs.dtype) * per_class).sum(-1)
+        t_bonus = t if smoothing is None else t * (1.0 - smoothing) + smoothing / input.size(-1)
+        loss = loss + rho * (t_bonus * bonus_from_log_prob(lprobs, spec)).sum(-1)
     return reduce_rows(loss, reduction, torch.tensor(loss.numel(), device=loss.device))
 
 
@@ -319,28 +382,61 @@ def binary_encouraging_loss(
     input: torch.Tensor,
     target: torch.Tensor,
     *,
-    log_end: float = 0.75,
+    log_end: Optional[float] = None,
     bonus_weight: float = 1.0,
+    bonus: str = "log",
+    bonus_gamma: Optional[float] = None,
+    bonus_start: float = 0.0,
+    bonus_smoothing: Optional[float] = None,
     reduction: str = "mean",
 ) -> torch.Tensor:
     """Multi-label (sigmoid) EL, per class with s = sigmoid(z), t in [0, 1]:
 
-        L_c = t (-log s + rho b(s)) + (1 - t) (-log(1 - s) + rho b(1 - s))
+        L_c = t (-log s) + (1 - t) (-log(1 - s)) + rho (t' b(s) + (1 - t') b(1 - s)),   t' = (1 - lambda) t + lambda / 2
 
+    with lambda = ``bonus_smoothing`` (None: t' = t), toward 1/2 as timm's BinaryCrossEntropy smooths dense
+    targets. The bonus arguments are :func:`encouraging_loss_with_stats`'s.
     'mean' averages over rows and classes (as BCE); 'sum' sums both; 'none' keeps (N, C).
     """
-    log_end, rho = check_dense_loss_args(input, target, log_end=log_end, bonus_weight=bonus_weight,
-                                         reduction=reduction, what="multi-label targets")
+    rho = check_dense_loss_args(input, target, bonus_weight=bonus_weight, reduction=reduction,
+                                what="multi-label targets")
+    spec = bonus_spec(bonus, bonus_gamma, bonus_start, log_end)
+    smoothing = None if bonus_smoothing is None else check_label_smoothing(bonus_smoothing, "bonus_smoothing")
     z = input.to(compute_dtype(input.dtype))
     t = target.to(z.dtype)
     log_s, log_not_s = F.logsigmoid(z), F.logsigmoid(-z)
-    pos, neg = -log_s, -log_not_s
+    loss = t * -log_s + (1.0 - t) * -log_not_s
     if rho:
-        pos = pos + rho * bonus_from_log_prob(log_s, log_end)
-        neg = neg + rho * bonus_from_log_prob(log_not_s, log_end)
-    loss = t * pos + (1.0 - t) * neg
+        t_bonus = t if smoothing is None else t * (1.0 - smoothing) + 0.5 * smoothing
+        loss = loss + rho * (t_bonus * bonus_from_log_prob(log_s, spec)
+                             + (1.0 - t_bonus) * bonus_from_log_prob(log_not_s, spec))
     if reduction == "sum":
         return loss.sum()
     if reduction == "mean":
         return loss.mean() if loss.numel() else loss.sum()
     return loss
+
+
+# --------------------------------------------------------------------------- the bonus itself
+def bonus(
+    p,
+    log_end: Optional[float] = None,
+    *,
+    bonus: str = "log",
+    bonus_gamma: Optional[float] = None,
+    bonus_start: float = 0.0,
+) -> torch.Tensor:
+    """The bonus b(p) of a member of the family (the arguments of :func:`encouraging_loss_with_stats`) for
+    probabilities p in [0, 1] (a tensor or a number), in float32 or wider. A value outside [0, 1], NaN included,
+    is a ValueError naming it."""
+    spec = bonus_spec(bonus, bonus_gamma, bonus_start, 1.0 if log_end is None else log_end)
+    if not isinstance(p, torch.Tensor):
+        if real_number(p) is None:
+            raise ValueError(f"p must be a probability in [0, 1] (a number or a floating-point tensor), got {p!r}")
+        p = torch.tensor(real_number(p), dtype=torch.float64)
+    check_floating(p, "p", "probabilities")
+    p = p.to(compute_dtype(p.dtype))
+    outside = ~((p >= 0) & (p <= 1))  # NaN too
+    if bool(outside.any()):
+        raise ValueError(f"p must be probabilities in [0, 1], got {p[outside].flatten()[0].item()!r}")
+    return bonus_from_log_prob(torch.log(p), spec)

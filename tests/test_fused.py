@@ -322,6 +322,15 @@ TRITON_CASES = [
     (torch.float32, 300, 128, dict(log_end=0.75, label_smoothing=0.1, reduction="none")),
     (torch.bfloat16, 3000, 1024, dict(log_end=0.75, label_smoothing=0.1)),
     (torch.float16, 300, 128, dict(log_end=0.75, label_smoothing=0.1, smoothing_convention="fairseq")),
+    # the bonus family (issue 25): every member, a start, a bonus smoothing of its own
+    (torch.float32, 3000, 1024, dict(bonus="power", bonus_gamma=2, label_smoothing=0.1)),
+    (torch.float32, 300, 128, dict(bonus="power", bonus_gamma=3, bonus_start=0.4, label_smoothing=0.1,
+                                   reduction="sum")),
+    (torch.float32, 300, 128, dict(bonus="cosine", label_smoothing=0.1, bonus_smoothing=0.0)),
+    (torch.float32, 300, 128, dict(bonus="cosine", bonus_smoothing=0.2, input_is_log_probs=True)),
+    (torch.float32, 300, 64, dict(bonus="log", log_end=1.0, bonus_start=0.5, label_smoothing=0.1,
+                                  smoothing_convention="fairseq")),
+    (torch.bfloat16, 300, 128, dict(bonus="cosine", label_smoothing=0.1, reduction="none")),
 ]
 
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from el_plugins import functional as EF
 from el_plugins.core import reduce_rows
 from el_plugins.loss import LinearEncouragingLoss
-from el_plugins.ops.encouraging_loss import NO_DOUBLE_BACKWARD, SINGLE_BACKWARD_ONLY
+from el_plugins.ops.common import NO_DOUBLE_BACKWARD, SINGLE_BACKWARD_ONLY
 from el_plugins.testing.mixed_precision import precision, scaled_linear_gradients, trained_like_features
 from el_plugins.testing.triton_interpreter import INTERPRETED, SKIP_REASON, run_interpreted_tests
 
@@ -515,8 +515,9 @@ def test_layers_import_one_way():
             "print(json.dumps(sorted(m for m in sys.modules if m.startswith('el_plugins.') and m not in "
             "('el_plugins._activation',))))")
     out = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, check=True).stdout
-    assert json.loads(out) == ["el_plugins.core", "el_plugins.ops", "el_plugins.ops.encouraging_loss",
-                               "el_plugins.ops.linear_encouraging_loss"], out
+    assert json.loads(out) == ["el_plugins.checks", "el_plugins.core", "el_plugins.ops", "el_plugins.ops.backends",
+                               "el_plugins.ops.common", "el_plugins.ops.encouraging_loss",
+                               "el_plugins.ops.linear_encouraging_loss", "el_plugins.ops.torch_rows"], out
 
 
 def test_default_chunk_rows_keeps_the_buffers_small_beside_the_logits():

@@ -1,7 +1,8 @@
 """The Triton kernel compiled for real, without a GPU: Triton's compiler and its bundled ptxas build a cubin
 for sm_80 (A100) and sm_90 (H100) for the specializations the public API launches; a compile error or a
 register spill fails the test. The output layer fused into the loss (linear_encouraging_loss) launches the
-same kernel on each chunk's float32 logits, whatever the input's dtype: the float32 specializations below."""
+same kernel on each chunk's float32 logits, whatever the input's dtype: the float32 specializations below. Every
+member of the bonus family (log with its tail and start, power, cosine) is a specialization of its own."""
 import os
 import re
 import subprocess
@@ -13,41 +14,50 @@ triton = pytest.importorskip("triton")
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from el_plugins.functional import BONUS_CLAMP  # noqa: E402
-from el_plugins.ops.encouraging_loss_triton import MAX_BLOCK, encouraging_loss_kernel  # noqa: E402
+from el_plugins.core import Bonus, TargetWeights  # noqa: E402
+from el_plugins.ops.common import LossConfig  # noqa: E402
+from el_plugins.ops.triton_rows import MAX_BLOCK, encouraging_loss_kernel, kernel_constants  # noqa: E402
 
 pytestmark = pytest.mark.slow
 POINTER = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16"}
 PTXAS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+SMOOTHED = TargetWeights(0.9, 0.1 / 300, 0.9, 0.1 / 300)  # label smoothing and bonus smoothing 0.1, rho 1
 
 
 def specializations():
-    """(name, input dtype, constexprs): every flag on and off at least once, for each input dtype, at the
-    largest block (V >= 4096, 8 warps) and a small one (V = 300 -> 512, 4 warps), as encouraging_loss_rows
-    chooses them."""
-    cases = {
-        "smoothing+tail+padding+grad": dict(HAS_IGNORE=True, LOG_PROBS=False, SMOOTHING=True, DENSE_BONUS=True,
-                                            TAIL=True, COMPUTE_GRAD=True, BLOCK=MAX_BLOCK),
-        "plain+normal-bonus+grad": dict(HAS_IGNORE=False, LOG_PROBS=False, SMOOTHING=False, DENSE_BONUS=False,
-                                        TAIL=False, COMPUTE_GRAD=True, BLOCK=MAX_BLOCK),
-        "smoothing-rho0+small-block": dict(HAS_IGNORE=True, LOG_PROBS=False, SMOOTHING=True, DENSE_BONUS=False,
-                                           TAIL=True, COMPUTE_GRAD=True, BLOCK=512),
-        "log-probs+grad": dict(HAS_IGNORE=True, LOG_PROBS=True, SMOOTHING=True, DENSE_BONUS=True, TAIL=True,
-                               COMPUTE_GRAD=True, BLOCK=MAX_BLOCK),
-        "forward-only": dict(HAS_IGNORE=True, LOG_PROBS=False, SMOOTHING=True, DENSE_BONUS=True, TAIL=False,
-                             COMPUTE_GRAD=False, BLOCK=MAX_BLOCK),
+    """(name, input dtype, constexprs): what the public API launches (kernel_constants of a real LossConfig) for
+    every member of the bonus family and every flag on and off at least once, for each input dtype, at the largest
+    block (V >= 4096, 8 warps) and a small one (V = 300 -> 512, 4 warps)."""
+    log_tail = Bonus("log", log_end=0.75)
+    cases = {  # name: (config, ignore_index, compute_grad, block)
+        "log+smoothing+tail+padding+grad": (LossConfig(log_tail, SMOOTHED), 1, True, MAX_BLOCK),
+        "log+plain+normal-bonus+grad": (LossConfig(Bonus("log"), TargetWeights(1.0, 0.0, 1.0, 0.0)), None, True,
+                                        MAX_BLOCK),
+        "log+smoothing-rho0+small-block": (LossConfig(log_tail, TargetWeights(0.9, 0.1 / 300, 0.0, 0.0)), 1, True,
+                                           512),
+        "log+log-probs+grad": (LossConfig(log_tail, SMOOTHED, True), 1, True, MAX_BLOCK),
+        "log+forward-only": (LossConfig(Bonus("log"), SMOOTHED), 1, False, MAX_BLOCK),
+        "log+start+grad": (LossConfig(Bonus("log", start=0.5), SMOOTHED), 1, True, MAX_BLOCK),
+        "power+start+grad": (LossConfig(Bonus("power", gamma=2.0, start=0.5), SMOOTHED), 1, True, MAX_BLOCK),
+        "power+plain+grad": (LossConfig(Bonus("power", gamma=3.0), TargetWeights(1.0, 0.0, 1.0, 0.0)), None, True,
+                             MAX_BLOCK),
+        "cosine+grad": (LossConfig(Bonus("cosine"), SMOOTHED), 1, True, MAX_BLOCK),
+        "cosine+bonus-smoothing-only+small-block": (LossConfig(Bonus("cosine"), TargetWeights(1.0, 0.0, 0.9, 0.1 / 300)),
+                                                   None, True, 512),
     }
     for dtype in POINTER:
-        for name, flags in cases.items():
-            yield f"{str(dtype)[6:]}-{name}", dtype, dict(flags, CLAMP=BONUS_CLAMP)
+        for name, (cfg, ignore_index, compute_grad, block) in cases.items():
+            yield f"{str(dtype)[6:]}-{name}", dtype, kernel_constants(cfg, ignore_index, compute_grad, block)
 
 
 def signature(dtype, compute_grad):
     grad = "*fp32" if compute_grad else POINTER[dtype]  # the float32 buffer, or the input passed as a dummy
     return {"x_ptr": POINTER[dtype], "x_row_stride": "i64", "grad_ptr": grad, "grad_row_stride": "i64",
             "target_ptr": "*i64", "scale_ptr": "*fp32", "log_p_target_ptr": "*fp32", "nll_ptr": "*fp32",
-            "bonus_ptr": "*fp32", "loss_ptr": "*fp32", "n_cols": "i32", "ignore_index": "i32", "w_target": "fp32",
-            "q_other": "fp32", "rho": "fp32", "log_end": "fp32", "log_one_minus_log_end": "fp32"}
+            "bonus_ptr": "*fp32", "loss_ptr": "*fp32", "n_cols": "i32", "ignore_index": "i32",
+            "nll_target": "fp32", "nll_other": "fp32", "bonus_target": "fp32", "bonus_other": "fp32",
+            "log_end": "fp32", "log_one_minus_log_end": "fp32", "gamma": "fp32", "start": "fp32",
+            "value_at_start": "fp32"}
 
 
 @pytest.mark.parametrize("arch", [80, 90])

@@ -17,6 +17,13 @@ ROUTES = {
     "timm-amp-no-smoothing": (384, 1000, dict(reduction="mean", log_end=1.0), 65536.0),
     "fairseq-fp16-iwslt": (2048, 8000, dict(reduction="sum", log_end=0.5, label_smoothing=0.1,
                                             smoothing_convention="fairseq", ignore_index=1), 128.0),
+    # the other members of the bonus family (issue 25)
+    "timm-amp-power": (384, 1000, dict(reduction="mean", bonus="power", bonus_gamma=2, label_smoothing=0.1), 65536.0),
+    "timm-amp-cosine": (384, 1000, dict(reduction="mean", bonus="cosine", label_smoothing=0.1), 65536.0),
+    "fairseq-fp16-aggressive-log": (512, 8000, dict(reduction="sum", log_end=1.0, bonus_start=0.5,
+                                                    label_smoothing=0.1, bonus_smoothing=0.1, ignore_index=1), 128.0),
+    "fairseq-fp16-power-start": (512, 8000, dict(reduction="sum", bonus="power", bonus_gamma=3, bonus_start=0.4,
+                                                 label_smoothing=0.1, ignore_index=1), 128.0),
 }
 
 
@@ -47,7 +54,7 @@ def test_rounding_over_the_gradients_own_storage(monkeypatch, dtype, shape, per_
     """The fused ops' last step, grad * scale rounded once to the parameter's dtype, written over the float32
     buffer's own storage block by block (no second gradient-sized tensor): the same values as
     ``(grad * scale).to(dtype)``, whatever the block size, the result a view of the buffer's storage."""
-    from el_plugins.ops import encouraging_loss as ops_loss
+    from el_plugins.ops import common as ops_loss
 
     monkeypatch.setattr(ops_loss, "ROUNDING_BLOCK_ELEMENTS", block)
     gen = torch.Generator().manual_seed(0)
@@ -62,7 +69,7 @@ def test_rounding_over_the_gradients_own_storage(monkeypatch, dtype, shape, per_
 
 
 def test_rounding_keeps_the_dtype_or_copies_where_it_cannot_reuse_the_storage():
-    from el_plugins.ops.encouraging_loss import scaled_and_rounded
+    from el_plugins.ops.common import scaled_and_rounded
 
     grad = torch.arange(12.0).view(3, 4)
     assert torch.equal(scaled_and_rounded(grad.clone(), 2.0, torch.float32), grad * 2)  # same dtype: in place

@@ -1,4 +1,5 @@
-"""fairseq adapter: the criterion ``label_smoothed_encouraging_loss``, and the fixes el-plugins applies
+"""fairseq adapter: the criteria ``label_smoothed_encouraging_loss`` and ``encourage_loss`` (the authors' flags,
+authors.py), and the fixes el-plugins applies
 to fairseq (``fixes``: keep batch_by_size's last batch, load checkpoints on torch >= 2.6).
 
 Registered automatically when fairseq loads its criteria (see el_plugins._activation); this
@@ -27,3 +28,4 @@ except FixSwitchError as exc:
     raise SystemExit(f"el-plugins: {exc}") from None
 
 import el_plugins.fairseq_plugin.criterion  # noqa: E402,F401
+import el_plugins.fairseq_plugin.authors  # noqa: E402,F401  (encourage_loss: the authors' flags)

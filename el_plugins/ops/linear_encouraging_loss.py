@@ -4,7 +4,7 @@
 Per chunk of rows (the row computation in the compute dtype, float32 for float16/bfloat16):
 
     z      = x_c W^T + b                                  one matrix product, in the input's dtype
-    dL/dz  = the row computation of the logits' fused op  (chunked torch, or the Triton kernel on CUDA)
+    dL/dz  = a backend's row computation                  (chunked torch, or the Triton kernel on CUDA)
     dL/dx_c = dz W,   dL/dW += dz^T x_c,   dL/db += sum_rows dz
 
 dz already carries the reduction's scale (1 / rows for "mean"). The three gradients accumulate in the
@@ -26,11 +26,12 @@ tests/test_fused_linear.py checks that these gradients are as precise as autogra
 Peak extra memory: the gradients (float32 for half inputs) plus two (chunk, V) buffers: the logits, whose
 buffer also serves as the row computation's work space, and the gradient of the chunk's logits (the
 probabilities, forward only); for half inputs a third (chunk, V) buffer in their dtype, for the products.
-Ignored rows contribute nothing, whatever they hold (NaN, inf): the torch path drops them before the matrix
-product; the Triton path (CUDA) keeps them in place, because dropping them would make the host wait for the
-count, and the kernel writes their dz as zeros and their features are zeroed for dz^T x_c (0 * NaN is NaN). With reduction="none"
-the forward pass computes no gradient, and the backward pass computes the chunks again with each row's
-grad_output (so it may run more than once); otherwise one backward per forward, as the logits' fused op.
+Ignored rows contribute nothing, whatever they hold (NaN, inf): a backend that may read values on the host
+(torch) drops them before the matrix product; one that may not (Triton, on CUDA) keeps them in place, since
+dropping them would make the host wait for their count: their dz is zero, and their features are zeroed for
+dz^T x_c (0 * NaN is NaN). With reduction="none" the forward pass computes no gradient, and the backward pass
+computes the chunks again with each row's grad_output (so it may run more than once); otherwise one backward
+per forward, as the logits' fused op.
 """
 from __future__ import annotations
 
@@ -38,10 +39,11 @@ from typing import Optional
 
 import torch
 
-from el_plugins.core import RowTerms, assemble_rows, bonus_from_log_prob, compute_dtype, reduce_outputs, reduce_rows
+from el_plugins.core import compute_dtype, reduce_outputs, reduce_rows
 
-from .encouraging_loss import (MIN_CHUNK_ELEMENTS, NO_DOUBLE_BACKWARD, LossConfig, check_tuning, chunk_terms,
-                               scaled_gradients)
+from .backends import ChunkBuffers
+from .common import NO_DOUBLE_BACKWARD, LossConfig, SavedGradients
+from .torch_rows import MIN_CHUNK_ELEMENTS
 
 MIN_CHUNK_ROWS = 128
 """The fewest rows per chunk by default: a matrix product of fewer rows runs far below the machine's speed
@@ -73,10 +75,9 @@ def _chunks(input, weight, bias, target, rows, keep, cfg: LossConfig, backend, c
     """The chunk loop, for forward and for the recomputing backward.
 
     rows: the indices of the rows to compute (the kept ones), or None for all; target, keep: those rows'.
-    scale: the gradient's factor: a number, a 0-dim tensor (Triton) or one per row. needs: which of the
-    (input, weight, bias) gradients to compute (none: the loss only). Returns the rows' (loss, nll, bonus,
-    log p_y, correct) and the gradients (input's over all N rows, zero on rows not computed), None where not
-    needed.
+    scale: the gradient's factor: a number, a 0-dim tensor or one per row. needs: which of the (input, weight,
+    bias) gradients to compute (none: the loss only). Returns the rows' (loss, nll, bonus, log p_y, correct) and
+    the gradients (input's over all N rows, zero on rows not computed), None where not needed.
     """
     dtype = compute_dtype(input.dtype)
     n_rows = target.numel()
@@ -89,8 +90,8 @@ def _chunks(input, weight, bias, target, rows, keep, cfg: LossConfig, backend, c
     logits_buffer = torch.empty(chunk, n_classes, dtype=dtype, device=input.device)
     # half inputs: the product in the input's dtype, then widened into logits_buffer (later dz, rounded for dz @ W)
     half_buffer = torch.empty(chunk, n_classes, dtype=input.dtype, device=input.device) if half else None
-    # the torch path's probabilities (forward only) or the chunk's gradient; the kernel allocates its own
-    second_buffer = torch.empty_like(logits_buffer) if backend == "torch" else None
+    # a backend that takes lent buffers: the chunk's gradient (or probabilities); the logits' buffer is its work space
+    second_buffer = torch.empty_like(logits_buffer) if backend.host_sync else None
     grad_input = grad_weight = grad_bias = None
     if needs[0]:
         grad_input = (torch.empty if rows is None else torch.zeros)(input.shape, dtype=dtype, device=input.device)
@@ -111,27 +112,12 @@ def _chunks(input, weight, bias, target, rows, keep, cfg: LossConfig, backend, c
         if half:
             z.copy_(product)
         t, k = target[start:stop], keep[start:stop]
-        correct = (z.argmax(-1) == t) & k
+        correct = (z.argmax(-1) == t) & k  # before the row computation, which may use z's buffer as work space
         row_scale = scale[start:stop] if isinstance(scale, torch.Tensor) and scale.dim() else scale
-        if backend == "torch":
-            grad_z = second_buffer[: stop - start] if compute_grad else None
-            sum_z = z.sum(-1) if cfg.q_other else None
-            scratch = (None if compute_grad else second_buffer[: stop - start], z if cfg.dense_bonus else None, None)
-            log_p, sum_log_p, sum_bonus = chunk_terms(z, t, k, sum_z, grad_z, scratch, cfg, row_scale)
-            zeros = torch.zeros_like(log_p)
-            terms = RowTerms(log_p, zeros if sum_log_p is None else sum_log_p, bonus_from_log_prob(log_p, cfg.log_end),
-                             zeros if sum_bonus is None else sum_bonus)
-            loss, nll, bonus = assemble_rows(terms, cfg.w_target, cfg.q_other, cfg.bonus_weight)
-        else:
-            from el_plugins.ops import encouraging_loss_triton
-
-            per_row_scale = isinstance(row_scale, torch.Tensor) and row_scale.dim() == 1
-            kernel_scale = torch.ones((), device=input.device) if per_row_scale else row_scale
-            log_p, nll, bonus, loss, grad_z = encouraging_loss_triton.encouraging_loss_rows(
-                z, t, ignore_index, kernel_scale, cfg, compute_grad, block_size)
-            if per_row_scale and compute_grad:
-                grad_z.mul_(row_scale.unsqueeze(1))
-        per_row.append((loss, nll, bonus, log_p, correct))
+        buffers = None if second_buffer is None else ChunkBuffers(second_buffer[: stop - start], z)
+        values, grad_z = backend.rows(z, t, k, cfg, row_scale, compute_grad=compute_grad, ignore_index=ignore_index,
+                                      chunk_size=stop - start, block_size=block_size, buffers=buffers)
+        per_row.append((*values, correct))
         if not compute_grad:
             continue
         if grad_input is not None:
@@ -159,17 +145,18 @@ def _chunks(input, weight, bias, target, rows, keep, cfg: LossConfig, backend, c
 
 
 def _select_rows(target, ignore_index, backend):
-    """(keep mask of all rows, indices of the rows to compute or None for all)."""
+    """(keep mask of all rows, indices of the rows to compute or None for all): a backend that may read values on
+    the host drops the ignored rows."""
     keep = torch.ones_like(target, dtype=torch.bool) if ignore_index is None else target.ne(ignore_index)
-    if ignore_index is None or backend != "torch":
+    if ignore_index is None or not backend.host_sync:
         return keep, None
     return keep, keep.nonzero().squeeze(1)
 
 
 def _gradient_scale(keep, rows, reduction, backend):
-    """The reduction's factor on the gradient: 1 / (rows counted) for "mean", else 1 (a 0-dim tensor on the
-    Triton path, where the count stays on the device)."""
-    if backend == "torch":
+    """The reduction's factor on the gradient: 1 / (rows counted) for "mean", else 1 (a 0-dim tensor where the
+    backend must not read the count on the host)."""
+    if backend.host_sync:
         count = keep.numel() if rows is None else rows.numel()
         return 1.0 / max(count, 1) if reduction == "mean" else 1.0
     if reduction == "mean":
@@ -195,30 +182,30 @@ class _FusedLinearEncouragingLoss(torch.autograd.Function):
             values = [torch.zeros(target.shape, dtype=v.dtype, device=v.device).index_copy_(0, rows, v)
                       for v in values]
         loss, nll, bonus, log_p_target, correct = values
-        outputs = reduce_outputs(loss, nll, bonus, log_p_target, keep, reduction, cfg.log_end)
+        outputs = reduce_outputs(loss, nll, bonus, log_p_target, keep, reduction, cfg.bonus.log_end)
         correct = reduce_rows(correct.to(outputs.loss.dtype), reduction, keep.sum())
 
         ctx.mark_non_differentiable(*outputs[1:], correct)
         ctx.set_materialize_grads(False)
-        ctx.dtypes = (input.dtype, weight.dtype, None if bias is None else bias.dtype)
-        ctx.backend, ctx.consumed, ctx.recompute = backend, False, recompute
+        dtypes = (input.dtype, weight.dtype, None if bias is None else bias.dtype)
+        ctx.backend, ctx.recompute = backend, recompute
         if recompute:
-            ctx.settings = (ignore_index, cfg, chunk_rows, block_size, needs)
+            ctx.settings = (ignore_index, cfg, chunk_rows, block_size, needs, dtypes)
             ctx.save_for_backward(input, weight, bias, target, rows)
         else:
-            ctx.save_for_backward(*grads)
+            SavedGradients.save(ctx, grads, dtypes, backend.host_sync)
         return (*outputs, correct)
 
     @staticmethod
     def backward(ctx, grad_loss, *unused):
         if not ctx.recompute:
-            return (*scaled_gradients(ctx, grad_loss, ctx.dtypes),) + (None,) * 8
+            return (*SavedGradients.backward(ctx, grad_loss),) + (None,) * 8
         if torch.is_grad_enabled():
             raise RuntimeError(NO_DOUBLE_BACKWARD)
         if grad_loss is None:
             return (None,) * 11
         input, weight, bias, target, rows = ctx.saved_tensors
-        ignore_index, cfg, chunk_rows, block_size, needs = ctx.settings
+        ignore_index, cfg, chunk_rows, block_size, needs, dtypes = ctx.settings
         keep, _ = _select_rows(target, ignore_index, ctx.backend)
         computed = target if rows is None else target.index_select(0, rows)
         computed_keep = keep if rows is None else torch.ones_like(computed, dtype=torch.bool)
@@ -227,20 +214,4 @@ class _FusedLinearEncouragingLoss(torch.autograd.Function):
             grad_rows = grad_rows.index_select(0, rows)
         _, grads = _chunks(input, weight, bias, computed, rows, computed_keep, cfg, ctx.backend, chunk_rows,
                            block_size, ignore_index, grad_rows, needs)
-        return tuple(None if g is None else g.to(d) for g, d in zip(grads, ctx.dtypes)) + (None,) * 8
-
-
-def fused_linear_encouraging_loss(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                                  target: torch.Tensor, config: LossConfig, *, ignore_index: Optional[int],
-                                  reduction: str, backend: str, chunk_size: Optional[int] = None,
-                                  block_size: Optional[int] = None):
-    """The fused op behind ``el_plugins.functional.linear_encouraging_loss_with_stats(implementation='fused')``,
-    which checks the loss's arguments, resolves ``backend`` and builds ``config``: call that. Checks the tuning
-    options and runs the op; returns (loss, nll_loss, bonus, target_prob, past_log_end, correct)."""
-    chunk_size, block_size = check_tuning(chunk_size, block_size)
-    grad_enabled = torch.is_grad_enabled()
-    needs = (grad_enabled and input.requires_grad, grad_enabled and weight.requires_grad,
-             grad_enabled and bias is not None and bias.requires_grad)
-    chunk_rows = chunk_size or default_chunk_rows(input.size(0), input.size(1), weight.size(0))
-    return _FusedLinearEncouragingLoss.apply(input, weight, bias, target, ignore_index, reduction, config, backend,
-                                             chunk_rows, block_size, needs)
+        return tuple(None if g is None else g.to(d) for g, d in zip(grads, dtypes)) + (None,) * 8
