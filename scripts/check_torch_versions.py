@@ -2,30 +2,30 @@
 """The torch versions setup.py declares are the ones tested: el-plugins' core tests on a given torch, each in a
 venv of its own (issue 29, part 3).
 
-    python3 scripts/check_torch_versions.py                       # the declared minimum, and 2.11.0 on Python 3.12
-    python3 scripts/check_torch_versions.py 2.7.0 2.11.0@3.12      # chosen versions (VERSION[@PYTHON])
-    python3 scripts/check_torch_versions.py --dry-run              # print what it would do, change nothing
     python3 scripts/check_torch_versions.py --out results/torch-versions/results.json
+                                            # setup.py's declared minimum, and 2.11.0 on Python 3.12 (the GPU machines')
+    python3 scripts/check_torch_versions.py 2.8.0 2.11.0@3.12     # chosen versions: VERSION[@PYTHON]
+    python3 scripts/check_torch_versions.py --dry-run             # print what it would do, change nothing
 
-For each VERSION[@PYTHON] it makes (or reuses) a venv under --venvs (default ~/.cache/el-plugins/torch-venvs,
-outside the checkout: a CUDA build of torch with its nvidia-* wheels takes 3-5 GiB), installs torch==VERSION from
-the package index (with numpy and pytest, nothing else), then el-plugins itself from a wheel built from this
-checkout (pip install --no-deps), runs `pip check` (el-plugins' own requirements, the torch range included, must
-hold) and then the core tests against the installed copy, from a folder outside the checkout so that the
-checkout's el_plugins is not imported:
+It tests one state of the code, taken at once: the commit HEAD (git archive; --source working-tree takes the files
+as they are), since others may edit or commit while it runs. For each VERSION[@PYTHON] it makes (or reuses) a venv
+under --venvs (default ~/.cache/el-plugins/torch-venvs, outside the checkout: PyPI's torch is a CUDA build, and with
+the nvidia-* wheels it requires a venv takes 4.5-7 GiB), installs torch==VERSION with numpy (as of that torch:
+torch_pins) and pytest, nothing else, then el-plugins from a wheel of that state (pip install --no-deps), runs
+`pip check` (el-plugins' requirements, the torch range included, must hold there) and the core tests against the
+installed copy, from a folder outside the checkout:
 
     tests/test_functional.py tests/test_fused.py tests/test_fused_linear.py tests/test_mixed_precision.py
-    tests/test_compile_and_transforms.py   (torch.compile / torch.func paths: they use torch._dynamo's newer API)
+    tests/test_compile_and_transforms.py   (torch.compile and torch.func: they set the oldest torch that works)
 
-These need only torch, numpy and pytest (and Triton, which torch's Linux wheels bring, for the kernel's
-interpreted tests); tests that need CUDA skip. The results (versions, pass/fail/skip counts per file, the failures,
-the skip reasons, date, commit) go to --out all or nothing, when every check has run; the exit status is 0 only
-when every check passed.
+They need only torch, numpy and pytest (and Triton, which torch's Linux wheels bring, for the kernel's interpreted
+tests); tests that need CUDA skip; a test of torch's own API that an older torch lacks is deselected there and
+listed (TORCH_API_TESTS). The results (versions, pass/fail/skip counts per file, failures, skip reasons, date,
+commit) go to --out all or nothing, once every check has run; the exit status is 0 only when every check passed.
 
-A script rather than a CI job: each check downloads a CUDA build of torch (0.5-0.9 GiB, 2-4 GiB with the nvidia-*
-wheels it requires), which CI's time budget has no room for; a Python script rather than a shell one because it
-reads pytest's junit XML and writes the JSON. It needs only the Python standard library and network access to
-the package index.
+A script rather than a CI job: each check downloads a CUDA build of torch (0.5-0.9 GiB, 3-4 GiB with its nvidia-*
+wheels; CPU-only builds are not on PyPI), which CI's time has no room for. Python rather than shell: it reads
+pytest's junit XML and writes JSON. It needs only Python's standard library and the package index.
 """
 from __future__ import annotations
 
