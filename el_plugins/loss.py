@@ -5,14 +5,19 @@ Paper: `Well-classified Examples are Underestimated in Classification with Deep 
     - AAAI 2022, https://arxiv.org/abs/2110.06537
 
 EL adds a bonus to cross-entropy that keeps rewarding well-classified examples:
-L = sum_k q_k (-log p_k + rho b(p_k)) with b(p) = log(1 - p) up to ``log_end`` and its tangent beyond
-(the conservative bonus; log_end = 1 is the normal bonus, clamped at log(1e-5)). The paper reports
-EfficientNet-B0 77.80 -> 78.28 and ResNet-50 75.49 -> 76.43 ImageNet top-1 with log_end = 0.75.
-The math is el_plugins.functional; these modules only hold the settings.
+L = sum_k q_k (-log p_k) + rho sum_k q'_k b(p_k), with b one member of the bonus family: by default
+b(p) = log(1 - p) up to ``log_end`` and its tangent beyond (the conservative bonus; log_end = 1 is the normal
+bonus, clamped at log(1e-5)), or -p^gamma ('power'), cos(pi p) - 1 ('cosine'), each optionally aggressive (0 below
+``bonus_start``). The paper reports EfficientNet-B0 77.80 -> 78.28 and ResNet-50 75.49 -> 76.43 ImageNet top-1 with
+log_end = 0.75. The bonus weight may warm up over epochs (``bonus_schedule``; call :meth:`set_epoch`, as
+el-timm-train does). The math is el_plugins.functional; these modules only hold the settings.
 """
+from typing import Optional
+
 import torch
 import torch.nn as nn
 
+from el_plugins import checks
 from el_plugins import functional as EF
 
 NOT_SCRIPTABLE = (
@@ -22,8 +27,49 @@ NOT_SCRIPTABLE = (
 
 
 class _LossModule(nn.Module):
-    """What every EL module shares: a clear refusal of torch.jit.script (called on the module or on a model
-    holding it), before TorchScript's own error about the first line it cannot read."""
+    """What every EL module shares: the bonus family's settings, checked once (:attr:`bonus_spec`); the schedule of
+    the bonus weight over epochs (:meth:`set_epoch`, the epoch being trained, from 1); and a clear refusal of
+    torch.jit.script (called on the module or on a model holding it), before TorchScript's own error about the
+    first line it cannot read."""
+
+    def _set_bonus(self, log_end, bonus_weight, bonus, bonus_gamma, bonus_start, bonus_smoothing, bonus_schedule,
+                   bonus_schedule_horizon, bonus_defer, bonus_schedule_exp_ratio):
+        self.bonus_spec = checks.bonus_spec(bonus, bonus_gamma, bonus_start, log_end)
+        self.log_end = self.bonus_spec.log_end
+        self.bonus_weight = checks.check_bonus_weight(bonus_weight)
+        self.bonus_smoothing = None if bonus_smoothing is None else checks.check_label_smoothing(
+            bonus_smoothing, 'bonus_smoothing')
+        self.schedule = checks.schedule_spec(bonus_schedule, bonus_schedule_horizon, bonus_defer,
+                                             bonus_schedule_exp_ratio, 'epoch')
+        self.epoch = 1
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch being trained, counted from 1, for the bonus weight's schedule."""
+        self.epoch = int(epoch)
+
+    @property
+    def current_bonus_weight(self) -> float:
+        """rho times the schedule's factor at :attr:`epoch`."""
+        return self.bonus_weight * self.schedule.factor(self.epoch)
+
+    def _bonus_arguments(self) -> dict:
+        spec = self.bonus_spec
+        return dict(log_end=spec.log_end, bonus_weight=self.current_bonus_weight, bonus=spec.kind,
+                    bonus_gamma=spec.gamma if spec.kind == 'power' else None, bonus_start=spec.start,
+                    bonus_smoothing=self.bonus_smoothing)
+
+    def _bonus_repr(self) -> str:
+        spec = self.bonus_spec
+        text = f'log_end={self.log_end}' if spec.kind == 'log' else f'bonus={spec.kind!r}'
+        if spec.kind == 'power':
+            text += f', bonus_gamma={spec.gamma:g}'
+        if spec.start:
+            text += f', bonus_start={spec.start:g}'
+        if self.bonus_smoothing is not None:
+            text += f', bonus_smoothing={self.bonus_smoothing:g}'
+        if not self.schedule.is_constant:
+            text += f', schedule={self.schedule.kind}/{self.schedule.horizon}, defer={self.schedule.defer}'
+        return text
 
     def __prepare_scriptable__(self):
         raise RuntimeError(NOT_SCRIPTABLE.format(name=type(self).__name__))
@@ -36,9 +82,18 @@ class EncouragingLoss(_LossModule):
     or dense distributions (N, C) from Mixup/CutMix, used as they are (they arrive smoothed).
 
     Args:
-        log_end: where the bonus log(1 - p) turns into its tangent, in (0, 1]; 1 = normal bonus.
+        log_end: where the log bonus log(1 - p) turns into its tangent, in (0, 1]; 1 = normal bonus; None: 0.75
+            for the log bonus (the other members have no tail).
         smoothing: label smoothing for class-index targets, in [0, 1).
         bonus_weight: rho >= 0; 0 is (label-smoothed) cross-entropy.
+        bonus, bonus_gamma, bonus_start: the member of the bonus family: 'log' (default), 'power' (-p^bonus_gamma),
+            'cosine'; bonus_start > 0: the aggressive bonus of 'log' and 'power'.
+        bonus_smoothing: label smoothing of the bonus term, in [0, 1); None: ``smoothing`` (for soft targets:
+            the targets as they are).
+        bonus_schedule, bonus_schedule_horizon, bonus_defer, bonus_schedule_exp_ratio: the bonus weight over
+            epochs (see el_plugins.core.BonusSchedule): 'constant' (default), 'linear', 'exp' or 'cos' over
+            ``bonus_schedule_horizon`` epochs, after ``bonus_defer`` epochs without the bonus. Call
+            :meth:`set_epoch` each epoch (el-timm-train does).
         ignore_index: class-index targets equal to it contribute nothing (None: no such index).
         reduction: 'mean' over rows, 'sum', or 'none' for per-row losses.
         implementation: for class-index targets, 'auto' (default), 'fused' (loss and gradient in one pass,
@@ -46,15 +101,19 @@ class EncouragingLoss(_LossModule):
             el_plugins.functional.IMPLEMENTATIONS. Soft targets use the reference.
     """
 
-    def __init__(self, log_end: float = 0.75, smoothing: float = 0., bonus_weight: float = 1.,
-                 ignore_index=None, reduction: str = 'mean', implementation: str = 'auto'):
+    def __init__(self, log_end: Optional[float] = None, smoothing: float = 0., bonus_weight: float = 1.,
+                 bonus: str = 'log', bonus_gamma: Optional[float] = None, bonus_start: float = 0.,
+                 bonus_smoothing: Optional[float] = None, bonus_schedule: str = 'constant',
+                 bonus_schedule_horizon: Optional[int] = None, bonus_defer: int = 0,
+                 bonus_schedule_exp_ratio: Optional[float] = None, ignore_index=None, reduction: str = 'mean',
+                 implementation: str = 'auto'):
         super().__init__()
-        self.implementation = EF.check_choice(implementation, EF.IMPLEMENTATIONS, 'implementation')
-        self.log_end = EF.check_log_end(log_end)
-        self.smoothing = EF.check_label_smoothing(smoothing, 'smoothing')
-        self.bonus_weight = EF.check_bonus_weight(bonus_weight)
-        self.ignore_index = EF.check_ignore_index(ignore_index)
-        self.reduction = EF.check_choice(reduction, EF.REDUCTIONS, 'reduction')
+        self.implementation = checks.check_choice(implementation, EF.IMPLEMENTATIONS, 'implementation')
+        self.smoothing = checks.check_label_smoothing(smoothing, 'smoothing')
+        self._set_bonus(log_end, bonus_weight, bonus, bonus_gamma, bonus_start, bonus_smoothing, bonus_schedule,
+                        bonus_schedule_horizon, bonus_defer, bonus_schedule_exp_ratio)
+        self.ignore_index = checks.check_ignore_index(ignore_index)
+        self.reduction = checks.check_choice(reduction, EF.REDUCTIONS, 'reduction')
 
     def forward(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """x: (N, C) logits, or (C,) for one unbatched row. target: class indices, an integer tensor of shape
@@ -70,19 +129,17 @@ class EncouragingLoss(_LossModule):
                     f'ignore_index={self.ignore_index} applies to class-index targets only; soft targets (class '
                     f'probabilities) have no index to ignore: give rows to skip zero weight instead, or use '
                     f'EncouragingLoss(ignore_index=None) for soft targets (torch\'s cross_entropy refuses this too)')
-            return EF.soft_target_encouraging_loss(
-                x, target, log_end=self.log_end, bonus_weight=self.bonus_weight, reduction=self.reduction)
+            return EF.soft_target_encouraging_loss(x, target, **self._bonus_arguments(), reduction=self.reduction)
         unbatched = x.dim() == 1 and target.dim() == 0
         if unbatched:
             x, target = x.unsqueeze(0), target.unsqueeze(0)
         loss = EF.encouraging_loss(
-            x, target, log_end=self.log_end, label_smoothing=self.smoothing, bonus_weight=self.bonus_weight,
-            ignore_index=self.ignore_index, reduction=self.reduction, smoothing_convention='paper',
-            implementation=self.implementation)
+            x, target, **self._bonus_arguments(), label_smoothing=self.smoothing, ignore_index=self.ignore_index,
+            reduction=self.reduction, smoothing_convention='paper', implementation=self.implementation)
         return loss.squeeze(0) if unbatched and self.reduction == 'none' else loss
 
     def extra_repr(self) -> str:
-        return (f'log_end={self.log_end}, smoothing={self.smoothing}, bonus_weight={self.bonus_weight}, '
+        return (f'{self._bonus_repr()}, smoothing={self.smoothing}, bonus_weight={self.bonus_weight}, '
                 f'reduction={self.reduction!r}')
 
 
@@ -96,19 +153,23 @@ class LinearEncouragingLoss(_LossModule):
 
     Args:
         in_features, num_classes, bias, device, dtype: the linear layer's (``self.linear``).
-        log_end, smoothing, bonus_weight, ignore_index, reduction, implementation: as in EncouragingLoss.
+        the others: as in EncouragingLoss.
     """
 
     def __init__(self, in_features: int, num_classes: int, *, bias: bool = False, device=None, dtype=None,
-                 log_end: float = 0.75, smoothing: float = 0., bonus_weight: float = 1., ignore_index=None,
-                 reduction: str = 'mean', implementation: str = 'auto'):
+                 log_end: Optional[float] = None, smoothing: float = 0., bonus_weight: float = 1.,
+                 bonus: str = 'log', bonus_gamma: Optional[float] = None, bonus_start: float = 0.,
+                 bonus_smoothing: Optional[float] = None, bonus_schedule: str = 'constant',
+                 bonus_schedule_horizon: Optional[int] = None, bonus_defer: int = 0,
+                 bonus_schedule_exp_ratio: Optional[float] = None, ignore_index=None, reduction: str = 'mean',
+                 implementation: str = 'auto'):
         super().__init__()
-        self.implementation = EF.check_choice(implementation, EF.IMPLEMENTATIONS, 'implementation')
-        self.log_end = EF.check_log_end(log_end)
-        self.smoothing = EF.check_label_smoothing(smoothing, 'smoothing')
-        self.bonus_weight = EF.check_bonus_weight(bonus_weight)
-        self.ignore_index = EF.check_ignore_index(ignore_index)
-        self.reduction = EF.check_choice(reduction, EF.REDUCTIONS, 'reduction')
+        self.implementation = checks.check_choice(implementation, EF.IMPLEMENTATIONS, 'implementation')
+        self.smoothing = checks.check_label_smoothing(smoothing, 'smoothing')
+        self._set_bonus(log_end, bonus_weight, bonus, bonus_gamma, bonus_start, bonus_smoothing, bonus_schedule,
+                        bonus_schedule_horizon, bonus_defer, bonus_schedule_exp_ratio)
+        self.ignore_index = checks.check_ignore_index(ignore_index)
+        self.reduction = checks.check_choice(reduction, EF.REDUCTIONS, 'reduction')
         self.linear = nn.Linear(in_features, num_classes, bias=bias, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -129,58 +190,61 @@ class LinearEncouragingLoss(_LossModule):
                 f'{tuple(getattr(x, "shape", ()))} and target {tuple(target.shape)}')
         loss = EF.linear_encouraging_loss(
             x.reshape(-1, in_features), self.linear.weight, target.reshape(-1), linear_bias=self.linear.bias,
-            log_end=self.log_end, label_smoothing=self.smoothing, bonus_weight=self.bonus_weight,
-            ignore_index=self.ignore_index, reduction=self.reduction, smoothing_convention='paper',
-            implementation=self.implementation)
+            **self._bonus_arguments(), label_smoothing=self.smoothing, ignore_index=self.ignore_index,
+            reduction=self.reduction, smoothing_convention='paper', implementation=self.implementation)
         return loss.reshape(target.shape) if self.reduction == 'none' else loss
 
     def extra_repr(self) -> str:
         return (f'in_features={self.linear.in_features}, num_classes={self.linear.out_features}, '
-                f'bias={self.linear.bias is not None}, log_end={self.log_end}, smoothing={self.smoothing}, '
+                f'bias={self.linear.bias is not None}, {self._bonus_repr()}, smoothing={self.smoothing}, '
                 f'bonus_weight={self.bonus_weight}, reduction={self.reduction!r}')
 
 
 class BinaryEncouragingLoss(_LossModule):
     """Sigmoid EL for multi-label classification, per class with s = sigmoid(z):
-    L_c = t (-log s + rho b(s)) + (1 - t) (-log(1 - s) + rho b(1 - s)).
+    L_c = t (-log s) + (1 - t) (-log(1 - s)) + rho (t' b(s) + (1 - t') b(1 - s)).
 
     Class-index targets (N,) become one-hot; ``smoothing`` moves index targets to eps / C and 1 - eps + eps / C
-    (as timm's BinaryCrossEntropy), and dense targets towards 0.5 (t (1 - eps) + eps / 2).
+    (as timm's BinaryCrossEntropy), and dense targets towards 0.5 (t (1 - eps) + eps / 2); t' is t, or with
+    ``bonus_smoothing`` lambda, t moved towards 0.5 by lambda (t (1 - lambda) + lambda / 2).
 
     Args:
-        log_end, bonus_weight: as in EncouragingLoss.
+        log_end, bonus_weight, bonus, bonus_gamma, bonus_start, bonus_smoothing, bonus_schedule,
+            bonus_schedule_horizon, bonus_defer, bonus_schedule_exp_ratio: as in EncouragingLoss.
         smoothing: label smoothing in [0, 1).
         reduction: 'mean' over rows and classes (as BCE), 'sum', or 'none' for (N, C).
     """
 
-    def __init__(self, log_end: float = 0.75, smoothing: float = 0., bonus_weight: float = 1.,
-                 reduction: str = 'mean'):
+    def __init__(self, log_end: Optional[float] = None, smoothing: float = 0., bonus_weight: float = 1.,
+                 bonus: str = 'log', bonus_gamma: Optional[float] = None, bonus_start: float = 0.,
+                 bonus_smoothing: Optional[float] = None, bonus_schedule: str = 'constant',
+                 bonus_schedule_horizon: Optional[int] = None, bonus_defer: int = 0,
+                 bonus_schedule_exp_ratio: Optional[float] = None, reduction: str = 'mean'):
         super().__init__()
-        self.log_end = EF.check_log_end(log_end)
-        self.smoothing = EF.check_label_smoothing(smoothing, 'smoothing')
-        self.bonus_weight = EF.check_bonus_weight(bonus_weight)
-        self.reduction = EF.check_choice(reduction, EF.REDUCTIONS, 'reduction')
+        self.smoothing = checks.check_label_smoothing(smoothing, 'smoothing')
+        self._set_bonus(log_end, bonus_weight, bonus, bonus_gamma, bonus_start, bonus_smoothing, bonus_schedule,
+                        bonus_schedule_horizon, bonus_defer, bonus_schedule_exp_ratio)
+        self.reduction = checks.check_choice(reduction, EF.REDUCTIONS, 'reduction')
 
     def forward(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """x: (N, C) logits. target: dense, the logits' shape (N, C), values in [0, 1]; or class indices, an
         integer tensor of shape (N,) (one positive class per row)."""
-        EF.check_floating(x)
+        checks.check_floating(x)
         if target.shape != x.shape:
             if target.dtype.is_floating_point or target.shape != x.shape[:-1]:
                 raise ValueError(
                     f'multi-label targets must be dense targets of the logits\' shape {tuple(x.shape)} (one value '
                     f'in [0, 1] per class), or class indices: an integer tensor of shape {tuple(x.shape[:-1])} (one '
                     f'positive class per row); got a {target.dtype} target of shape {tuple(target.shape)}')
-            EF.check_targets(target, x.shape[-1], None)
+            checks.check_targets(target, x.shape[-1], None)
             num_classes = x.shape[-1]
             off = self.smoothing / num_classes
             target = torch.full_like(x, off, dtype=torch.float32).scatter_(
                 -1, target.long().unsqueeze(-1), 1. - self.smoothing + off)
         elif self.smoothing:
             target = target.float() * (1. - self.smoothing) + 0.5 * self.smoothing
-        return EF.binary_encouraging_loss(
-            x, target, log_end=self.log_end, bonus_weight=self.bonus_weight, reduction=self.reduction)
+        return EF.binary_encouraging_loss(x, target, **self._bonus_arguments(), reduction=self.reduction)
 
     def extra_repr(self) -> str:
-        return (f'log_end={self.log_end}, smoothing={self.smoothing}, bonus_weight={self.bonus_weight}, '
+        return (f'{self._bonus_repr()}, smoothing={self.smoothing}, bonus_weight={self.bonus_weight}, '
                 f'reduction={self.reduction!r}')

@@ -82,7 +82,8 @@ def test_factory_refuses_what_el_cannot_honour(kwargs, message):
 def test_factory_errors_for_other_types_still_timms():
     with pytest.raises(ValueError, match=r"Unknown loss type 'nope', expected one of \(.*'el'\)"):
         timm.loss.create_classification_loss(loss_type="nope")
-    with pytest.raises(ValueError, match="el_log_end and el_bonus_weight only apply to loss_type='el'"):
+    with pytest.raises(ValueError, match=r"el_log_end \(el-plugins' settings of the encouraging loss\) only apply to "
+                                         r"loss_type='el'"):
         timm.loss.create_classification_loss(loss_type="ce", el_log_end=0.5)
 
 
@@ -312,8 +313,8 @@ def test_launcher_reads_el_options_from_config_yaml(tmp_path, digits_folder, new
 
 
 @pytest.mark.parametrize("args,config,message", [
-    (["--loss", "el", "--log-end", "1.5"], None, r"argument --log-end: --log-end must be in \(0, 1\]"),
-    (["--loss", "el", "--log-end", "abc"], None, r"argument --log-end: --log-end must be in \(0, 1\]"),
+    (["--loss", "el", "--log-end", "1.5"], None, r"argument --log-end/--log_end: --log-end must be in \(0, 1\]"),
+    (["--loss", "el", "--log-end", "abc"], None, r"argument --log-end/--log_end: --log-end must be in \(0, 1\]"),
     (["--loss", "el", "--el-bonus-weight", "-2"], None, r"--el-bonus-weight must be a finite number >= 0"),
     (["--loss", "el", "--jsd-loss"], None, "--loss el cannot be combined with --jsd-loss"),
     (["--loss", "el", "--bce-loss"], None, "--loss el cannot be combined with --bce-loss"),

@@ -4,11 +4,16 @@
     torchrun --nproc_per_node 2 -m el_plugins.timm_plugin.launcher path/to/train.py ... --loss el
 
 timm 1.0.31's train.py already takes ``--loss el`` once el-plugins is installed; this launcher adds
-what it lacks: ``--log-end`` / ``--el-bonus-weight``, and ``--loss`` itself for train.py 1.0.23-1.0.30.
-It loads the given train.py as a module, adds its options to train.py's argparse parser (so a
+what it lacks: EL's own options (``--log-end``, ``--el-bonus-weight``, the bonus family ``--el-bonus``,
+``--el-bonus-gamma``, ``--el-bonus-start``, ``--el-bonus-smoothing``, and a schedule of the bonus weight over
+epochs, ``--el-bonus-schedule``, ``--el-bonus-schedule-horizon``, ``--el-bonus-defer``,
+``--el-bonus-schedule-exp-ratio``), the authors' EfficientNet flags (``--bonus_gamma -1 --log_end 0.75
+--bonus_rho 1``..., see AUTHORS_FLAGS; they imply ``--loss el``), and ``--loss`` itself for train.py
+1.0.23-1.0.30. It loads the given train.py as a module, adds its options to train.py's argparse parser (so a
 ``-c config.yaml`` with ``loss: el`` and ``log_end: 0.5`` works and both land in the run's args.yaml),
 checks them before anything is built, then calls train.py's ``main()``. Training uses EL; validation
-keeps train.py's plain cross-entropy.
+keeps train.py's plain cross-entropy. train.py never tells its loss the epoch: with a schedule the launcher wraps
+train.py's ``train_one_epoch(epoch, ...)`` to tell every EL loss the epoch (from 1) and log the weight.
 
 Errors as every el-* command (el_plugins.commands): a bad option is ``el-timm-train: error: ...``, exit 2
 (train.py's own parser included); a script that is not timm's train.py is ``el-timm-train: error: ...``,
@@ -18,14 +23,17 @@ import argparse
 import functools
 import importlib.util
 import logging
+import math
 import os
 import sys
 
-from el_plugins import commands
-from el_plugins import functional as EF
+from el_plugins import checks, commands
+from el_plugins.core import BONUSES, SCHEDULES
 
 PROG = "el-timm-train"
 USAGE = ("usage: el-timm-train path/to/train.py [train.py options] --loss el [--log-end LE] [--el-bonus-weight RHO]\n"
+         "       [--el-bonus {log,power,cosine}] [--el-bonus-gamma G] [--el-bonus-start S] [--el-bonus-smoothing L]\n"
+         "       [--el-bonus-schedule {constant,linear,exp,cos}] [--el-bonus-schedule-horizon T] [--el-bonus-defer D]\n"
          "       (torchrun ... -m el_plugins.timm_plugin.launcher path/to/train.py ...)")
 TASK_CLASSES = ("ClassificationTask", "LogitDistillationTask", "FeatureDistillationTask", "TokenDistillationTask")
 _logger = logging.getLogger("el_plugins.timm")
@@ -40,18 +48,117 @@ def _number_or_text(text):
         return text  # the check below then says what is allowed
 
 
-def _log_end_arg(text):
-    try:
-        return EF.check_log_end(_number_or_text(text), "--log-end")
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+def _integer_or_text(text):
+    value = _number_or_text(text)
+    return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
-def _bonus_weight_arg(text):
-    try:
-        return EF.check_bonus_weight(_number_or_text(text), "--el-bonus-weight")
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+def _checked(check, flag, convert=_number_or_text):
+    """An argparse ``type=`` applying el-plugins' check, so that a bad value is the parser's usage error."""
+    def parse(text):
+        try:
+            return check(convert(text), flag)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    parse.__name__ = flag
+    return parse
+
+
+def _positive_number(value, name):
+    number = checks.real_number(value)
+    if number is None or not (math.isfinite(number) and number > 0):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return number
+
+
+def _nonzero_number(value, name):
+    number = checks.real_number(value)
+    if number is None or not math.isfinite(number) or number == 0:
+        raise ValueError(f"{name} must be a finite number other than 0, got {value!r}")
+    return number
+
+
+def _start(value, name):
+    number = checks.real_number(value)
+    if number is None or not 0.0 <= number < 1.0:
+        raise ValueError(f"{name} must be in [0, 1), a number (0: no start), got {value!r}")
+    return number
+
+
+def _integer(low):
+    def check(value, name):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        return value
+    return check
+
+
+def _choice(allowed):
+    def check(value, name):
+        return checks.check_choice(value, allowed, name)
+    return check
+
+
+# dest: (flag, check, EncouragingLoss keyword, help)
+EL_OPTIONS = {
+    "log_end": ("--log-end", checks.check_log_end, "log_end",
+                "EL: where the log bonus log(1-p) turns into its tangent, in (0, 1]; 1 = normal bonus (default 0.75; "
+                "--log_end is the same option)"),
+    "el_bonus_weight": ("--el-bonus-weight", checks.check_bonus_weight, "bonus_weight",
+                        "EL: weight rho of the bonus, >= 0; 0 = cross-entropy (default 1)"),
+    "el_bonus": ("--el-bonus", _choice(BONUSES), "bonus", "EL: the bonus: log (default), power (-p^gamma), cosine"),
+    "el_bonus_gamma": ("--el-bonus-gamma", _positive_number, "bonus_gamma", "EL: gamma > 0 of --el-bonus power"),
+    "el_bonus_start": ("--el-bonus-start", _start, "bonus_start",
+                       "EL: the aggressive bonus (log, power): none below this p in [0, 1)"),
+    "el_bonus_smoothing": ("--el-bonus-smoothing", checks.check_label_smoothing, "bonus_smoothing",
+                           "EL: label smoothing of the bonus term, in [0, 1) (default: --smoothing)"),
+    "el_bonus_schedule": ("--el-bonus-schedule", _choice(SCHEDULES), "bonus_schedule",
+                          "EL: warm-up of the bonus weight over epochs: constant (default), linear, exp, cos"),
+    "el_bonus_schedule_horizon": ("--el-bonus-schedule-horizon", _integer(1), "bonus_schedule_horizon",
+                                  "EL: epochs over which the bonus weight warms up"),
+    "el_bonus_defer": ("--el-bonus-defer", _integer(0), "bonus_defer", "EL: the first N epochs without the bonus"),
+    "el_bonus_schedule_exp_ratio": ("--el-bonus-schedule-exp-ratio", _nonzero_number, "bonus_schedule_exp_ratio",
+                                    "EL: r of --el-bonus-schedule exp, not 0 (default 5)"),
+}
+INTEGER_OPTIONS = ("el_bonus_schedule_horizon", "el_bonus_defer", "authors_defer_start", "authors_el_schedule_max_epoch",
+                   "authors_bonus_gamma")
+
+# the authors' EfficientNet flags (imagenet-efficientnetb0/train_el.py): dest: (flag, check, help)
+AUTHORS_FLAGS = {
+    "authors_bonus_gamma": ("--bonus_gamma", _integer(-2), "the authors' bonus: 0 none, -1 log, -2 cosine, > 0 power"),
+    "authors_bonus_rho": ("--bonus_rho", checks.check_bonus_weight, "the authors' bonus weight (default 1)"),
+    "authors_bonus_start": ("--bonus_start", _start, "the authors' aggressive bonus start"),
+    "authors_defer_start": ("--defer_start", _integer(0), "the authors' epochs without the bonus"),
+    "authors_el_schedule": ("--el_schedule", _choice(("linear", "exp", "cos")), "the authors' warm-up"),
+    "authors_el_schedule_max_epoch": ("--el_schedule_max_epoch", _integer(1), "the authors' warm-up epochs"),
+    "authors_el_exp_schedule_ratio": ("--el_exp_schedule_ratio", _nonzero_number, "the authors' exp ratio (default 5)"),
+}
+AUTHORS_REFUSED = {"--base_loss": "ce", "--sigmoid_ce": "0", "--bonus_abrupt": "-1", "--el_linear_schedule_start": "0",
+                   "--el_linear_schedule_end": None}
+"""The authors' train_el.py flags el-plugins does not take (other losses than EL, unused or never read), with the
+value at which each changes nothing in their code."""
+
+
+def authors_settings(values: dict) -> dict:
+    """EncouragingLoss keywords from the authors' EfficientNet flags given (their el.py: --bonus_rho weights the
+    whole bonus, smoothed by timm's --smoothing; --log_end shapes the log bonus; default log_end 1)."""
+    gamma = values.get("authors_bonus_gamma", 0)
+    if gamma not in (0, -1, -2) and gamma < 0:
+        raise ValueError(f"--bonus_gamma must be 0 (no bonus), -1 (log), -2 (cosine) or > 0 (power), got {gamma}")
+    kind = {0: "log", -1: "log", -2: "cosine"}.get(gamma, "power")
+    settings = {"bonus": kind, "bonus_weight": 0.0 if gamma == 0 else values.get("authors_bonus_rho", 1.0),
+                "log_end": values.get("log_end", 1.0) if kind == "log" else values.get("log_end"),
+                "bonus_start": values.get("authors_bonus_start", 0.0) if gamma else 0.0,
+                "bonus_defer": values.get("authors_defer_start", 0)}
+    if kind == "power":
+        settings["bonus_gamma"] = gamma
+    if "authors_el_schedule" in values:
+        settings.update(bonus_schedule=values["authors_el_schedule"],
+                        bonus_schedule_horizon=values.get("authors_el_schedule_max_epoch"),
+                        bonus_schedule_exp_ratio=values.get("authors_el_exp_schedule_ratio"))
+    elif "authors_el_schedule_max_epoch" in values or "authors_el_exp_schedule_ratio" in values:
+        raise ValueError("--el_schedule_max_epoch and --el_exp_schedule_ratio apply to an --el_schedule only")
+    return settings
 
 
 NOT_TRAIN_PY = "{path} does not look like timm's train.py ({why}); expected timm's train.py " \
@@ -108,15 +215,31 @@ def _mixup_active(args):
         getattr(args, "cutmix_minmax", None) is not None
 
 
-EL_DEFAULTS = {"log_end": 0.75, "el_bonus_weight": 1.0}  # with --loss el, where not given
+def _given_values(args, parser):
+    """The EL and authors' options given (flag or -c config.yaml: argparse never checks a config's values), checked
+    as their flags are: {dest: value}."""
+    values = {}
+    for dest, (flag, check, *_) in {**EL_OPTIONS, **AUTHORS_FLAGS}.items():
+        value = getattr(args, dest, None)
+        if value is None:
+            continue
+        convert = _integer_or_text if dest in INTEGER_OPTIONS else (_number_or_text if dest not in (
+            "el_bonus", "el_bonus_schedule", "authors_el_schedule") else str)
+        try:
+            values[dest] = check(convert(value), f"{flag} ({dest})" if not isinstance(value, str) or dest in
+                                 ("el_bonus", "el_bonus_schedule", "authors_el_schedule") else flag)
+        except ValueError as exc:
+            parser.error(str(exc))
+    return values
 
 
 def check_and_apply(args, parser, module, own_loss_option):
-    """Validate the EL options of parsed train.py args and make training use EL (no-op unless --loss el).
+    """Validate the EL options of parsed train.py args and make training use EL (no-op unless --loss el, or the
+    authors' flags, which imply it).
 
     Values from a ``-c config.yaml`` reach args through set_defaults, which argparse never checks: the loss
-    is checked against the --loss choices here, log_end / el_bonus_weight are checked (they are recorded in the
-    run's args.yaml) and refused without --loss el, which would not use them, and a config key spelled with
+    is checked against the --loss choices here, EL's options are checked (they are recorded in the run's
+    args.yaml) and refused without --loss el, which would not use them, and a config key spelled with
     dashes (``log-end:``), which train.py would ignore, is refused naming the key."""
     dests = {action.dest for action in parser._actions}
     for key in vars(args):
@@ -127,28 +250,49 @@ def check_and_apply(args, parser, module, own_loss_option):
     if loss_action.choices is not None and args.loss is not None and args.loss not in loss_action.choices:
         parser.error(f"loss: {args.loss!r} (from the config file) is not an allowed --loss: choose from "
                      f"{', '.join(map(repr, loss_action.choices))}")
-    try:
-        given = {"log_end": None if args.log_end is None else
-                 EF.check_log_end(_number_or_text(args.log_end), "--log-end (log_end)"),
-                 "el_bonus_weight": None if args.el_bonus_weight is None else
-                 EF.check_bonus_weight(_number_or_text(args.el_bonus_weight), "--el-bonus-weight (el_bonus_weight)")}
-    except ValueError as exc:
-        parser.error(str(exc))
+    for flag, no_op in AUTHORS_REFUSED.items():
+        value = getattr(args, "authors_refused_" + flag.lstrip("-"), None)
+        if value is not None and value != no_op:
+            parser.error(f"{flag} {value}: one of the authors' train_el.py flags el-plugins does not take (another "
+                         f"loss than EL, or unused in their code); leave it out")
+    values = _given_values(args, parser)
+    authors = {k: v for k, v in values.items() if k.startswith("authors_")}
+    native = {k: v for k, v in values.items() if k in EL_OPTIONS and k != "log_end"}
+    if authors and native:
+        parser.error(f"{', '.join(EL_OPTIONS[k][0] for k in native)} and the authors' "
+                     f"{', '.join(AUTHORS_FLAGS[k][0] for k in authors)} set the same loss: use one spelling")
+    if authors and getattr(args, "loss", None) in (None, "el"):
+        args.loss = "el"  # the authors' train_el.py always trained with their EL
     if getattr(args, "loss", None) != "el":
         loss = f"--loss {args.loss}" if args.loss else "train.py's own loss"
-        for key, value in given.items():
-            if value is not None:
-                parser.error(f"--{key.replace('_', '-')} ({key}: {value:g}) applies to --loss el only, and this run "
-                             f"trains with {loss}: add --loss el (loss: el), or leave {key} out")
+        for dest, value in values.items():
+            flag = {**EL_OPTIONS, **AUTHORS_FLAGS}[dest][0]
+            shown = f"{value:g}" if isinstance(value, (int, float)) else value
+            parser.error(f"{flag} ({dest}: {shown}) applies to --loss el only, and this run trains with {loss}: add "
+                         f"--loss el (loss: el), or leave {dest} out")
         return
-    args.log_end, args.el_bonus_weight = (EL_DEFAULTS[k] if v is None else v for k, v in given.items())
     for flag in ("jsd_loss", "bce_loss"):
         if getattr(args, flag, False):
             parser.error(f"--loss el cannot be combined with --{flag.replace('_', '-')}: EL replaces the training loss "
                          "(for multi-label targets use the factory's multi_label=True)")
-    from el_plugins.timm_plugin.loss_factory import set_el_defaults
+    if authors:
+        try:
+            settings = authors_settings({**authors, **({"log_end": values["log_end"]} if "log_end" in values else {})})
+        except ValueError as exc:
+            parser.error(str(exc))
+    else:
+        settings = {EL_OPTIONS[dest][2]: value for dest, value in values.items()}
+    try:  # every combination checked now, before anything is built (the factory builds it again)
+        from el_plugins.loss import EncouragingLoss
 
-    set_el_defaults(log_end=args.log_end, bonus_weight=args.el_bonus_weight)
+        probe = EncouragingLoss(smoothing=getattr(args, "smoothing", 0.0) or 0.0, **settings)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if not authors:  # the values used land in the run's args.yaml
+        args.log_end, args.el_bonus_weight = probe.log_end, probe.bonus_weight
+    from el_plugins.timm_plugin import loss_factory
+
+    loss_factory.set_el_defaults(**settings)
     soft = _mixup_active(args)
     if own_loss_option:  # train.py without --loss: swap the criterion it gives its task for EL
         import timm.loss
@@ -159,11 +303,35 @@ def check_and_apply(args, parser, module, own_loss_option):
         for name in TASK_CLASSES:
             if hasattr(module, name):
                 setattr(module, name, _with_el_criterion(getattr(module, name), make_criterion))
-    if int(os.environ.get("RANK", "0")) == 0:
-        (getattr(module, "_logger", None) or _logger).info(
-            f"el-plugins: training loss = encouraging loss (log_end={args.log_end}, bonus_weight={args.el_bonus_weight}, "
-            f"label smoothing={0.0 if soft else args.smoothing}, targets={'soft (Mixup/CutMix)' if soft else 'class index'}); "
-            "validation loss = cross-entropy")
+    log = (getattr(module, "_logger", None) or _logger).info if int(os.environ.get("RANK", "0")) == 0 else None
+    scheduled = settings.get("bonus_schedule", "constant") != "constant" or settings.get("bonus_defer", 0)
+    if scheduled:
+        _tell_the_epoch(module, log)
+    if log:
+        log(f"el-plugins: training loss = encouraging loss ({probe._bonus_repr()}, bonus_weight={probe.bonus_weight}, "
+            f"label smoothing={0.0 if soft else args.smoothing}, targets="
+            f"{'soft (Mixup/CutMix)' if soft else 'class index'}); validation loss = cross-entropy")
+
+
+def _tell_the_epoch(module, log):
+    """Wrap train.py's ``train_one_epoch(epoch, ...)`` (epoch from 0) so that every EL loss hears the epoch (from 1)
+    before it trains, and the log shows the bonus weight in use."""
+    from el_plugins.timm_plugin import loss_factory
+
+    train_one_epoch = getattr(module, "train_one_epoch", None)
+    if not callable(train_one_epoch):
+        raise commands.CommandError("this train.py has no train_one_epoch(epoch, ...), so a schedule of the bonus "
+                                    "weight cannot follow its epochs")
+
+    @functools.wraps(train_one_epoch)
+    def train_one_epoch_with_el(epoch, *args, **kwargs):
+        loss_factory.set_epoch(epoch + 1)
+        if log:
+            weights = sorted({f"{loss.current_bonus_weight:.4g}" for loss in list(loss_factory._made)})
+            log(f"el-plugins: epoch {epoch}: bonus_weight {', '.join(weights)}")
+        return train_one_epoch(epoch, *args, **kwargs)
+
+    module.train_one_epoch = train_one_epoch_with_el
 
 
 def _with_el_criterion(task_class, make_criterion):
@@ -186,12 +354,20 @@ def install(module):
     if own_loss_option:
         group.add_argument("--loss", default=None, choices=("ce", "el"),
                            help="el: train with the encouraging loss; ce (default): train.py's own loss")
-    group.add_argument("--log-end", type=_log_end_arg, default=None,
-                       help="EL: where the bonus log(1-p) turns linear, in (0, 1]; 1 = normal bonus (default with "
-                            "--loss el: 0.75; refused without it)")
-    group.add_argument("--el-bonus-weight", type=_bonus_weight_arg, default=None,
-                       help="EL: weight of the bonus, >= 0; 0 = cross-entropy (default with --loss el: 1.0; refused "
-                            "without it)")
+    for dest, (flag, check, _, help_text) in EL_OPTIONS.items():
+        convert = _integer_or_text if dest in INTEGER_OPTIONS else (
+            str if dest in ("el_bonus", "el_bonus_schedule") else _number_or_text)
+        flags = (flag, "--log_end") if dest == "log_end" else (flag,)
+        group.add_argument(*flags, dest=dest, type=_checked(check, flag, convert), default=None,
+                           help=help_text + " (refused without --loss el)")
+    authors = parser.add_argument_group("The authors' EfficientNet flags (imagenet-efficientnetb0/readme.sh; they "
+                                        "imply --loss el)")
+    for dest, (flag, check, help_text) in AUTHORS_FLAGS.items():
+        convert = _integer_or_text if dest in INTEGER_OPTIONS else (
+            str if dest == "authors_el_schedule" else _number_or_text)
+        authors.add_argument(flag, dest=dest, type=_checked(check, flag, convert), default=None, help=help_text)
+    for flag in AUTHORS_REFUSED:
+        authors.add_argument(flag, dest="authors_refused_" + flag.lstrip("-"), default=None, help=argparse.SUPPRESS)
     parse_args = parser.parse_args
 
     @functools.wraps(parse_args)

@@ -11,33 +11,49 @@ re-pointed too, so the import order does not matter.
     create_classification_loss(loss_type='el', soft_targets=True)                -> EncouragingLoss (Mixup/CutMix)
     create_classification_loss(loss_type='el', multi_label=True, smoothing=0.1)  -> BinaryEncouragingLoss
 
-log_end and the bonus weight come from ``el_log_end=`` / ``el_bonus_weight=`` keyword arguments, else
-from :func:`set_el_defaults` (what ``el-timm-train --log-end`` sets), else 0.75 and 1.0.
+EL's own settings come from ``el_*`` keyword arguments (``el_log_end``, ``el_bonus_weight``, ``el_bonus``,
+``el_bonus_gamma``, ``el_bonus_start``, ``el_bonus_smoothing``, ``el_bonus_schedule``, ``el_bonus_schedule_horizon``,
+``el_bonus_defer``, ``el_bonus_schedule_exp_ratio``: the keywords of :class:`el_plugins.loss.EncouragingLoss`
+with ``el_`` in front), else from :func:`set_el_defaults` (what el-timm-train's flags set), else the module's
+defaults. Every EL loss the factory makes is remembered (weakly), so that el-timm-train can tell them the epoch
+(:func:`set_epoch`) for a schedule of the bonus weight.
 """
 import functools
 import inspect
 import logging
 import sys
+import weakref
 
 import timm.loss._loss_factory as timm_loss_factory
 
-from el_plugins import functional as EF
 from el_plugins.loss import BinaryEncouragingLoss, EncouragingLoss
 
 LOSS_TYPE = 'el'
-EL_DEFAULTS = {'log_end': 0.75, 'bonus_weight': 1.0}
+EL_SETTINGS = ('log_end', 'bonus_weight', 'bonus', 'bonus_gamma', 'bonus_start', 'bonus_smoothing', 'bonus_schedule',
+               'bonus_schedule_horizon', 'bonus_defer', 'bonus_schedule_exp_ratio')
+"""The EncouragingLoss keywords the factory takes as ``el_<name>``."""
+_launcher_settings = {}  # set_el_defaults: the values el-timm-train's flags gave
+_made = weakref.WeakSet()  # every EL loss the factory made
 
 
-def set_el_defaults(log_end=None, bonus_weight=None) -> None:
-    """Set the log_end / bonus weight that ``loss_type='el'`` uses when the call does not say."""
-    if log_end is not None:
-        EL_DEFAULTS['log_end'] = EF.check_log_end(log_end)
-    if bonus_weight is not None:
-        EL_DEFAULTS['bonus_weight'] = EF.check_bonus_weight(bonus_weight)
+def set_el_defaults(**settings) -> None:
+    """Set the EL settings that ``loss_type='el'`` uses when the call does not say (el-timm-train's flags): the
+    names of EL_SETTINGS; None leaves one as it is. Checked when a loss is made."""
+    unknown = sorted(set(settings) - set(EL_SETTINGS))
+    if unknown:
+        raise ValueError(f"set_el_defaults takes {', '.join(EL_SETTINGS)}, got {', '.join(unknown)}")
+    _launcher_settings.update({k: v for k, v in settings.items() if v is not None})
 
 
-def create_encouraging_loss(arguments, el_log_end=None, el_bonus_weight=None):
-    """Build EL from create_classification_loss's bound arguments, refusing what EL cannot honour."""
+def set_epoch(epoch: int) -> None:
+    """Tell every EL loss the factory made the epoch being trained (from 1), for its bonus-weight schedule."""
+    for loss in list(_made):
+        loss.set_epoch(epoch)
+
+
+def create_encouraging_loss(arguments, el_settings):
+    """Build EL from create_classification_loss's bound arguments and the ``el_*`` settings given, refusing what EL
+    cannot honour."""
     a = arguments
     if a['class_weight'] is not None or a['pos_weight'] is not None:
         raise ValueError('Class and positive weights are only supported by bce and multi-label asl losses.')
@@ -47,13 +63,10 @@ def create_encouraging_loss(arguments, el_log_end=None, el_bonus_weight=None):
         raise ValueError('Class counts are only used by the db loss.')
     if a['jsd_splits']:
         raise ValueError("Loss type 'el' does not combine with JSD augmentation splits (jsd_splits), use loss_type='jsd'.")
+    settings = {**_launcher_settings, **{k: v for k, v in el_settings.items() if v is not None}}
     smoothing = 0. if a['soft_targets'] else a['smoothing']
-    kwargs = dict(
-        log_end=EL_DEFAULTS['log_end'] if el_log_end is None else el_log_end,
-        bonus_weight=EL_DEFAULTS['bonus_weight'] if el_bonus_weight is None else el_bonus_weight,
-        smoothing=smoothing,
-    )
-    loss = BinaryEncouragingLoss(**kwargs) if a['multi_label'] else EncouragingLoss(**kwargs)
+    loss = (BinaryEncouragingLoss if a['multi_label'] else EncouragingLoss)(smoothing=smoothing, **settings)
+    _made.add(loss)
     logging.getLogger('el_plugins.timm').info(f"loss_type='el' (el-plugins) -> {loss}")
     return loss
 
@@ -62,21 +75,28 @@ def _with_el(factory):
     signature = inspect.signature(factory)
 
     @functools.wraps(factory)
-    def create_classification_loss(*args, el_log_end=None, el_bonus_weight=None, **kwargs):
+    def create_classification_loss(*args, **kwargs):
+        el_settings = {name: kwargs.pop(f'el_{name}') for name in EL_SETTINGS if f'el_{name}' in kwargs}
         bound = signature.bind(*args, **kwargs)
         loss_type = bound.arguments.get('loss_type')
         if loss_type != LOSS_TYPE:
-            if el_log_end is not None or el_bonus_weight is not None:
-                raise ValueError("el_log_end and el_bonus_weight only apply to loss_type='el'.")
+            given = [f'el_{name}' for name, value in el_settings.items() if value is not None]
+            if given:
+                raise ValueError(f"{', '.join(given)} (el-plugins' settings of the encouraging loss) only apply to "
+                                 f"loss_type='el'.")
             if loss_type and loss_type not in LOSS_TYPES:  # timm's own message, with 'el' among the types
                 raise ValueError(f"Unknown loss type '{loss_type}', expected one of {LOSS_TYPES}.")
             return factory(*args, **kwargs)
         bound.apply_defaults()
-        return create_encouraging_loss(bound.arguments, el_log_end, el_bonus_weight)
+        return create_encouraging_loss(bound.arguments, el_settings)
 
     create_classification_loss.__el_original__ = factory
+    create_classification_loss.__signature__ = signature.replace(parameters=[
+        *signature.parameters.values(),
+        *(inspect.Parameter(f'el_{name}', inspect.Parameter.KEYWORD_ONLY, default=None) for name in EL_SETTINGS)])
     create_classification_loss.__doc__ = (factory.__doc__ or '') + (
-        "\n    el-plugins: loss_type='el' is the encouraging loss (el_log_end, el_bonus_weight keyword arguments).\n")
+        "\n    el-plugins: loss_type='el' is the encouraging loss; its settings are the el_* keyword arguments (those "
+        "of el_plugins.loss.EncouragingLoss, prefixed el_).\n")
     return create_classification_loss
 
 
