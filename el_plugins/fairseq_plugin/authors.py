@@ -42,7 +42,7 @@ NEVER_READ = ("el_linear_schedule_start", "el_linear_schedule_end")
 FLAGS = {"bonus_gamma": "--bonus_gamma", "bonus": "--bonus_gamma", "bonus_start": "--bonus_start",
          "log_end": "--log_end", "bonus_smoothing": "--el_lb", "bonus_weight": "--bonus_rho",
          "schedule": "--el_schedule", "horizon": "--el_schedule_max_epoch", "defer": "--defer_start",
-         "exp_ratio": "--el_exp_schedule_ratio", "unit": "--el_schedule (unit)", "label_smoothing": "--label-smoothing"}
+         "exp_ratio": "--el_exp_schedule_ratio", "unit": "--el_schedule's unit", "label_smoothing": "--label-smoothing"}
 
 
 def authors_loss_settings(*, bonus_gamma: int, bonus_rho: float, bonus_start: float, log_end: float, el_lb: float,
@@ -79,6 +79,8 @@ def authors_loss_settings(*, bonus_gamma: int, bonus_rho: float, bonus_start: fl
 @register_criterion(AUTHORS_CRITERION)
 class AuthorsEncourageLossCriterion(LabelSmoothedEncouragingLossCriterion):
     """The authors' ``encourage_loss`` flags on el-plugins' criterion (see the module docstring)."""
+
+    FLAG_NAMES = FLAGS
 
     def __init__(self, task, sentence_avg, label_smoothing, ignore_prefix_size=0, report_accuracy=False,
                  bonus_gamma=0, bonus_rho=1.0, bonus_start=0.0, defer_start=0, log_end=1.0, el_lb=0.0, el_mask_pad=1,

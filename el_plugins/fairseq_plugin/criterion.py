@@ -20,6 +20,8 @@ adaptive softmax, overridden output layers or normalization, ``--el-implementati
 :mod:`el_plugins.functional` and the fused ops it dispatches to.
 """
 import argparse
+import functools
+import inspect
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -256,14 +258,17 @@ def follow_training_time(task, criterion) -> None:
     resume) and ``task.train_step(..., update_num)`` with the updates done so far (restored from a checkpoint too);
     fairseq calls no hook of a criterion itself. Wraps those two methods of this task object only, once."""
     begin_epoch, train_step = task.begin_epoch, task.train_step
+    begin_epoch_signature, train_step_signature = inspect.signature(begin_epoch), inspect.signature(train_step)
 
-    def begin_epoch_and_tell(epoch, model):
-        criterion.set_epoch(epoch)
-        return begin_epoch(epoch, model)
+    @functools.wraps(begin_epoch)
+    def begin_epoch_and_tell(*args, **kwargs):
+        criterion.set_epoch(begin_epoch_signature.bind(*args, **kwargs).arguments["epoch"])
+        return begin_epoch(*args, **kwargs)
 
-    def train_step_and_tell(sample, model, crit, optimizer, update_num, *args, **kwargs):
-        criterion.set_num_updates(update_num)
-        return train_step(sample, model, crit, optimizer, update_num, *args, **kwargs)
+    @functools.wraps(train_step)
+    def train_step_and_tell(*args, **kwargs):
+        criterion.set_num_updates(train_step_signature.bind(*args, **kwargs).arguments["update_num"])
+        return train_step(*args, **kwargs)
 
     task.begin_epoch, task.train_step = begin_epoch_and_tell, train_step_and_tell
 
@@ -274,6 +279,8 @@ class LabelSmoothedEncouragingLossCriterion(LabelSmoothedCrossEntropyCriterion):
     layer fused into the loss where it computes the same, see the module docstring) and EL's logged terms (bonus,
     bonus_weight, p_target, past_log_end, all summable across workers); ``compute_accuracy`` and fairseq's
     metrics are fairseq's."""
+
+    FLAG_NAMES = FLAGS  # how the checks' messages name each setting (a subclass with other flags has its own)
 
     def __init__(self, task, sentence_avg, label_smoothing, log_end=None, bonus_weight=1.0, bonus="log",
                  bonus_gamma=None, bonus_start=0.0, bonus_smoothing=None, bonus_schedule="constant",
@@ -289,12 +296,13 @@ class LabelSmoothedEncouragingLossCriterion(LabelSmoothedCrossEntropyCriterion):
                 ("smoothing_convention", smoothing_convention), ("el_implementation", el_implementation),
                 ("el_fuse_output_layer", el_fuse_output_layer)))
         self.smoothing_convention = installed_fairseq_smoothing_convention() if convention == "auto" else convention
-        self.bonus = checks.bonus_spec(bonus, bonus_gamma, bonus_start, log_end, names=FLAGS)
+        names = self.FLAG_NAMES
+        self.bonus = checks.bonus_spec(bonus, bonus_gamma, bonus_start, log_end, names=names)
         self.log_end = self.bonus.log_end
-        self.bonus_weight = checks.check_bonus_weight(bonus_weight, "--bonus-weight")
-        self.bonus_smoothing = checks.check_bonus_smoothing(bonus_smoothing, self.eps, "--bonus-smoothing")
+        self.bonus_weight = checks.check_bonus_weight(bonus_weight, names["bonus_weight"])
+        self.bonus_smoothing = checks.check_bonus_smoothing(bonus_smoothing, self.eps, names["bonus_smoothing"])
         self.schedule = checks.schedule_spec(bonus_schedule, bonus_schedule_horizon, bonus_defer,
-                                             bonus_schedule_exp_ratio, bonus_schedule_unit, names=FLAGS)
+                                             bonus_schedule_exp_ratio, bonus_schedule_unit, names=names)
         self.schedule_time = {"epoch": 1, "update": 0}  # fairseq numbers epochs from 1
         if not self.schedule.is_constant:
             follow_training_time(task, self)
