@@ -378,10 +378,41 @@ def soft_target_encouraging_loss(
     return reduce_rows(loss, reduction, torch.tensor(loss.numel(), device=loss.device))
 
 
+def _binary_weight(value, name: str, input: torch.Tensor, what: str) -> Optional[torch.Tensor]:
+    """``weight``/``pos_weight`` of :func:`binary_encouraging_loss` as a tensor of the computation's dtype: None,
+    a number, or a real tensor broadcastable to the logits' shape, on their device; entries finite and >= 0 (read
+    on the host when the tensor is on the CPU; a GPU tensor's values are not read, so that the step never waits)."""
+    if value is None:
+        return None
+    if not isinstance(value, torch.Tensor):
+        number = real_number(value)
+        if number is None:
+            raise ValueError(f"{name} must be None, a number or a tensor ({what}), got {value!r}")
+        value = torch.tensor(number, dtype=torch.float64)
+    elif value.dtype == torch.bool or value.is_complex():
+        raise ValueError(f"{name} must be a real tensor ({what}), got {value.dtype}")
+    try:
+        broadcast = torch.broadcast_shapes(value.shape, input.shape)
+    except RuntimeError:
+        broadcast = None
+    if broadcast != input.shape:
+        raise ValueError(f"{name} must broadcast to the logits' shape {tuple(input.shape)} ({what}), got shape "
+                         f"{tuple(value.shape)}")
+    if value.dim() and value.device != input.device:
+        raise ValueError(f"{name} is on {value.device} but input on {input.device}: put both on the same device")
+    if value.device.type == "cpu":
+        bad = ~(value.isfinite() & (value >= 0))
+        if bool(bad.any()):
+            raise ValueError(f"{name} must be finite and >= 0 ({what}), got {value[bad].flatten()[0].item()!r}")
+    return value.to(device=input.device, dtype=compute_dtype(input.dtype))
+
+
 def binary_encouraging_loss(
     input: torch.Tensor,
     target: torch.Tensor,
     *,
+    weight=None,
+    pos_weight=None,
     log_end: Optional[float] = None,
     bonus_weight: float = 1.0,
     bonus: str = "log",
@@ -390,26 +421,43 @@ def binary_encouraging_loss(
     bonus_smoothing: Optional[float] = None,
     reduction: str = "mean",
 ) -> torch.Tensor:
-    """Multi-label (sigmoid) EL, per class with s = sigmoid(z), t in [0, 1]:
+    """Sigmoid EL (multi-label, or the BCE form of single-label training), per class with s = sigmoid(z),
+    t in [0, 1]:
 
-        L_c = t (-log s) + (1 - t) (-log(1 - s)) + rho (t' b(s) + (1 - t') b(1 - s)),   t' = (1 - lambda) t + lambda / 2
+        L_c = w_c [ a_c ( t (-log s) + rho t' b(s) ) + (1 - t) (-log(1 - s)) + rho (1 - t') b(1 - s) ]
+        t' = (1 - lambda) t + lambda / 2
 
     with lambda = ``bonus_smoothing`` (None: t' = t), toward 1/2 as timm's BinaryCrossEntropy smooths dense
     targets. The bonus arguments are :func:`encouraging_loss_with_stats`'s.
-    'mean' averages over rows and classes (as BCE); 'sum' sums both; 'none' keeps (N, C).
+
+    weight: w, a rescaling weight of each element (None: 1): a number or a tensor broadcastable to the logits'
+    shape, e.g. one per class (C,), as ``F.binary_cross_entropy_with_logits``' ``weight``.
+    pos_weight: a, the weight of the positive side, its nll and its bonus alike (None: 1): a number or a tensor
+    broadcastable to the logits' shape, e.g. (C,), as ``F.binary_cross_entropy_with_logits``' ``pos_weight``.
+    Both must be finite and >= 0. With rho = 0 the loss is ``F.binary_cross_entropy_with_logits(input, target,
+    weight, pos_weight=pos_weight, reduction=reduction)``.
+
+    Computed by autograd on float32 (float64 for float64 logits) whatever the logits' dtype: sigmoid EL has no
+    fused op. 'mean' averages over rows and classes (as BCE); 'sum' sums both; 'none' keeps the logits' shape.
     """
     rho = check_dense_loss_args(input, target, bonus_weight=bonus_weight, reduction=reduction,
                                 what="multi-label targets")
     spec = bonus_spec(bonus, bonus_gamma, bonus_start, log_end)
     smoothing = None if bonus_smoothing is None else check_label_smoothing(bonus_smoothing, "bonus_smoothing")
+    w = _binary_weight(weight, "weight", input, "a rescaling weight of each element, e.g. one per class")
+    a = _binary_weight(pos_weight, "pos_weight", input, "the weight of the positive side, e.g. one per class")
     z = input.to(compute_dtype(input.dtype))
     t = target.to(z.dtype)
     log_s, log_not_s = F.logsigmoid(z), F.logsigmoid(-z)
-    loss = t * -log_s + (1.0 - t) * -log_not_s
+    positive = t * -log_s
+    negative = (1.0 - t) * -log_not_s
     if rho:
         t_bonus = t if smoothing is None else t * (1.0 - smoothing) + 0.5 * smoothing
-        loss = loss + rho * (t_bonus * bonus_from_log_prob(log_s, spec)
-                             + (1.0 - t_bonus) * bonus_from_log_prob(log_not_s, spec))
+        positive = positive + rho * t_bonus * bonus_from_log_prob(log_s, spec)
+        negative = negative + rho * (1.0 - t_bonus) * bonus_from_log_prob(log_not_s, spec)
+    loss = (positive if a is None else a * positive) + negative
+    if w is not None:
+        loss = w * loss
     if reduction == "sum":
         return loss.sum()
     if reduction == "mean":

@@ -200,36 +200,98 @@ class LinearEncouragingLoss(_LossModule):
                 f'bonus_weight={self.bonus_weight}, reduction={self.reduction!r}')
 
 
-class BinaryEncouragingLoss(_LossModule):
-    """Sigmoid EL for multi-label classification, per class with s = sigmoid(z):
-    L_c = t (-log s) + (1 - t) (-log(1 - s)) + rho (t' b(s) + (1 - t') b(1 - s)).
+def _check_flag(value, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return value
 
-    Class-index targets (N,) become one-hot; ``smoothing`` moves index targets to eps / C and 1 - eps + eps / C
-    (as timm's BinaryCrossEntropy), and dense targets towards 0.5 (t (1 - eps) + eps / 2); t' is t, or with
-    ``bonus_smoothing`` lambda, t moved towards 0.5 by lambda (t (1 - lambda) + lambda / 2).
+
+def check_target_threshold(value, name: str = 'target_threshold') -> Optional[float]:
+    """None, or a number in [0, 1]: dense targets above it become 1, the others 0 (timm's bce_target_thresh)."""
+    if value is None:
+        return None
+    number = checks.real_number(value)
+    if number is None or not 0.0 <= number <= 1.0:
+        raise ValueError(f"{name} must be None or a number in [0, 1] (targets above it become 1, the others 0; "
+                         f"the 'ResNet strikes back' recipes use 0.2), got {value!r}")
+    return number
+
+
+def _weight_buffer(value, name: str, what: str) -> Optional[torch.Tensor]:
+    """A class or positive weight as a float32 tensor (a number, a sequence or a tensor), finite and >= 0."""
+    if value is None:
+        return None
+    if isinstance(value, torch.Tensor):
+        tensor = value
+    elif checks.real_number(value) is not None:
+        tensor = torch.tensor(checks.real_number(value))
+    else:
+        try:
+            tensor = torch.as_tensor(value)
+        except (TypeError, ValueError, RuntimeError):
+            tensor = None
+    if tensor is None or tensor.dtype == torch.bool or tensor.is_complex() or tensor.dim() > 1 or (
+            not tensor.dtype.is_floating_point and tensor.dtype not in (torch.int8, torch.int16, torch.int32,
+                                                                        torch.int64, torch.uint8)):
+        raise ValueError(f"{name} must be None, a number or one number per class ({what}), got {value!r}")
+    tensor = tensor.detach().to(torch.float32)
+    finite = tensor.isfinite() & (tensor >= 0)
+    if not bool(finite.all()):
+        raise ValueError(f"{name} must be finite and >= 0 ({what}), got {tensor[~finite][0].item()!r}")
+    return tensor
+
+
+class BinaryEncouragingLoss(_LossModule):
+    """Sigmoid EL, per class with s = sigmoid(z): for multi-label classification, and the BCE form of
+    single-label training (timm's ``--bce-loss``):
+
+        L_c = w_c [ a_c ( t (-log s) + rho t' b(s) ) + (1 - t) (-log(1 - s)) + rho (1 - t') b(1 - s) ]
+
+    The targets t are made as timm's BinaryCrossEntropy makes them: class indices (N,) become one-hot, smoothed to
+    eps / C off and 1 - eps + eps / C on; dense targets (N, C) (multi-label, or Mixup/CutMix) are used as they are,
+    or with ``smooth_dense`` moved towards 0.5 (t (1 - eps) + eps / 2); then, with ``target_threshold``, every
+    t above it becomes 1 and every other 0. t' is t, or with ``bonus_smoothing`` lambda, t moved towards 0.5 by
+    lambda. With bonus_weight 0 the loss is timm's BinaryCrossEntropy with the same arguments. The math is
+    el_plugins.functional.binary_encouraging_loss (autograd on float32 logits or wider: sigmoid EL has no fused op).
 
     Args:
         log_end, bonus_weight, bonus, bonus_gamma, bonus_start, bonus_smoothing, bonus_schedule,
             bonus_schedule_horizon, bonus_defer, bonus_schedule_exp_ratio: as in EncouragingLoss.
-        smoothing: label smoothing in [0, 1).
-        reduction: 'mean' over rows and classes (as BCE), 'sum', or 'none' for (N, C).
+        smoothing: label smoothing eps in [0, 1).
+        reduction: 'mean' over rows and classes (as BCE), 'sum', or 'none' for (N, C); with ``sum_classes``,
+            over rows of the per-row sums ('none': (N,)).
+        target_threshold: None, or in [0, 1]: binarize the targets (timm's bce_target_thresh).
+        weight: w, None, a number or one per class (C,): a rescaling weight of each class (timm's class_weight).
+        pos_weight: a, None, a number or one per class (C,): the weight of the positive side, nll and bonus alike
+            (timm's pos_weight).
+        sum_classes: sum over the classes first, then reduce over rows (timm's bce_sum, with 'mean').
+        smooth_dense: whether ``smoothing`` also moves dense targets towards 0.5 (True, the multi-label default;
+            timm's single-label BCE form passes False: dense targets come from Mixup/CutMix, smoothed there).
     """
 
     def __init__(self, log_end: Optional[float] = None, smoothing: float = 0., bonus_weight: float = 1.,
                  bonus: str = 'log', bonus_gamma: Optional[float] = None, bonus_start: float = 0.,
                  bonus_smoothing: Optional[float] = None, bonus_schedule: str = 'constant',
                  bonus_schedule_horizon: Optional[int] = None, bonus_defer: int = 0,
-                 bonus_schedule_exp_ratio: Optional[float] = None, reduction: str = 'mean'):
+                 bonus_schedule_exp_ratio: Optional[float] = None, reduction: str = 'mean', *,
+                 target_threshold: Optional[float] = None, weight=None, pos_weight=None, sum_classes: bool = False,
+                 smooth_dense: bool = True):
         super().__init__()
         self.smoothing = checks.check_label_smoothing(smoothing, 'smoothing')
         self._set_bonus(log_end, bonus_weight, bonus, bonus_gamma, bonus_start, bonus_smoothing, bonus_schedule,
                         bonus_schedule_horizon, bonus_defer, bonus_schedule_exp_ratio)
         self.reduction = checks.check_choice(reduction, EF.REDUCTIONS, 'reduction')
+        self.target_threshold = check_target_threshold(target_threshold)
+        self.sum_classes = _check_flag(sum_classes, 'sum_classes')
+        self.smooth_dense = _check_flag(smooth_dense, 'smooth_dense')
+        self.register_buffer('weight', _weight_buffer(weight, 'weight', 'a rescaling weight of each class'))
+        self.register_buffer('pos_weight', _weight_buffer(pos_weight, 'pos_weight',
+                                                          'the weight of the positive side of each class'))
 
-    def forward(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """x: (N, C) logits. target: dense, the logits' shape (N, C), values in [0, 1]; or class indices, an
-        integer tensor of shape (N,) (one positive class per row)."""
+    def targets(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The dense targets t the loss scores ``x`` against (smoothed and thresholded), in float32 or wider."""
         checks.check_floating(x)
+        dtype = EF.compute_dtype(x.dtype)
         if target.shape != x.shape:
             if target.dtype.is_floating_point or target.shape != x.shape[:-1]:
                 raise ValueError(
@@ -239,12 +301,128 @@ class BinaryEncouragingLoss(_LossModule):
             checks.check_targets(target, x.shape[-1], None)
             num_classes = x.shape[-1]
             off = self.smoothing / num_classes
-            target = torch.full_like(x, off, dtype=torch.float32).scatter_(
+            target = torch.full(x.shape, off, dtype=dtype, device=x.device).scatter_(
                 -1, target.long().unsqueeze(-1), 1. - self.smoothing + off)
-        elif self.smoothing:
-            target = target.float() * (1. - self.smoothing) + 0.5 * self.smoothing
-        return EF.binary_encouraging_loss(x, target, **self._bonus_arguments(), reduction=self.reduction)
+        else:
+            target = target.to(dtype)
+            if self.smooth_dense and self.smoothing:
+                target = target * (1. - self.smoothing) + 0.5 * self.smoothing
+        if self.target_threshold is not None:
+            target = target.gt(self.target_threshold).to(dtype)
+        return target
+
+    def forward(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """x: (N, C) logits. target: dense, the logits' shape (N, C), values in [0, 1]; or class indices, an
+        integer tensor of shape (N,) (one positive class per row)."""
+        target = self.targets(x, target)
+        loss = EF.binary_encouraging_loss(x, target, weight=self.weight, pos_weight=self.pos_weight,
+                                          **self._bonus_arguments(),
+                                          reduction='none' if self.sum_classes else self.reduction)
+        if not self.sum_classes:
+            return loss
+        loss = loss.sum(-1)
+        if self.reduction == 'mean':
+            return loss.mean() if loss.numel() else loss.sum()
+        return loss.sum() if self.reduction == 'sum' else loss
 
     def extra_repr(self) -> str:
-        return (f'{self._bonus_repr()}, smoothing={self.smoothing}, bonus_weight={self.bonus_weight}, '
+        text = (f'{self._bonus_repr()}, smoothing={self.smoothing}, bonus_weight={self.bonus_weight}, '
                 f'reduction={self.reduction!r}')
+        if self.target_threshold is not None:
+            text += f', target_threshold={self.target_threshold:g}'
+        if self.sum_classes:
+            text += ', sum_classes=True'
+        for name in ('weight', 'pos_weight'):
+            value = getattr(self, name)
+            if value is not None:
+                shown = f'{value.item():g}' if value.numel() == 1 else f'({value.numel()} values)'
+                text += f', {name}={shown}'
+        if not self.smooth_dense and self.smoothing:
+            text += ', smooth_dense=False'
+        return text
+
+
+JS_CLAMP = 1e-7
+"""The mixture of the splits' predictions is clamped to [JS_CLAMP, 1] before its log (as AugMix does)."""
+
+
+def jensen_shannon_consistency(logits: torch.Tensor, num_splits: int) -> torch.Tensor:
+    """AugMix's consistency term over ``num_splits`` equal parts of the batch (the clean images first, then each
+    augmentation): with p_i = softmax of split i's logits and m = clamp(mean_i p_i, 1e-7, 1),
+
+        JS = (1 / S) sum_i (1 / B) sum_rows KL(p_i || m),   KL(p || m) = sum_k p_k (log p_k - log m_k)
+
+    B rows per split. Computed on float32 (float64 for float64 logits) by autograd."""
+    rows, classes = logits.shape
+    z = logits.to(EF.compute_dtype(logits.dtype)).reshape(num_splits, rows // num_splits, classes)
+    log_p = torch.log_softmax(z, dim=-1)
+    p = log_p.exp()
+    log_m = p.mean(0).clamp(JS_CLAMP, 1.0).log()
+    return (p * (log_p - log_m)).sum() / rows
+
+
+class JsdEncouragingLoss(_LossModule):
+    """EL for AugMix (timm's ``--jsd-loss --aug-splits S``): the batch holds S equal splits, the clean images
+    first; EL (softmax, label smoothing ``smoothing``) scores the clean split against its class indices, and
+    ``alpha`` times the Jensen-Shannon consistency term (:func:`jensen_shannon_consistency`) ties the splits'
+    predictions together:
+
+        L = EL(z_clean, y) + alpha JS(z_1, ..., z_S)
+
+    With bonus_weight 0 this is timm's JsdCrossEntropy. The clean split's EL is
+    el_plugins.functional.encouraging_loss (``implementation``: the fused op by default); the JS term is autograd on
+    float32 (or wider) probabilities.
+
+    Args:
+        num_splits: S >= 2, the splits in the batch (train.py's --aug-splits).
+        alpha: the weight of the JS term, >= 0 (AugMix's and timm's 12).
+        the others: as in EncouragingLoss (class-index targets only: the splits are not mixed).
+    """
+
+    def __init__(self, num_splits: int = 3, alpha: float = 12., log_end: Optional[float] = None,
+                 smoothing: float = 0., bonus_weight: float = 1., bonus: str = 'log',
+                 bonus_gamma: Optional[float] = None, bonus_start: float = 0., bonus_smoothing: Optional[float] = None,
+                 bonus_schedule: str = 'constant', bonus_schedule_horizon: Optional[int] = None, bonus_defer: int = 0,
+                 bonus_schedule_exp_ratio: Optional[float] = None, implementation: str = 'auto'):
+        super().__init__()
+        if isinstance(num_splits, bool) or not isinstance(num_splits, int) or num_splits < 2:
+            raise ValueError(f"num_splits must be an integer >= 2 (the clean split and at least one augmented one), "
+                             f"got {num_splits!r}")
+        self.num_splits = num_splits
+        alpha_value = checks.real_number(alpha)
+        if alpha_value is None or not (alpha_value >= 0 and alpha_value < float('inf')):
+            raise ValueError(f"alpha must be a finite number >= 0 (the weight of the Jensen-Shannon term; AugMix "
+                             f"uses 12), got {alpha!r}")
+        self.alpha = alpha_value
+        self.implementation = checks.check_choice(implementation, EF.IMPLEMENTATIONS, 'implementation')
+        self.smoothing = checks.check_label_smoothing(smoothing, 'smoothing')
+        self._set_bonus(log_end, bonus_weight, bonus, bonus_gamma, bonus_start, bonus_smoothing, bonus_schedule,
+                        bonus_schedule_horizon, bonus_defer, bonus_schedule_exp_ratio)
+
+    def forward(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """x: (S B, C) logits, the S splits one after another (the clean split first). target: class indices, an
+        integer tensor of shape (S B,) (each split's targets, as timm's loader repeats them) or (B,); the first B
+        are the clean split's."""
+        checks.check_floating(x)
+        if x.dim() != 2 or x.shape[0] % self.num_splits:
+            raise ValueError(f"expected logits (S B, C) holding num_splits={self.num_splits} equal splits, got shape "
+                             f"{tuple(x.shape)}")
+        rows = x.shape[0] // self.num_splits
+        if not isinstance(target, torch.Tensor) or target.dtype.is_floating_point:
+            raise ValueError(
+                f"JsdEncouragingLoss takes class-index targets (an integer tensor); got "
+                f"{getattr(target, 'dtype', type(target).__name__)}: the splits of AugMix are not mixed, so Mixup/"
+                f"CutMix soft targets do not apply (timm's JsdCrossEntropy takes class indices too)")
+        if target.shape not in ((x.shape[0],), (rows,)):
+            raise ValueError(f"expected class-index targets of shape ({x.shape[0]},) (every split's) or ({rows},) (the "
+                             f"clean split's) for logits {tuple(x.shape)}, got {tuple(target.shape)}")
+        loss = EF.encouraging_loss(
+            x[:rows], target[:rows], **self._bonus_arguments(), label_smoothing=self.smoothing,
+            smoothing_convention='paper', implementation=self.implementation)
+        if self.alpha:
+            loss = loss + self.alpha * jensen_shannon_consistency(x, self.num_splits)
+        return loss
+
+    def extra_repr(self) -> str:
+        return (f'num_splits={self.num_splits}, alpha={self.alpha:g}, {self._bonus_repr()}, '
+                f'smoothing={self.smoothing}, bonus_weight={self.bonus_weight}')

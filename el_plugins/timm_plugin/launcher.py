@@ -11,9 +11,16 @@ epochs, ``--el-bonus-schedule``, ``--el-bonus-schedule-horizon``, ``--el-bonus-d
 --bonus_rho 1``..., see AUTHORS_FLAGS; they imply ``--loss el``), and ``--loss`` itself for train.py
 1.0.23-1.0.30. It loads the given train.py as a module, adds its options to train.py's argparse parser (so a
 ``-c config.yaml`` with ``loss: el`` and ``log_end: 0.5`` works and both land in the run's args.yaml),
-checks them before anything is built, then calls train.py's ``main()``. Training uses EL; validation
-keeps train.py's plain cross-entropy. train.py never tells its loss the epoch: with a schedule the launcher wraps
-train.py's ``train_one_epoch(epoch, ...)`` to tell every EL loss the epoch (from 1) and log the weight.
+checks them before anything is built, then calls train.py's ``main()``.
+
+With ``--loss el`` every task train.py builds (ClassificationTask, and the distillation tasks of
+``--kd-model-name``, where EL is the task loss) gets EL as its criterion, in the form train.py's recipe flags ask
+for: sigmoid EL with timm's BCE targets for ``--bce-loss`` (``--bce-target-thresh``, ``--bce-sum``,
+``--bce-pos-weight``; also with ``--smoothing 0``, where train.py 1.0.29 itself falls back to cross-entropy), EL on
+the clean split plus the Jensen-Shannon term for ``--jsd-loss --aug-splits N``, softmax EL otherwise; Mixup/CutMix
+targets as they come. Validation keeps train.py's plain cross-entropy, and the log names the loss.
+train.py never tells its loss the epoch: with a schedule the launcher wraps train.py's ``train_one_epoch(epoch,
+...)`` to tell every EL loss the epoch (from 1) and log the weight.
 
 Errors as every el-* command (el_plugins.commands): a bad option is ``el-timm-train: error: ...``, exit 2
 (train.py's own parser included); a script that is not timm's train.py is ``el-timm-train: error: ...``,
@@ -233,9 +240,10 @@ def _given_values(args, parser):
     return values
 
 
-def check_and_apply(args, parser, module, own_loss_option):
+def check_and_apply(args, parser, module):
     """Validate the EL options of parsed train.py args and make training use EL (no-op unless --loss el, or the
-    authors' flags, which imply it).
+    authors' flags, which imply it): the task classes train.py builds get the EL that its recipe flags ask for
+    (:func:`recipe_kwargs`) as their criterion, whichever criterion (or criterion_kwargs) train.py gives them.
 
     Values from a ``-c config.yaml`` reach args through set_defaults, which argparse never checks: the loss
     is checked against the --loss choices here, EL's options are checked (they are recorded in the run's
@@ -271,10 +279,7 @@ def check_and_apply(args, parser, module, own_loss_option):
             parser.error(f"{flag} ({dest}: {shown}) applies to --loss el only, and this run trains with {loss}: add "
                          f"--loss el (loss: el), or leave {dest} out")
         return
-    for flag in ("jsd_loss", "bce_loss"):
-        if getattr(args, flag, False):
-            parser.error(f"--loss el cannot be combined with --{flag.replace('_', '-')}: EL replaces the training loss "
-                         "(for multi-label targets use the factory's multi_label=True)")
+    recipe = recipe_kwargs(args, parser)
     if authors:
         try:
             settings = authors_settings({**authors, **({"log_end": values["log_end"]} if "log_end" in values else {})})
@@ -282,35 +287,106 @@ def check_and_apply(args, parser, module, own_loss_option):
             parser.error(str(exc))
     else:
         settings = {EL_OPTIONS[dest][2]: value for dest, value in values.items()}
-    try:  # every combination checked now, before anything is built (the factory builds it again)
-        from el_plugins.loss import EncouragingLoss
+    from el_plugins.timm_plugin import loss_factory
 
-        probe = EncouragingLoss(smoothing=getattr(args, "smoothing", 0.0) or 0.0, **settings)
+    try:  # every combination checked now, before anything is built (the factory builds it again)
+        probe = loss_factory.check_arguments(**recipe, **{f"el_{k}": v for k, v in settings.items()})
     except ValueError as exc:
         parser.error(str(exc))
     if not authors:  # the values used land in the run's args.yaml
         args.log_end, args.el_bonus_weight = probe.log_end, probe.bonus_weight
-    from el_plugins.timm_plugin import loss_factory
-
     loss_factory.set_el_defaults(**settings)
-    soft = _mixup_active(args)
-    if own_loss_option:  # train.py without --loss: swap the criterion it gives its task for EL
+    log = (getattr(module, "_logger", None) or _logger).info if int(os.environ.get("RANK", "0")) == 0 else None
+
+    def make_criterion(train_py_kwargs, multi_label):
+        """The EL train.py's flags ask for; what train.py gave the task's criterion_kwargs (timm 1.0.31's
+        train.py) passes through, but for the loss type and the options the flags set."""
         import timm.loss
 
-        def make_criterion():
-            return timm.loss.create_classification_loss(loss_type="el", smoothing=args.smoothing, soft_targets=soft)
+        kwargs = {**train_py_kwargs, **recipe}
+        if multi_label:
+            kwargs["multi_label"] = True
+        return timm.loss.create_classification_loss(**kwargs)
 
-        for name in TASK_CLASSES:
-            if hasattr(module, name):
-                setattr(module, name, _with_el_criterion(getattr(module, name), make_criterion))
-    log = (getattr(module, "_logger", None) or _logger).info if int(os.environ.get("RANK", "0")) == 0 else None
+    for name in TASK_CLASSES:  # the criterion train.py gives its task (or asks the factory for) becomes EL
+        if hasattr(module, name):
+            setattr(module, name, _with_el_criterion(getattr(module, name), make_criterion, log))
     scheduled = settings.get("bonus_schedule", "constant") != "constant" or settings.get("bonus_defer", 0)
     if scheduled:
         _tell_the_epoch(module, log)
     if log:
-        log(f"el-plugins: training loss = encouraging loss ({probe._bonus_repr()}, bonus_weight={probe.bonus_weight}, "
-            f"label smoothing={0.0 if soft else args.smoothing}, targets="
-            f"{'soft (Mixup/CutMix)' if soft else 'class index'}); validation loss = cross-entropy")
+        log(f"el-plugins: training loss = {describe_training_loss(probe, recipe)}; validation loss = cross-entropy")
+
+
+def recipe_kwargs(args, parser) -> dict:
+    """create_classification_loss's arguments for ``--loss el`` under train.py's recipe flags (--bce-loss and its
+    options, --jsd-loss with --aug-splits, Mixup/CutMix, --smoothing), refusing, naming the flags, the
+    combinations that would leave a flag unused or that train.py cannot train."""
+    bce, jsd = bool(getattr(args, "bce_loss", False)), bool(getattr(args, "jsd_loss", False))
+    splits = getattr(args, "aug_splits", 0) or 0
+    soft = _mixup_active(args)
+    if bce and jsd:
+        parser.error("--bce-loss and --jsd-loss are two forms of the training loss: with --loss el give one "
+                     "(train.py itself would use --jsd-loss and ignore --bce-loss)")
+    if jsd and (isinstance(splits, bool) or not isinstance(splits, int) or splits < 2):
+        parser.error(f"--jsd-loss needs --aug-splits N with N >= 2 (the clean split and N - 1 augmented ones; the "
+                     f"AugMix recipes use --aug-splits 3), got --aug-splits {splits}")
+    if jsd and soft:
+        parser.error("--jsd-loss does not combine with --mixup/--cutmix: the JSD form scores the clean split against "
+                     "class indices, and Mixup/CutMix would mix the splits (train.py refuses it too)")
+    bce_flags = {"bce_target_thresh": "--bce-target-thresh", "bce_sum": "--bce-sum", "bce_pos_weight": "--bce-pos-weight"}
+    given = {dest: getattr(args, dest) for dest in bce_flags if getattr(args, dest, None) not in (None, False)}
+    if given and not bce:
+        parser.error(f"{', '.join(bce_flags[d] for d in given)} set{'s' if len(given) == 1 else ''} the BCE form "
+                     f"(--bce-loss), and this run trains without it: add --bce-loss, or leave "
+                     f"{'it' if len(given) == 1 else 'them'} out")
+    kwargs = dict(loss_type="el", smoothing=getattr(args, "smoothing", 0.0) or 0.0, soft_targets=soft)
+    if jsd:
+        kwargs["jsd_splits"] = splits
+    if bce:
+        from el_plugins.loss import check_target_threshold
+
+        try:
+            threshold = check_target_threshold(_number_or_text(getattr(args, "bce_target_thresh", None)),
+                                               "--bce-target-thresh")
+            pos_weight = getattr(args, "bce_pos_weight", None)
+            if pos_weight is not None:
+                pos_weight = _checked_pos_weight(_number_or_text(pos_weight))
+        except ValueError as exc:
+            parser.error(str(exc))
+        bce_sum = getattr(args, "bce_sum", False)
+        if not isinstance(bce_sum, bool):
+            parser.error(f"--bce-sum (bce_sum) must be true or false, got {bce_sum!r}")
+        kwargs.update(el_binary=True, bce_target_thresh=threshold, bce_sum=bce_sum, pos_weight=pos_weight)
+    return kwargs
+
+
+def _checked_pos_weight(value):
+    number = checks.real_number(value)
+    if number is None or not (math.isfinite(number) and number >= 0):
+        raise ValueError(f"--bce-pos-weight must be a finite number >= 0 (the weight of the positive side of each "
+                         f"class), got {value!r}")
+    return number
+
+
+def describe_training_loss(loss, recipe) -> str:
+    """The training-log description of the EL train.py will train with."""
+    from el_plugins.timm_plugin import loss_factory
+
+    soft = recipe.get("soft_targets", False)
+    details = [loss._bonus_repr(), f"bonus_weight={loss.bonus_weight}", f"label smoothing={loss.smoothing}",
+               f"targets={'soft (Mixup/CutMix)' if soft else 'class index'}"]
+    if "el_binary" in recipe:
+        if loss.target_threshold is not None:
+            details.append(f"target threshold={loss.target_threshold:g}")
+        if loss.sum_classes:
+            details.append("summed over classes")
+        if loss.pos_weight is not None:
+            details.append(f"pos_weight={loss.pos_weight.item():g}")
+        return f"{loss_factory.describe(loss)} of --bce-loss ({', '.join(details)})"
+    if "jsd_splits" in recipe:
+        return f"{loss_factory.describe(loss)} of --jsd-loss ({', '.join(details)})"
+    return f"{loss_factory.describe(loss)} ({', '.join(details)})"
 
 
 def _tell_the_epoch(module, log):
@@ -334,13 +410,22 @@ def _tell_the_epoch(module, log):
     module.train_one_epoch = train_one_epoch_with_el
 
 
-def _with_el_criterion(task_class, make_criterion):
+def _with_el_criterion(task_class, make_criterion, log):
+    """``task_class`` (ClassificationTask or a distillation task) with EL as its criterion, the task loss, in place
+    of the criterion (or criterion_kwargs) train.py gives it."""
+    multi_label = bool(getattr(task_class, "multi_label", False))
+
     @functools.wraps(task_class)
     def build_task(*args, **kwargs):
-        if "criterion" not in kwargs:
-            raise commands.CommandError(f"this train.py builds {task_class.__name__} without criterion=..., "
-                                        "so it cannot be given the encouraging loss")
-        kwargs["criterion"] = make_criterion()
+        if "criterion" not in kwargs and "criterion_kwargs" not in kwargs:
+            raise commands.CommandError(f"this train.py builds {task_class.__name__} without criterion=... or "
+                                        "criterion_kwargs=..., so it cannot be given the encouraging loss")
+        kwargs.pop("criterion", None)
+        kwargs["criterion"] = make_criterion(kwargs.pop("criterion_kwargs", None) or {}, multi_label)
+        if log:
+            role = "its loss" if task_class.__name__ == "ClassificationTask" else \
+                "the task loss (train.py's distillation loss is added to it)"
+            log(f"el-plugins: {task_class.__name__} trains with the encouraging loss as {role}")
         return task_class(*args, **kwargs)
 
     return build_task
@@ -373,7 +458,7 @@ def install(module):
     @functools.wraps(parse_args)
     def parse_and_apply(*a, **kw):
         args = parse_args(*a, **kw)
-        check_and_apply(args, parser, module, own_loss_option)
+        check_and_apply(args, parser, module)
         return args
 
     parser.parse_args = parse_and_apply
