@@ -151,6 +151,36 @@ def test_fused_loss_and_gradients_are_the_reference_el_of_the_logits(name, label
     assert_same_grads(grads(model), grads(unpatched))
 
 
+@pytest.mark.parametrize("member", [dict(bonus="power", bonus_gamma=2.0, bonus_start=0.3, log_end=None),
+                                    dict(bonus="cosine", bonus_smoothing=0.0, log_end=None),
+                                    dict(bonus="log", log_end=1.0, bonus_start=0.5, bonus_smoothing=0.2)],
+                         ids=["power-start", "cosine-unsmoothed", "log-aggressive"])
+@pytest.mark.parametrize("name", ["llama", "t5-tied"])
+def test_the_bonus_family_passes_through_both_entry_points(name, member):
+    """Issue 25: a member other than the default, through apply_encouraging_loss (fused) and encouraging_loss_func
+    (logits), equals el_plugins.functional's reference EL with the same settings, loss and gradients."""
+    kind, model = build(name)
+    unpatched, logits_model = copy.deepcopy(model), copy.deepcopy(model)
+    hf.apply_encouraging_loss(model, label_smoothing=0.1, **member)
+    batch, labels = make_batch(kind)
+    out = model(**batch, labels=labels)
+    assert fused_op_in_graph(out.loss)
+    inputs = dict(batch)
+    if kind == "seq2seq":
+        inputs["decoder_input_ids"] = unpatched.prepare_decoder_input_ids_from_labels(labels=labels)
+    logits = unpatched(**inputs).logits
+    target = F.pad(labels, (0, 1), value=-100)[..., 1:] if kind == "causal" else labels
+    want = EF.encouraging_loss(logits.reshape(-1, logits.size(-1)), target.reshape(-1), label_smoothing=0.1,
+                               ignore_index=-100, smoothing_convention="paper", implementation="reference", **member)
+    torch.testing.assert_close(out.loss, want, rtol=1e-12, atol=1e-12)
+    out.loss.backward()
+    want.backward()
+    assert_same_grads(grads(model), grads(unpatched))
+    func = hf.encouraging_loss_func(label_smoothing=0.1, **member)
+    outputs = logits_model(**inputs)
+    torch.testing.assert_close(func(outputs, labels), want.detach(), rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("name", list(BUILDERS))
 def test_bonus_weight_zero_is_the_models_own_cross_entropy(name):
     """EL with rho = 0 and no smoothing is cross-entropy: the patched loss is then the model's own loss, so the

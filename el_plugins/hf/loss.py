@@ -24,6 +24,7 @@ from typing import Optional, Union
 import torch
 import torch.nn.functional as F
 
+from el_plugins import checks
 from el_plugins import functional as EF
 
 __all__ = ["ELSettings", "EncouragingLossFunc", "encouraging_loss_func", "SHIFT_LABELS_OPTIONS", "IGNORE_INDEX"]
@@ -41,36 +42,50 @@ outputs (see :func:`encouraging_loss_func`)."""
 class ELSettings:
     """The EL settings both entry points pass to :mod:`el_plugins.functional`, checked once, in one place.
 
-    log_end: where the bonus log(1 - p) turns into its tangent, in (0, 1] (1: the normal bonus).
+    log_end: where the log bonus log(1 - p) turns into its tangent, in (0, 1] (1: the normal bonus; None: 0.75 for
+        the log bonus; the other members have no tail).
     label_smoothing: eps in [0, 1), spread as Trainer's ``label_smoothing_factor`` (eps / V on every class).
     bonus_weight: rho >= 0 (0: label-smoothed cross-entropy).
+    bonus, bonus_gamma, bonus_start, bonus_smoothing: the member of the bonus family ('log', 'power' with gamma > 0,
+        'cosine'), its aggressive start, the bonus term's own smoothing (None: eps); see docs/math.md.
     ignore_index: the label value that counts nothing (an int; Transformers uses -100).
     implementation: how el_plugins.functional computes EL: 'auto', 'fused', 'reference'
         (el_plugins.functional.IMPLEMENTATIONS).
     """
 
-    log_end: float = 0.75
+    log_end: Optional[float] = None
     label_smoothing: float = 0.0
     bonus_weight: float = 1.0
+    bonus: str = "log"
+    bonus_gamma: Optional[float] = None
+    bonus_start: float = 0.0
+    bonus_smoothing: Optional[float] = None
     ignore_index: int = IGNORE_INDEX
     implementation: str = "auto"
 
     def __post_init__(self):
         set_ = object.__setattr__  # frozen: store the checked (normalized) values
-        set_(self, "log_end", EF.check_log_end(self.log_end))
-        set_(self, "label_smoothing", EF.check_label_smoothing(self.label_smoothing))
-        set_(self, "bonus_weight", EF.check_bonus_weight(self.bonus_weight))
+        spec = checks.bonus_spec(self.bonus, self.bonus_gamma, self.bonus_start, self.log_end)
+        set_(self, "log_end", spec.log_end)
+        set_(self, "bonus_start", spec.start)
+        set_(self, "bonus_gamma", spec.gamma if spec.kind == "power" else None)
+        set_(self, "label_smoothing", checks.check_label_smoothing(self.label_smoothing))
+        set_(self, "bonus_weight", checks.check_bonus_weight(self.bonus_weight))
+        if self.bonus_smoothing is not None:
+            set_(self, "bonus_smoothing", checks.check_label_smoothing(self.bonus_smoothing, "bonus_smoothing"))
         if isinstance(self.ignore_index, bool) or not isinstance(self.ignore_index, numbers.Integral):
             raise ValueError(f"ignore_index must be an int (the label value that counts nothing; Transformers' "
                              f"collators pad labels with -100), got {self.ignore_index!r}")
         set_(self, "ignore_index", int(self.ignore_index))
-        EF.check_choice(self.implementation, EF.IMPLEMENTATIONS, "implementation")
+        checks.check_choice(self.implementation, EF.IMPLEMENTATIONS, "implementation")
 
     def loss_kwargs(self) -> dict:
         """The keyword arguments of el_plugins.functional's class-index losses for these settings (the paper's
         smoothing, which is Transformers' label_smoothing_factor convention)."""
         return dict(log_end=self.log_end, label_smoothing=self.label_smoothing, bonus_weight=self.bonus_weight,
-                    ignore_index=self.ignore_index, smoothing_convention="paper", implementation=self.implementation)
+                    bonus=self.bonus, bonus_gamma=self.bonus_gamma, bonus_start=self.bonus_start,
+                    bonus_smoothing=self.bonus_smoothing, ignore_index=self.ignore_index,
+                    smoothing_convention="paper", implementation=self.implementation)
 
 
 def check_num_items_in_batch(num_items_in_batch):
@@ -83,7 +98,7 @@ def check_num_items_in_batch(num_items_in_batch):
                              f"accumulated batch), got a tensor of shape {tuple(num_items_in_batch.shape)} and dtype "
                              f"{num_items_in_batch.dtype}")
         return num_items_in_batch
-    value = EF.real_number(num_items_in_batch)
+    value = checks.real_number(num_items_in_batch)
     if value is None or not value > 0:
         raise ValueError(f"num_items_in_batch must be a number > 0 or a one-element tensor (the tokens of the whole "
                          f"accumulated batch), or None, got {num_items_in_batch!r}")
@@ -186,9 +201,13 @@ class EncouragingLossFunc:
 
 def encouraging_loss_func(
     *,
-    log_end: float = 0.75,
+    log_end: Optional[float] = None,
     label_smoothing: float = 0.0,
     bonus_weight: float = 1.0,
+    bonus: str = "log",
+    bonus_gamma: Optional[float] = None,
+    bonus_start: float = 0.0,
+    bonus_smoothing: Optional[float] = None,
     ignore_index: int = IGNORE_INDEX,
     implementation: str = "auto",
     shift_labels: Union[str, bool] = "auto",
@@ -200,7 +219,8 @@ def encouraging_loss_func(
     accumulated batch, so that gradient accumulation gives the loss of one large batch, as Transformers' own
     loss does), or without it the mean over the tokens not ignored.
 
-    log_end, label_smoothing, bonus_weight, ignore_index, implementation: see :class:`ELSettings`
+    log_end, label_smoothing, bonus_weight, bonus, bonus_gamma, bonus_start, bonus_smoothing, ignore_index,
+        implementation: see :class:`ELSettings`
     (label_smoothing is Trainer's label_smoothing_factor convention: eps / V on every class; do not set
     Trainer's label_smoothing_factor as well: with compute_loss_func Trainer ignores it).
     shift_labels: True for a causal LM (position t predicts label t + 1; the labels are shifted inside, as
@@ -212,6 +232,7 @@ def encouraging_loss_func(
     decoder inputs made from them: the batch must carry ``decoder_input_ids`` (DataCollatorForSeq2Seq(tokenizer,
     model=model) adds them), as with Trainer's own label smoothing.
     """
-    settings = ELSettings(log_end=log_end, label_smoothing=label_smoothing, bonus_weight=bonus_weight,
+    settings = ELSettings(log_end=log_end, label_smoothing=label_smoothing, bonus_weight=bonus_weight, bonus=bonus,
+                          bonus_gamma=bonus_gamma, bonus_start=bonus_start, bonus_smoothing=bonus_smoothing,
                           ignore_index=ignore_index, implementation=implementation)
     return EncouragingLossFunc(settings, shift_labels)

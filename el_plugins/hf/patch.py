@@ -178,9 +178,13 @@ class _LanguageModelLoss:
 def apply_encouraging_loss(
     model,
     *,
-    log_end: float = 0.75,
+    log_end: Optional[float] = None,
     label_smoothing: float = 0.0,
     bonus_weight: float = 1.0,
+    bonus: str = "log",
+    bonus_gamma: Optional[float] = None,
+    bonus_start: float = 0.0,
+    bonus_smoothing: Optional[float] = None,
     ignore_index: int = IGNORE_INDEX,
     implementation: str = "auto",
     fuse_output_layer: str = "auto",
@@ -189,7 +193,8 @@ def apply_encouraging_loss(
 
     model: a Transformers ``PreTrainedModel`` language model, or a PEFT model around one (its base model is
         patched). Apply it before Trainer, accelerate or DDP wrap the model. Applying it again replaces the settings.
-    log_end, label_smoothing, bonus_weight, ignore_index, implementation: see :class:`el_plugins.hf.ELSettings`
+    log_end, label_smoothing, bonus_weight, bonus, bonus_gamma, bonus_start, bonus_smoothing, ignore_index,
+        implementation: see :class:`el_plugins.hf.ELSettings`
         (label_smoothing as Trainer's label_smoothing_factor: eps / V on every class; do not also set Trainer's
         label_smoothing_factor, which takes the labels away from the model and computes its own cross-entropy).
     fuse_output_layer: 'auto' (default): for the classes of :data:`ARCHITECTURES`, given labels in training mode,
@@ -201,7 +206,8 @@ def apply_encouraging_loss(
     shift their labels inside the loss as Transformers does; seq2seq models make their decoder inputs from the
     labels when none are given, as they do themselves. Calls without labels run the model's forward untouched.
     """
-    settings = ELSettings(log_end=log_end, label_smoothing=label_smoothing, bonus_weight=bonus_weight,
+    settings = ELSettings(log_end=log_end, label_smoothing=label_smoothing, bonus_weight=bonus_weight, bonus=bonus,
+                          bonus_gamma=bonus_gamma, bonus_start=bonus_start, bonus_smoothing=bonus_smoothing,
                           ignore_index=ignore_index, implementation=implementation)
     if not isinstance(fuse_output_layer, str) or fuse_output_layer not in FUSE_OUTPUT_LAYER_OPTIONS:
         raise ValueError(f"fuse_output_layer must be one of {', '.join(map(repr, FUSE_OUTPUT_LAYER_OPTIONS))} ('auto': "
