@@ -212,8 +212,8 @@ def check_target_threshold(value, name: str = 'target_threshold') -> Optional[fl
         return None
     number = checks.real_number(value)
     if number is None or not 0.0 <= number <= 1.0:
-        raise ValueError(f"{name} must be None or a number in [0, 1] (targets above it become 1, the others 0; "
-                         f"the 'ResNet strikes back' recipes use 0.2), got {value!r}")
+        raise ValueError(f"{name} must be a number in [0, 1] (targets above it become 1, the others 0; the "
+                         f"'ResNet strikes back' recipes use 0.2), got {value!r}")
     return number
 
 
@@ -369,9 +369,10 @@ class JsdEncouragingLoss(_LossModule):
 
         L = EL(z_clean, y) + alpha JS(z_1, ..., z_S)
 
-    With bonus_weight 0 this is timm's JsdCrossEntropy. The clean split's EL is
-    el_plugins.functional.encouraging_loss (``implementation``: the fused op by default); the JS term is autograd on
-    float32 (or wider) probabilities.
+    With bonus_weight 0 this is timm's JsdCrossEntropy. Both terms are computed from one float32 (float64 for
+    float64) copy of the logits, whose gradient is rounded to the logits' dtype once (the loss scale applied
+    first): the clean split's EL by el_plugins.functional.encouraging_loss (``implementation``: the fused op by
+    default), the JS term by autograd.
 
     Args:
         num_splits: S >= 2, the splits in the batch (train.py's --aug-splits).
@@ -416,6 +417,8 @@ class JsdEncouragingLoss(_LossModule):
         if target.shape not in ((x.shape[0],), (rows,)):
             raise ValueError(f"expected class-index targets of shape ({x.shape[0]},) (every split's) or ({rows},) (the "
                              f"clean split's) for logits {tuple(x.shape)}, got {tuple(target.shape)}")
+        if self.alpha:  # both terms on one float32 (or wider) copy: the gradient is rounded to x's dtype once
+            x = x.to(EF.compute_dtype(x.dtype))
         loss = EF.encouraging_loss(
             x[:rows], target[:rows], **self._bonus_arguments(), label_smoothing=self.smoothing,
             smoothing_convention='paper', implementation=self.implementation)

@@ -370,23 +370,27 @@ def _checked_pos_weight(value):
 
 
 def describe_training_loss(loss, recipe) -> str:
-    """The training-log description of the EL train.py will train with."""
+    """The training log's description of the EL train.py trains with: the form (the flag that chose it) and the
+    settings."""
     from el_plugins.timm_plugin import loss_factory
 
     soft = recipe.get("soft_targets", False)
     details = [loss._bonus_repr(), f"bonus_weight={loss.bonus_weight}", f"label smoothing={loss.smoothing}",
                f"targets={'soft (Mixup/CutMix)' if soft else 'class index'}"]
+    (form, equals), flag = loss_factory.describe(loss), None
     if "el_binary" in recipe:
+        flag = "--bce-loss"
         if loss.target_threshold is not None:
             details.append(f"target threshold={loss.target_threshold:g}")
         if loss.sum_classes:
             details.append("summed over classes")
         if loss.pos_weight is not None:
             details.append(f"pos_weight={loss.pos_weight.item():g}")
-        return f"{loss_factory.describe(loss)} of --bce-loss ({', '.join(details)})"
-    if "jsd_splits" in recipe:
-        return f"{loss_factory.describe(loss)} of --jsd-loss ({', '.join(details)})"
-    return f"{loss_factory.describe(loss)} ({', '.join(details)})"
+    elif "jsd_splits" in recipe:
+        flag = "--jsd-loss"
+    if flag:
+        return f"{form} of {flag} ({', '.join(details)}; at bonus weight 0: {equals})"
+    return f"{form} ({', '.join(details)})"
 
 
 def _tell_the_epoch(module, log):

@@ -129,14 +129,14 @@ def create_encouraging_loss(arguments, el_settings, binary=None):
     return loss
 
 
-def describe(loss) -> str:
-    """What an EL loss the factory made computes, in words, for the training log."""
+def describe(loss):
+    """(what an EL loss the factory made computes, in words; the timm loss it equals at bonus weight 0)."""
     if isinstance(loss, JsdEncouragingLoss):
         return (f"encouraging loss on the clean split + {loss.alpha:g} x Jensen-Shannon term over {loss.num_splits} "
-                f"augmentation splits (JSD form, timm's JsdCrossEntropy at bonus weight 0)")
+                f"augmentation splits, the JSD form", "timm's JsdCrossEntropy")
     if isinstance(loss, BinaryEncouragingLoss):
-        return "sigmoid encouraging loss (BCE form, timm's BinaryCrossEntropy at bonus weight 0)"
-    return "encouraging loss"
+        return "sigmoid encouraging loss, the BCE form", "timm's BinaryCrossEntropy"
+    return "encouraging loss", "timm's cross-entropy"
 
 
 def check_arguments(**kwargs):
@@ -146,7 +146,7 @@ def check_arguments(**kwargs):
     factory = getattr(factory, '__el_original__', factory)
     el_settings = {name: kwargs.pop(f'el_{name}') for name in EL_SETTINGS if f'el_{name}' in kwargs}
     binary = kwargs.pop('el_binary', None)
-    bound = inspect.signature(factory).bind(loss_type=LOSS_TYPE, **kwargs)
+    bound = inspect.signature(factory).bind(**{**kwargs, 'loss_type': LOSS_TYPE})
     bound.apply_defaults()
     return build_encouraging_loss(bound.arguments, el_settings, binary)
 
