@@ -66,11 +66,11 @@ def test_factory_el_settings_and_other_types_untouched():
     assert type(timm.loss.create_classification_loss(multi_label=True)).__name__ == "BinaryCrossEntropy"
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    (dict(class_weight=[1.0] * 10), "Class and positive weights are only supported by bce and multi-label asl"),
-    (dict(bce_sum=True), "BCE target threshold and sum options only apply to the bce loss"),
+@pytest.mark.parametrize("kwargs,message", [  # the recipes' options: tests/test_timm_recipes.py
+    (dict(class_weight=[1.0] * 10), "class_weight applies to the BCE form of EL only"),
+    (dict(bce_sum=True), "bce_sum applies to the BCE form of EL only"),
     (dict(class_counts=[1, 2], num_samples=3), "Class counts are only used by the db loss"),
-    (dict(jsd_splits=3), "does not combine with JSD augmentation splits"),
+    (dict(jsd_splits=1), r"jsd_splits must be 0 \(no JSD\) or an integer >= 2"),
     (dict(el_log_end=1.5), r"log_end must be in \(0, 1\]"),
     (dict(smoothing=1.0), r"smoothing must be in \[0, 1\)"),
 ])
@@ -170,16 +170,21 @@ def test_classification_task_trains_with_el_on_digits(digits_folder, mixup):
 
 # --------------------------------------------------------------------------- train.py-shaped scripts + launcher
 TRAIN_PY = textwrap.dedent('''
-    """A train.py shaped like timm's: module-level config_parser/parser, _parse_args with -c yaml,
-    args.yaml in the output folder, the training criterion given to timm's ClassificationTask,
-    validation with plain cross-entropy."""
+    """A stand-in for timm's train.py (which no wheel or sdist ships), minimal, shaped like it where el-timm-train
+    touches it: module-level config_parser/parser, _parse_args with -c yaml, args.yaml in the output folder, the
+    training loss chosen from the recipe flags as train.py 1.0.29 chooses it (--jsd-loss with --aug-splits,
+    --bce-loss and its options, Mixup/CutMix, --smoothing) and handed to ClassificationTask, or with --kd-model-name
+    to LogitDistillationTask as its task loss; train_one_epoch(epoch, ...) per epoch; validation with plain
+    cross-entropy. NEW_STYLE adds --loss and hands the task criterion_kwargs for timm's factory instead (how
+    timm 1.0.31's train.py may do it; its source was not available to write this)."""
     import argparse, json, logging, os
     import torch, torch.nn as nn, yaml
     from timm import utils
-    from timm.data import Mixup, create_dataset, create_loader
-    from timm.loss import LOSS_TYPES, LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+    from timm.data import AugMixDataset, Mixup, create_dataset, create_loader
+    from timm.loss import (LOSS_TYPES, BinaryCrossEntropy, JsdCrossEntropy, LabelSmoothingCrossEntropy,
+                           SoftTargetCrossEntropy)
     from timm.models import create_model
-    from timm.task import ClassificationTask
+    from timm.task import ClassificationTask, LogitDistillationTask
 
     _logger = logging.getLogger('train')
     config_parser = parser = argparse.ArgumentParser(description='Training Config', add_help=False)
@@ -191,9 +196,15 @@ TRAIN_PY = textwrap.dedent('''
     parser.add_argument('--mixup', type=float, default=0.0)
     parser.add_argument('--cutmix', type=float, default=0.0)
     parser.add_argument('--cutmix-minmax', type=float, nargs='+', default=None)
+    parser.add_argument('--aug-splits', type=int, default=0)
     parser.add_argument('--jsd-loss', action='store_true', default=False)
     parser.add_argument('--bce-loss', action='store_true', default=False)
-    parser.add_argument('--steps', type=int, default=6)
+    parser.add_argument('--bce-sum', action='store_true', default=False)
+    parser.add_argument('--bce-target-thresh', type=float, default=None)
+    parser.add_argument('--bce-pos-weight', type=float, default=None)
+    parser.add_argument('--kd-model-name', default=None, type=str)
+    parser.add_argument('--epochs', type=int, default=1)
+    parser.add_argument('--steps', type=int, default=6, help='batches per epoch')
     parser.add_argument('--output', default='out')
     if NEW_STYLE:
         parser.add_argument('--loss', default=None, choices=LOSS_TYPES)
@@ -206,47 +217,78 @@ TRAIN_PY = textwrap.dedent('''
         args = parser.parse_args(remaining)
         return args, yaml.safe_dump(args.__dict__, default_flow_style=False)
 
+    def training_loss(args, mixup_active, splits):
+        """The loss train.py 1.0.29 trains with for these flags."""
+        if args.jsd_loss:
+            assert splits > 1
+            return JsdCrossEntropy(num_splits=splits, smoothing=args.smoothing)
+        bce = dict(target_threshold=args.bce_target_thresh, sum_classes=args.bce_sum, pos_weight=args.bce_pos_weight)
+        if mixup_active:  # the targets come smoothed from Mixup/CutMix
+            return BinaryCrossEntropy(**bce) if args.bce_loss else SoftTargetCrossEntropy()
+        if not args.smoothing:  # (train.py 1.0.29 ignores --bce-loss here)
+            return nn.CrossEntropyLoss()
+        if args.bce_loss:
+            return BinaryCrossEntropy(smoothing=args.smoothing, **bce)
+        return LabelSmoothingCrossEntropy(smoothing=args.smoothing)
+
+    def criterion_kwargs(args, mixup_active, splits):
+        """NEW_STYLE: what the task passes to timm's create_classification_loss."""
+        kwargs = dict(loss_type=args.loss or ('jsd' if args.jsd_loss else 'bce' if args.bce_loss else None),
+                      smoothing=args.smoothing, soft_targets=mixup_active)
+        if args.jsd_loss:
+            kwargs['jsd_splits'] = splits
+        if args.bce_loss:
+            kwargs.update(bce_target_thresh=args.bce_target_thresh, bce_sum=args.bce_sum, pos_weight=args.bce_pos_weight)
+        return kwargs
+
+    def train_one_epoch(epoch, task, loader, optimizer, mix, splits, args, record):
+        for step, (x, y) in enumerate(loader):
+            if splits > 1:  # the splits one after another, the clean one first; the targets repeated
+                x, y = torch.cat(x), y.repeat(splits)
+            if mix is not None:
+                x, y = mix(x, y)
+            loss = task(x, y)['loss']
+            optimizer.zero_grad(); loss.backward(); optimizer.step()
+            record.append(loss.item())
+            if step + 1 == args.steps:
+                break
+
     def main():
         utils.setup_default_logging()
         args, args_text = _parse_args()
-        torch.manual_seed(0)
+        utils.random_seed(0)  # torch, numpy (Mixup) and random (augmentations), as train.py seeds them
         mixup_active = args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None
+        splits = args.aug_splits
         model = create_model(args.model, num_classes=10)
-        if NEW_STYLE:
-            task = ClassificationTask(model=model, device=torch.device('cpu'), criterion_kwargs=dict(
-                loss_type=args.loss, smoothing=args.smoothing, soft_targets=mixup_active))
+        loss = dict(criterion_kwargs=criterion_kwargs(args, mixup_active, splits)) if NEW_STYLE else dict(
+            criterion=training_loss(args, mixup_active, splits))
+        if args.kd_model_name:
+            task = LogitDistillationTask(student_model=model, teacher_model=args.kd_model_name,
+                                         device=torch.device('cpu'), **loss)
         else:
-            if mixup_active:
-                train_loss_fn = SoftTargetCrossEntropy()
-            elif args.smoothing:
-                train_loss_fn = LabelSmoothingCrossEntropy(smoothing=args.smoothing)
-            else:
-                train_loss_fn = nn.CrossEntropyLoss()
-            task = ClassificationTask(model=model, criterion=train_loss_fn, device=torch.device('cpu'))
+            task = ClassificationTask(model=model, device=torch.device('cpu'), **loss)
         validate_loss_fn = nn.CrossEntropyLoss()
         os.makedirs(args.output, exist_ok=True)
         with open(os.path.join(args.output, 'args.yaml'), 'w') as f:
             f.write(args_text)
-        mix = Mixup(mixup_alpha=args.mixup, label_smoothing=args.smoothing, num_classes=10) if mixup_active else None
-        loader = create_loader(create_dataset('', root=args.data, split='train', is_training=True),
-                               input_size=(3, 32, 32), batch_size=32, is_training=True, use_prefetcher=False,
-                               num_workers=0, no_aug=True)
+        mix = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, cutmix_minmax=args.cutmix_minmax,
+                    label_smoothing=args.smoothing, num_classes=10) if mixup_active else None
+        dataset = create_dataset('', root=args.data, split='train', is_training=True)
+        if splits > 1:
+            dataset = AugMixDataset(dataset, num_splits=splits)
+        loader = create_loader(dataset, input_size=(3, 32, 32), batch_size=32, is_training=True,
+                               use_prefetcher=False, num_workers=0, no_aug=splits < 2, num_aug_splits=splits)
         opt = torch.optim.AdamW(task.get_trainable_module().parameters(), lr=2e-3)
         losses = []
-        for step, (x, y) in enumerate(loader):
-            if mix is not None:
-                x, y = mix(x, y)
-            loss = task(x, y)['loss']
-            opt.zero_grad(); loss.backward(); opt.step()
-            losses.append(loss.item())
-            if step + 1 == args.steps:
-                break
-        x, y = next(iter(loader))
+        for epoch in range(args.epochs):
+            train_one_epoch(epoch, task, loader, opt, mix, splits, args, losses)
+        x, y = next(iter(create_loader(create_dataset('', root=args.data, split='train'), input_size=(3, 32, 32),
+                                       batch_size=32, use_prefetcher=False, num_workers=0)))
         with torch.no_grad():
             val_loss = validate_loss_fn(model(x), y).item()
         with open(os.path.join(args.output, 'result.json'), 'w') as f:
-            json.dump(dict(criterion=repr(task.criterion), validate=type(validate_loss_fn).__name__,
-                           losses=losses, val_loss=val_loss), f)
+            json.dump(dict(criterion=repr(task.criterion), task=type(task).__name__,
+                           validate=type(validate_loss_fn).__name__, losses=losses, val_loss=val_loss), f)
 
     if __name__ == '__main__':
         main()
@@ -316,8 +358,7 @@ def test_launcher_reads_el_options_from_config_yaml(tmp_path, digits_folder, new
     (["--loss", "el", "--log-end", "1.5"], None, r"argument --log-end/--log_end: --log-end must be in \(0, 1\]"),
     (["--loss", "el", "--log-end", "abc"], None, r"argument --log-end/--log_end: --log-end must be in \(0, 1\]"),
     (["--loss", "el", "--el-bonus-weight", "-2"], None, r"--el-bonus-weight must be a finite number >= 0"),
-    (["--loss", "el", "--jsd-loss"], None, "--loss el cannot be combined with --jsd-loss"),
-    (["--loss", "el", "--bce-loss"], None, "--loss el cannot be combined with --bce-loss"),
+    (["--loss", "el", "--jsd-loss"], None, r"--jsd-loss needs --aug-splits N with N >= 2 .* got --aug-splits 0"),
     ([], "loss: el\nlog_end: 0\n", r"--log-end \(log_end\) must be in \(0, 1\]"),
     # issue 18 item 6: EL's options without --loss el were ignored, yet written to args.yaml
     (["--log-end", "0.3"], None, r"--log-end \(log_end: 0.3\) applies to --loss el only, and this run trains with "
@@ -341,6 +382,123 @@ def test_launcher_stops_on_bad_el_options_before_training(tmp_path, digits_folde
     assert proc.returncode == 2, proc.stdout[-2000:]
     import re
     assert re.search(message, proc.stdout), proc.stdout[-2000:]
+    assert not out.exists()
+
+
+# --------------------------------------------------------------------------- issue 26: each recipe with --loss el
+@pytest.fixture(scope="session")
+def kd_teacher(tmp_path_factory):
+    """A teacher for --kd-model-name that needs no network: train.py's distillation tasks create the teacher with
+    pretrained weights, which timm's ``local-dir:`` model source reads from a folder (config.json and the
+    weights, written by timm's save_for_hf)."""
+    from timm.models import save_for_hf
+
+    folder = tmp_path_factory.mktemp("kd_teacher")
+    torch.manual_seed(1)
+    save_for_hf(timm.create_model("test_resnet", num_classes=10), str(folder))
+    return f"local-dir:{folder}"
+
+
+BCE_EQUALS, JSD_EQUALS = "at bonus weight 0: timm's BinaryCrossEntropy", "at bonus weight 0: timm's JsdCrossEntropy"
+RECIPE_RUNS = {
+    # name: (train.py flags, the criterion's class, the log's words for the training loss)
+    "bce-rsb": (["--loss", "el", "--bce-loss", "--bce-target-thresh", "0.2", "--bce-sum", "--bce-pos-weight", "2"],
+                "BinaryEncouragingLoss", "sigmoid encouraging loss, the BCE form of --bce-loss (log_end=0.75, "
+                "bonus_weight=1.0, label smoothing=0.1, targets=class index, target threshold=0.2, summed over "
+                f"classes, pos_weight=2; {BCE_EQUALS})"),
+    "bce-mixup-cutmix": (["--loss", "el", "--bce-loss", "--mixup", "0.4", "--cutmix", "1.0", "--bce-target-thresh",
+                          "0.2"], "BinaryEncouragingLoss",
+                         "sigmoid encouraging loss, the BCE form of --bce-loss (log_end=0.75, bonus_weight=1.0, label "
+                         f"smoothing=0.0, targets=soft (Mixup/CutMix), target threshold=0.2; {BCE_EQUALS})"),
+    "jsd": (["--loss", "el", "--jsd-loss", "--aug-splits", "3"], "JsdEncouragingLoss",
+            "encouraging loss on the clean split + 12 x Jensen-Shannon term over 3 augmentation splits, the JSD form "
+            f"of --jsd-loss (log_end=0.75, bonus_weight=1.0, label smoothing=0.1, targets=class index; {JSD_EQUALS})"),
+    "cutmix": (["--loss", "el", "--cutmix", "1.0"], "EncouragingLoss",
+               "encouraging loss (log_end=0.75, bonus_weight=1.0, label smoothing=0.0, targets=soft (Mixup/CutMix))"),
+    "no-smoothing": (["--loss", "el", "--smoothing", "0"], "EncouragingLoss",
+                     "encouraging loss (log_end=0.75, bonus_weight=1.0, label smoothing=0.0, targets=class index)"),
+    "distillation": (["--loss", "el", "--kd-model-name", "TEACHER"], "EncouragingLoss",
+                     "encouraging loss (log_end=0.75, bonus_weight=1.0, label smoothing=0.1, targets=class index)"),
+    # issue 25: a member of the bonus family other than the default; the authors' EfficientNet flags (imply --loss el)
+    "power-bonus": (["--loss", "el", "--el-bonus", "power", "--el-bonus-gamma", "2"], "EncouragingLoss",
+                    "encouraging loss (bonus='power', bonus_gamma=2, bonus_weight=1.0, label smoothing=0.1, "
+                    "targets=class index)"),
+    "authors-flags": (["--bonus_gamma", "-1", "--log_end", "0.75", "--bonus_rho", "1"], "EncouragingLoss",
+                      "encouraging loss (log_end=0.75, bonus_weight=1.0, label smoothing=0.1, targets=class index)"),
+}
+
+
+@pytest.mark.parametrize("recipe,new_style", [(r, False) for r in RECIPE_RUNS] + [
+    ("bce-rsb", True), ("jsd", True), ("distillation", True)])
+def test_launcher_trains_each_recipe_with_el(tmp_path, digits_folder, kd_teacher, recipe, new_style):
+    """Issue 26 item 2 (and issue 25's timm runs): each recipe's flags with --loss el train train.py's epoch (2
+    batches here) with EL in the form the flags ask for, the log naming it; with --kd-model-name EL is the
+    distillation task's task loss."""
+    flags, criterion, described = RECIPE_RUNS[recipe]
+    flags = [kd_teacher if flag == "TEACHER" else flag for flag in flags]
+    train_py, out = write_train_py(tmp_path, new_style), tmp_path / "out"
+    proc = run_cli("el-timm-train", train_py, digits_folder, "--output", out, "--steps", "2", *flags)
+    result, args_yaml = read_run(out)
+    assert result["criterion"].startswith(criterion + "("), result["criterion"]
+    assert len(result["losses"]) == 2 and all(math.isfinite(v) for v in result["losses"]), result["losses"]
+    assert f"el-plugins: training loss = {described}; validation loss = cross-entropy" in proc.stdout, proc.stdout
+    task = "LogitDistillationTask" if recipe == "distillation" else "ClassificationTask"
+    role = "the task loss (train.py's distillation loss is added to it)" if recipe == "distillation" else "its loss"
+    assert result["task"] == task and f"el-plugins: {task} trains with the encouraging loss as {role}" in proc.stdout
+    assert "loss: el" in args_yaml
+
+
+@pytest.mark.parametrize("flags", [
+    ["--bce-loss", "--mixup", "0.4", "--bce-target-thresh", "0.2", "--bce-sum", "--bce-pos-weight", "2"],
+    ["--jsd-loss", "--aug-splits", "3", "--smoothing", "0.2"],
+], ids=["bce-mixup", "jsd"])
+def test_launcher_recipe_at_bonus_weight_0_trains_as_train_pys_own_loss(tmp_path, digits_folder, flags):
+    """--loss el --el-bonus-weight 0 with a recipe's flags trains as train.py's own loss for the same flags
+    (BinaryCrossEntropy, JsdCrossEntropy): the same losses step by step, float32 rounding apart."""
+    train_py = write_train_py(tmp_path, False)
+    run_cli("el-timm-train", train_py, digits_folder, "--output", tmp_path / "own", "--steps", "3", *flags)
+    run_cli("el-timm-train", train_py, digits_folder, "--output", tmp_path / "el", "--steps", "3", *flags,
+            "--loss", "el", "--el-bonus-weight", "0")
+    own, el = read_run(tmp_path / "own")[0], read_run(tmp_path / "el")[0]
+    assert own["criterion"].startswith(("BinaryCrossEntropy(", "JsdCrossEntropy("))
+    assert el["criterion"].startswith(("BinaryEncouragingLoss(", "JsdEncouragingLoss("))
+    assert el["losses"] == pytest.approx(own["losses"], rel=1e-4), (el["losses"], own["losses"])
+
+
+def test_launcher_schedule_of_the_bonus_weight_over_epochs(tmp_path, digits_folder):
+    """Issue 25: --el-bonus-schedule linear over 3 epochs after 1 without the bonus: the launcher tells the loss
+    each epoch (train.py never does) and the log shows the weight el_plugins.core.BonusSchedule gives."""
+    from el_plugins.core import BonusSchedule
+
+    train_py, out = write_train_py(tmp_path, False), tmp_path / "out"
+    proc = run_cli("el-timm-train", train_py, digits_folder, "--output", out, "--steps", "1", "--epochs", "3",
+                   "--loss", "el", "--el-bonus-weight", "2", "--el-bonus-schedule", "linear",
+                   "--el-bonus-schedule-horizon", "3", "--el-bonus-defer", "1")
+    schedule = BonusSchedule("linear", horizon=3, defer=1)
+    weights = [2 * schedule.factor(epoch + 1) for epoch in range(3)]
+    assert weights == [0.0, 4 / 3, 2.0]
+    for epoch, weight in enumerate(weights):
+        assert f"el-plugins: epoch {epoch}: bonus_weight {weight:.4g}\n" in proc.stdout, proc.stdout
+    assert "schedule=linear/3, defer=1" in read_run(out)[0]["criterion"]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--jsd-loss", "--aug-splits", "3", "--bce-loss"], r"--bce-loss and --jsd-loss are two forms of the training "
+                                                        r"loss: with --loss el give one"),
+    (["--jsd-loss", "--aug-splits", "1"], r"--jsd-loss needs --aug-splits N with N >= 2"),
+    (["--jsd-loss", "--aug-splits", "3", "--mixup", "0.4"], r"--jsd-loss does not combine with --mixup/--cutmix"),
+    (["--bce-target-thresh", "0.2"], r"--bce-target-thresh sets the BCE form \(--bce-loss\), and this run trains "
+                                     r"without it: add --bce-loss, or leave it out"),
+    (["--bce-sum", "--bce-pos-weight", "2"], r"--bce-sum, --bce-pos-weight set the BCE form \(--bce-loss\)"),
+    (["--bce-loss", "--bce-target-thresh", "1.5"], r"--bce-target-thresh must be a number in \[0, 1\] .* got 1.5"),
+    (["--bce-loss", "--bce-pos-weight", "-1"], r"--bce-pos-weight must be a finite number >= 0"),
+])
+def test_launcher_refuses_recipe_flags_el_would_not_use(tmp_path, digits_folder, args, message):
+    import re
+
+    train_py, out = write_train_py(tmp_path, False), tmp_path / "out"
+    proc = run_cli("el-timm-train", train_py, digits_folder, "--output", out, "--loss", "el", *args, check=False)
+    assert proc.returncode == 2 and re.search(message, proc.stdout), proc.stdout[-2000:]
     assert not out.exists()
 
 
