@@ -26,7 +26,6 @@ from el_plugins.data.mnist import SOURCES, default_cache
 
 PROG = "el-data"
 
-DATASETS = ("mnist", "bible")
 DEFAULT_OUT = {"mnist": "data", "bible": os.path.join("data", "bible")}
 
 

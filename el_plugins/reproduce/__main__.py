@@ -29,7 +29,7 @@ import time
 
 from el_plugins import commands
 from el_plugins.files import output_folder_problem
-from el_plugins.reproduce.options import add_run_options, parse_run_options
+from el_plugins.reproduce.options import add_run_options, data_info, load_data, parse_run_options, usable_cores
 from el_plugins.reproduce.paper import PAPER_LOG_END, PAPER_SMOOTHING, VARIANTS
 from el_plugins.reproduce.recipes import ATTACK_IMAGES, RECIPES, SETUPS
 
@@ -42,13 +42,6 @@ FULL = {"seeds": 3, "epochs": 5, "train_images": 60000, "test_images": 10000, "a
         "pgd_steps": 20}  # --setup el-plugins' defaults without --quick (_fill_defaults); a value given wins over both
 OUTPUTS = ("results.json", "table.md", "roc.png", "margins.png", "reliability.png",
            *(f"energy_{v}.png" for v in VARIANTS))  # one output set (el_plugins.files.output_set)
-
-
-def _usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def parse_experiment(argv) -> str:
@@ -120,7 +113,7 @@ def parse_args(argv=None):
     if args.attack_images > args.test_images:
         ap.error(f"--attack-images ({args.attack_images}) must be <= --test-images ({args.test_images})")
     if args.threads is None:
-        args.threads = min(_usable_cores(), 8)
+        args.threads = min(usable_cores(), 8)
     elif args.threads < 1:
         ap.error(f"--threads must be >= 1, got {args.threads}")
     if not (args.lr > 0 and args.lr < float("inf")):
@@ -148,33 +141,6 @@ def _fill_defaults(args) -> None:
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, min(value, QUICK[key]) if args.quick and key in QUICK else value)
-
-
-def load_data(folder: str, log):
-    """The checked data of ``folder``, fetched there first (el-data mnist) when the folder has none."""
-    from el_plugins.data import MANIFEST, DataError, load, prepare
-
-    try:
-        return load(folder)
-    except DataError:
-        if os.path.exists(os.path.join(folder, MANIFEST)):
-            raise  # a damaged folder is reported, not silently fetched again
-    log(f"{folder} holds no data yet; fetching it (el-data mnist --out {folder})")
-    prepare(folder, log=log)
-    return load(folder)
-
-
-def data_info(folder: str, args) -> dict:
-    import json
-
-    from el_plugins.data import MANIFEST
-
-    with open(os.path.join(folder, MANIFEST), encoding="utf-8") as f:
-        splits = json.load(f)["splits"]
-    used = {"mnist/train": args.train_images, "mnist/test": args.test_images, "fashion_mnist/test": args.test_images}
-    return {key.replace("/", "_"): {"images": used[key], "of": s["images"], "source": s["source"], "licence": s["licence"],
-                                    "sha256": {k: v["sha256"] for k, v in s["files"].items()}}
-            for key, s in splits.items()}
 
 
 def render(path: str) -> int:

@@ -17,6 +17,7 @@ import time
 
 from el_plugins import commands
 from el_plugins.devices import add_device_argument
+from el_plugins.reproduce.options import load_data, usable_cores
 from el_plugins.reproduce.paper import VARIANTS
 
 PROG = "python -m el_plugins.reproduce.attack_probe"
@@ -60,9 +61,8 @@ def _probe(args) -> int:
 
     from el_plugins.files import write_json
     from el_plugins.reproduce import mnist
-    from el_plugins.reproduce.__main__ import _usable_cores, load_data
 
-    threads = args.threads or min(_usable_cores(), 8)
+    threads = args.threads or min(usable_cores(), 8)
     if args.device.type == "cpu":
         torch.set_num_threads(threads)
     data = load_data(args.data, logger.info)

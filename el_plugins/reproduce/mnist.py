@@ -38,7 +38,6 @@ ATTACK_KEYS = ("attack_0.1", "attack_0.2", "pgd_0.1", "pgd_0.2", "fgsm_0.1", "fg
 KEYS = ("accuracy",) + OOD_KEYS + ("ece", "energy_data", "energy_ood_lowest")
 EXTRA_KEYS = ("energy_ood_lowest_paper_code",) + PAPER_CODE_OOD_KEYS + ("margin_mean", "margin_median",
                                                                         "target_prob_mean", "train_loss_last_epoch")
-BEST_EPOCH_KEYS = ("accuracy_best_epoch", "best_epoch")  # the paper setup's (Table 1 as the authors report it)
 ECE_BINS = 10  # as the authors' ece_score
 WHY_NOT_AUTOATTACK = (
     "torchattacks 3.5.1's AutoAttack (version 'standard') took 47 s per 200 images at eps 0.1 on a SmallCNN here "

@@ -1,4 +1,5 @@
-"""The options every el-reproduce experiment takes (mnist, mnist-table11, translation), in one place."""
+"""What every el-reproduce experiment shares (mnist, mnist-table11, translation): its options, the usable cores, and
+the MNIST data folder it reads (fetched by el-data mnist when empty)."""
 import argparse
 import os
 from typing import Optional, Sequence
@@ -28,3 +29,40 @@ def parse_run_options(ap: argparse.ArgumentParser, argv: Optional[Sequence[str]]
     if args.render is not None and not os.path.isfile(args.render):
         ap.error(f"--render {args.render}: no such file")
     return args
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def load_data(folder: str, log):
+    """The checked data of ``folder``, fetched there first (el-data mnist) when the folder has none."""
+    from el_plugins.data import MANIFEST, DataError, load, prepare
+
+    try:
+        return load(folder)
+    except DataError:
+        if os.path.exists(os.path.join(folder, MANIFEST)):
+            raise  # a damaged folder is reported, not silently fetched again
+    log(f"{folder} holds no data yet; fetching it (el-data mnist --out {folder})")
+    prepare(folder, log=log)
+    return load(folder)
+
+
+def data_info(folder: str, args) -> dict:
+    """What of each split of ``folder`` a run uses (``args.train_images``, ``args.test_images``), with its source,
+    licence and checksums (for results.json)."""
+    import json
+
+    from el_plugins.data import MANIFEST
+
+    with open(os.path.join(folder, MANIFEST), encoding="utf-8") as f:
+        splits = json.load(f)["splits"]
+    used = {"mnist/train": args.train_images, "mnist/test": args.test_images, "fashion_mnist/test": args.test_images}
+    return {key.replace("/", "_"): {"images": used[key], "of": s["images"], "source": s["source"], "licence": s["licence"],
+                                    "sha256": {k: v["sha256"] for k, v in s["files"].items()}}
+            for key, s in splits.items()}

@@ -31,7 +31,7 @@ from typing import Callable, Dict, List, Sequence
 
 from el_plugins import commands
 from el_plugins.files import output_folder_problem
-from el_plugins.reproduce.options import add_run_options, parse_run_options
+from el_plugins.reproduce.options import add_run_options, data_info, load_data, parse_run_options, usable_cores
 from el_plugins.provenance import provenance
 from el_plugins.reproduce.recipes import RECIPES, TrainingSettings
 
@@ -40,7 +40,6 @@ logger = logging.getLogger(__name__)
 VARIANTS = ("ce", "el")
 EPSILONS = (0.1, 0.2)
 STAGES = ("apgd_ce", "apgd_t", "fab", "square")
-STAGE_NAMES = {"apgd_ce": "APGD-CE", "apgd_t": "APGD-T", "fab": "FAB", "square": "Square"}
 # AutoAttack(norm='Linf', version='standard') of torchattacks 3.1.0 (adversarial_robustness/torchattacks in the
 # authors' repository): each stage's class in torchattacks and every setting it ends up with there (3.1.0's
 # defaults where AutoAttack passes none). 3.1.0's FAB ignores its `targeted` argument: it is always untargeted.
@@ -247,8 +246,7 @@ def parse_args(argv=None):
             why = {"attack_models": " (at most --models)", "attack_images": " (at most --test-images)"}.get(name, "")
             ap.error(f"--{name.replace('_', '-')} must be {allowed}{why}, got {value}")
     if args.threads is None:
-        from el_plugins.reproduce.__main__ import _usable_cores
-        args.threads = min(_usable_cores(), 8)
+        args.threads = min(usable_cores(), 8)
     elif args.threads < 1:
         ap.error(f"--threads must be >= 1, got {args.threads}")
     for name in ("out", "data"):
@@ -280,19 +278,16 @@ def render(path: str) -> int:
 
 
 def _reproduce(args, argv) -> int:
-    import argparse as _argparse
-
     import torch
 
     from el_plugins.files import output_set, write_json, write_text
     from el_plugins.reproduce import report
-    from el_plugins.reproduce.__main__ import data_info, load_data
 
     started = time.time()
     if args.device.type == "cpu":
         torch.set_num_threads(args.threads)
     data = load_data(args.data, logger.info)
-    info = data_info(args.data, _argparse.Namespace(train_images=args.train_images, test_images=args.test_images))
+    info = data_info(args.data, argparse.Namespace(train_images=args.train_images, test_images=args.test_images))
     info.pop("fashion_mnist_test")
     s = Settings(models=args.models, attack_models=args.attack_models, epochs=args.epochs,
                  train_images=args.train_images, test_images=args.test_images, attack_images=args.attack_images,
