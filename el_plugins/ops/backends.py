@@ -4,6 +4,8 @@ which tensors it takes and whether it may make the host wait for the device.
     torch   chunked torch (torch_rows.py): any device, any floating dtype; reads a few values on the host
     triton  the Triton kernel (triton_rows.py): CUDA tensors of float32/float16/bfloat16 (CPU tensors under
             TRITON_INTERPRET=1); never makes the host wait
+    cpp     the C++ kernel (cpp_rows.py, cpp_source.py): CPU tensors of float32/float64/float16/bfloat16, each row
+            in cache; compiled at first use and cached (auto falls back to torch where it cannot be built)
 
 How to add one: docs/design.md ("How to add a backend").
 """
@@ -43,10 +45,14 @@ class ChunkBuffers(NamedTuple):
 class Backend:
     """A backend of the fused ops. ``host_sync``: whether it may read tensor values on the host (counts, the rows
     a step keeps, the entries with large p): a CUDA step then waits for the device, so the ops let a backend without
-    it keep ignored rows in place and queue the target checks as device-side assertions."""
+    it keep ignored rows in place and queue the target checks as device-side assertions. ``grad_over_input``:
+    whether ``rows`` takes ChunkBuffers whose ``grad`` is x itself (the chunk's logits, of the compute dtype,
+    overwritten by their gradient) and input of any dtype it takes with a ``grad`` of the compute dtype (no
+    ``work``): the fused output layer then keeps one (chunk, V) buffer instead of two."""
 
     name: str = ""
     host_sync: bool = True
+    grad_over_input: bool = False
 
     def takes(self, input: torch.Tensor) -> Optional[str]:
         """None when this backend takes ``input``, else why not (the ValueError's message when it is asked for)."""
@@ -62,6 +68,20 @@ class Backend:
         targets (n,) (valid indices on every row kept), ``keep`` (n,) bool, ``scale`` a number, a 0-dim tensor
         or one per row. Ignored rows' values and gradient are 0, whatever they hold. ``buffers``:
         :class:`ChunkBuffers` the caller lends for one chunk (a backend may ignore them)."""
+        raise NotImplementedError
+
+    def defers_gradient(self, input: torch.Tensor) -> bool:
+        """Whether the fused op on the logits ``input`` takes :meth:`deferred_rows` in forward and
+        :meth:`deferred_gradient` in backward instead of :meth:`rows` with the gradient."""
+        return False
+
+    def deferred_rows(self, x, target, keep, cfg: LossConfig, *, ignore_index: Optional[int]):
+        """(:class:`RowValues`, a state tensor) of the rows of ``x``, as :meth:`rows` without a gradient; the state
+        is what :meth:`deferred_gradient` needs besides x."""
+        raise NotImplementedError
+
+    def deferred_gradient(self, x, target, keep, cfg: LossConfig, state, scale, *, ignore_index: Optional[int]):
+        """dL/dx times ``scale`` (a 0-dim tensor or one per row) in x's dtype, from :meth:`deferred_rows`' state."""
         raise NotImplementedError
 
 
@@ -125,18 +145,61 @@ class TritonBackend(Backend):
         return RowValues(loss, nll, bonus, log_p), grad
 
 
-BACKENDS = {backend.name: backend for backend in (TorchBackend(), TritonBackend())}
+class CppBackend(Backend):
+    name = "cpp"
+    host_sync = True
+    grad_over_input = True
+    dtypes = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+    deferred_dtypes = (torch.float16, torch.bfloat16)
+    """Half-precision logits: the gradient written in backward, in their dtype (no float32 (N, V) buffer, twice
+    their size); float32/float64: written in forward, handed on as it is."""
+
+    def takes(self, input):
+        if input.device.type != "cpu":
+            return f"the cpp backend takes CPU tensors, got a {input.device.type} tensor"
+        if input.dtype not in self.dtypes:
+            return f"the cpp backend takes float32, float64, float16 or bfloat16 input, got {input.dtype}"
+        from .cpp_rows import unavailable_reason
+
+        problem = unavailable_reason()
+        return None if problem is None else f"the cpp backend (the C++ kernel for CPU tensors) is unavailable: {problem}"
+
+    def rows(self, x, target, keep, cfg, scale, *, compute_grad, ignore_index, chunk_size=None, block_size=None,
+             buffers=None):
+        from .cpp_rows import cpp_rows
+
+        grad = buffers.grad if buffers is not None and compute_grad else None
+        (loss, nll, bonus, log_p), grad = cpp_rows(x, target, keep, cfg, scale, compute_grad=compute_grad,
+                                                   ignore_index=ignore_index, grad=grad)
+        return RowValues(loss, nll, bonus, log_p), grad
+
+    def defers_gradient(self, input):
+        return input.dtype in self.deferred_dtypes
+
+    def deferred_rows(self, x, target, keep, cfg, *, ignore_index):
+        from .cpp_rows import cpp_rows_deferred
+
+        (loss, nll, bonus, log_p), state = cpp_rows_deferred(x, target, keep, cfg, ignore_index=ignore_index)
+        return RowValues(loss, nll, bonus, log_p), state
+
+    def deferred_gradient(self, x, target, keep, cfg, state, scale, *, ignore_index):
+        from .cpp_rows import cpp_gradient
+
+        return cpp_gradient(x, target, keep, cfg, state, scale, ignore_index=ignore_index)
+
+
+BACKENDS = {backend.name: backend for backend in (TorchBackend(), TritonBackend(), CppBackend())}
 """The backends by name; ``backend='auto'`` asks them in :data:`AUTO_ORDER`."""
 
-AUTO_ORDER = ("triton", "torch")
+AUTO_ORDER = ("triton", "cpp", "torch")
 
 BACKEND_CHOICES = ("auto", *BACKENDS)
 
 
 def select_backend(name: str, input: torch.Tensor) -> Backend:
     """The backend ``name`` stands for on ``input``: ``auto`` the first of AUTO_ORDER that prefers it (the Triton
-    kernel for CUDA tensors it takes, chunked torch otherwise); a named one checked (a ValueError saying what it
-    takes)."""
+    kernel for CUDA tensors it takes, the C++ kernel for CPU tensors where it can be built, chunked torch
+    otherwise); a named one checked (a ValueError saying what it takes)."""
     check_choice(name, BACKEND_CHOICES, "backend")
     if name == "auto":
         return next(BACKENDS[n] for n in AUTO_ORDER if BACKENDS[n].preferred_for(input))

@@ -11,6 +11,12 @@ The buffer is consumed by the backward pass, so the op supports one backward pas
 second one raises a RuntimeError that says so (it works only while the buffer is intact: a grad_output of 1 on the
 CPU, nothing accumulated into the handed-on gradient); backward with create_graph=True (double backward) raises one
 too. Use ``implementation="reference"`` (plain autograd) for those.
+
+A backend that defers the gradient (:meth:`Backend.defers_gradient`: the C++ kernel, for float16/bfloat16 logits)
+keeps instead the logits (saved for backward, as autograd keeps a softmax's input) and a few float64 values per row
+(the log-sum-exp, the row's sums): the backward pass reads the logits once more and writes dL/dz * grad_output
+directly in their dtype, each entry computed in float32 and rounded once. No float32 (N, V) buffer ever exists (for
+half-precision logits it would be twice their size), and that backward may run more than once.
 """
 from __future__ import annotations
 
@@ -18,7 +24,7 @@ import torch
 
 from el_plugins.core import reduce_outputs
 
-from .common import SavedGradients
+from .common import NO_DOUBLE_BACKWARD, SavedGradients
 
 
 class _FusedEncouragingLoss(torch.autograd.Function):
@@ -34,16 +40,35 @@ class _FusedEncouragingLoss(torch.autograd.Function):
             scale = 1.0 / max(int(count), 1)
         else:  # the count stays on the device
             scale = 1.0 / count.clamp(min=1).float()
-        values, grad = backend.rows(input, target, keep, cfg, scale, compute_grad=compute_grad,
-                                    ignore_index=ignore_index, chunk_size=chunk_size, block_size=block_size)
+        deferred = compute_grad and backend.defers_gradient(input)
+        if deferred:
+            values, state = backend.deferred_rows(input, target, keep, cfg, ignore_index=ignore_index)
+        else:
+            values, grad = backend.rows(input, target, keep, cfg, scale, compute_grad=compute_grad,
+                                        ignore_index=ignore_index, chunk_size=chunk_size, block_size=block_size)
         outputs = reduce_outputs(values.loss, values.nll, values.bonus, values.log_p_target, keep, reduction,
                                  cfg.bonus.log_end)
         ctx.mark_non_differentiable(*outputs[1:])
         ctx.set_materialize_grads(False)
-        SavedGradients.save(ctx, (grad,), (input.dtype,), backend.host_sync)
+        ctx.deferred = deferred
+        if deferred:
+            ctx.save_for_backward(input, target, keep, state)
+            ctx.settings = (backend, cfg, ignore_index, scale)
+        else:
+            SavedGradients.save(ctx, (grad,), (input.dtype,), backend.host_sync)
         return tuple(outputs)
 
     @staticmethod
     def backward(ctx, grad_loss, *unused):
-        (grad_input,) = SavedGradients.backward(ctx, grad_loss)
+        if not ctx.deferred:
+            (grad_input,) = SavedGradients.backward(ctx, grad_loss)
+            return (grad_input,) + (None,) * 8
+        if torch.is_grad_enabled():
+            raise RuntimeError(NO_DOUBLE_BACKWARD)
+        if grad_loss is None:
+            return (None,) * 9
+        input, target, keep, state = ctx.saved_tensors
+        backend, cfg, ignore_index, scale = ctx.settings
+        row_scale = grad_loss * scale  # one per row with reduction "none", else 0-dim
+        grad_input = backend.deferred_gradient(input, target, keep, cfg, state, row_scale, ignore_index=ignore_index)
         return (grad_input,) + (None,) * 8
