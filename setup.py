@@ -101,9 +101,6 @@ setup(
         "hf": ["transformers>=5.0", "accelerate"],  # el_plugins.hf (accelerate: Trainer); tested with 5.25.0
         "scripts": ["sacrebleu>=2.0", "sacremoses", "sentencepiece", "tqdm", "matplotlib", "scikit-learn", "pyyaml"],
         "test": ["pytest", "scikit-learn", "pillow"],
-        # el-data / el-reproduce. torchattacks declares requests~=2.25.1, which it does not use:
-        # scripts/setup.sh installs it with --no-deps to keep a current requests.
-        "reproduce": ["torchvision", "torchattacks>=3.5.1", "scipy", "tqdm", "matplotlib"],
     },
     entry_points={
         "el_plugins.activate": [
@@ -118,8 +115,6 @@ setup(
             "el-bleu = el_plugins.translation.bleu:main",
             "el-translation-train = el_plugins.translation.recipe:main",
             "el-analyze = el_plugins.analysis.cli:main",
-            "el-data = el_plugins.data.__main__:main",
-            "el-reproduce = el_plugins.reproduce.__main__:main",
         ],
     },
 )

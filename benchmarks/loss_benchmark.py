@@ -579,7 +579,7 @@ FEATURE_GOALS = (("extra peak memory at most 0.1x LS-CE's", "mem_ratio", 0.1, 32
 
 def features_goals(rows):
     """One line per goal of linear_encouraging_loss: met or missed, on which rows (dtype, shape) and ratios."""
-    from el_plugins.reproduce.headlines import ratio_range
+    from el_evidence.headlines import ratio_range
 
     lines = ["Goals of `linear_encouraging_loss`, from the rows above:", ""]
     for what, key, limit, min_v in FEATURE_GOALS:

@@ -211,7 +211,7 @@ def format_table(rows):
 
 def goals(rows):
     """One line per goal of the fused route: met or missed, on which rows, with the ratios."""
-    from el_plugins.reproduce.headlines import ratio_range
+    from el_evidence.headlines import ratio_range
 
     lines = ["Goals of `apply_encouraging_loss` (output layer fused in), from the rows above:", ""]
     for what, key, limit in GOALS:

@@ -26,9 +26,6 @@ Layout (framework-free core first, thin adapters after, tools last; each imports
   el_plugins.demo               el-demo: translation (LS-CE vs EL) and vision (CE vs EL) on generated data
   el_plugins.testing            generated data (toy corpus, digits folder, the spec's worked example) and
                                 test helpers, used by the tests, the benchmarks and the demo
-  el_plugins.data               el-data: real MNIST / Fashion-MNIST from registry packages, checked
-  el_plugins.reproduce          el-reproduce mnist (el-plugins' own setup or --setup paper) and mnist-table11:
-                                the paper's MNIST tables on the real data
   el_plugins._activation        the import hook run from el_plugins.pth
 
 Importing this package imports nothing else (it is imported at interpreter start-up by

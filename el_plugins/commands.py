@@ -94,17 +94,19 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
-def setup_logging(prog: str, level: int = logging.INFO) -> logging.Logger:
-    """The ``el_plugins`` logger writing ``prog: message`` lines to stderr; returns it."""
-    logger = logging.getLogger("el_plugins")
-    handler = next((h for h in logger.handlers if isinstance(h, _StderrHandler)), None)
-    if handler is None:  # one handler, however often (and for however many commands) this is called
-        handler = _StderrHandler()
-        logger.addHandler(handler)
-    handler.setFormatter(logging.Formatter(f"{prog}: %(message)s"))  # the command running now
-    logger.setLevel(level)
-    logger.propagate = False
-    return logger
+def setup_logging(prog: str, level: int = logging.INFO, also: Sequence[str] = ()) -> logging.Logger:
+    """The ``el_plugins`` logger (and the loggers named in ``also``, a command outside the package: its own
+    package's) writing ``prog: message`` lines to stderr; returns the ``el_plugins`` logger."""
+    for name in ("el_plugins", *also):
+        logger = logging.getLogger(name)
+        handler = next((h for h in logger.handlers if isinstance(h, _StderrHandler)), None)
+        if handler is None:  # one handler, however often (and for however many commands) this is called
+            handler = _StderrHandler()
+            logger.addHandler(handler)
+        handler.setFormatter(logging.Formatter(f"{prog}: %(message)s"))  # the command running now
+        logger.setLevel(level)
+        logger.propagate = False
+    return logging.getLogger("el_plugins")
 
 
 _CAUSE = re.compile(r"^(\w+\.)*\w*(Error|Exception|Exit|Interrupt|error)\b(:|$)")

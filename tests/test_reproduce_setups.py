@@ -9,8 +9,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from el_plugins.analysis import metrics
-from el_plugins.reproduce import mnist, networks, table11
-from el_plugins.reproduce.recipes import RECIPES, paper_step_lr
+from el_evidence.reproduce import mnist, networks, table11
+from el_evidence.reproduce.recipes import RECIPES, paper_step_lr
 
 
 # --------------------------------------------------------------------------- the networks
@@ -213,7 +213,7 @@ def test_paper_code_scores_are_the_authors_float32_ones():
 
 
 def test_with_readme_block_replaces_the_block_only():
-    from el_plugins.reproduce import report
+    from el_evidence.reproduce import report
 
     text = "intro\n<!-- b -->\nold table\n<!-- e -->\nafter\n"
     new = report.with_readme_block(text, "new table\n", "<!-- b -->", "<!-- e -->")
@@ -228,7 +228,7 @@ def test_table_shows_the_authors_metrics_only_where_they_differ():
     import json
     import os
 
-    from el_plugins.reproduce import report
+    from el_evidence.reproduce import report
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     results = json.load(open(os.path.join(root, "results", "mnist", "results.json")))

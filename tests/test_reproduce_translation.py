@@ -6,7 +6,7 @@ import os
 import pytest
 
 import el_plugins
-from el_plugins.reproduce import translation, translation_report
+from el_evidence.reproduce import translation, translation_report
 from el_plugins.testing.programs import run_cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -20,7 +20,7 @@ def corpus(tmp_path_factory):
     """The Bible corpus (el-data bible) with small valid/test sets; skipped where it cannot be had."""
     import shutil
 
-    from el_plugins.data import bible
+    from el_evidence.data import bible
 
     installed = all(os.path.exists(os.path.join("/", bible.MODULE_DIR, m.module, "ot.bzv")) for m in bible.MODULES.values())
     if not installed and not shutil.which("apt-get"):

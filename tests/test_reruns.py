@@ -29,7 +29,7 @@ def files_of(folder, skip=(".el-partial-",)):
 def test_el_reproduce_quick_keeps_the_values_given():
     """Item 18: --quick silently capped an explicit --seeds 5 to 2 (and --epochs, --train-images, ...)."""
     pytest.importorskip("torchattacks")
-    from el_plugins.reproduce.__main__ import FULL, QUICK, parse_args
+    from el_evidence.reproduce.__main__ import FULL, QUICK, parse_args
 
     given = parse_args(["mnist", "--quick", "--seeds", "5", "--epochs", "3", "--train-images", "30000"])
     assert (given.seeds, given.epochs, given.train_images) == (5, 3, 30000)
@@ -64,7 +64,7 @@ def fake_arrays(variants, n=50):
 def test_el_reproduce_outputs_are_swapped_in_as_one_set(tmp_path, monkeypatch, n):
     """Item 10: a SIGTERM while el-reproduce wrote its outputs left a lone energy_ce.png and no results.json
     (from an empty folder), or new plots beside the old results.json."""
-    from el_plugins.reproduce.__main__ import OUTPUTS, write_results
+    from el_evidence.reproduce.__main__ import OUTPUTS, write_results
 
     results = json.load(open(os.path.join(ROOT, "results", "mnist", "results.json")))
     out = tmp_path / "out"

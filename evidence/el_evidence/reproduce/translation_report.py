@@ -8,8 +8,8 @@ import os
 from typing import Dict, List, Optional
 
 from el_plugins.provenance import describe
-from el_plugins.reproduce.report import claim_verdict
-from el_plugins.reproduce.translation import TGT, VARIANTS
+from el_evidence.reproduce.report import claim_verdict
+from el_evidence.reproduce.translation import TGT, VARIANTS
 
 README_BEGIN = "<!-- el-reproduce translation: begin (generated from results/translation/results.json; do not edit) -->"
 README_END = "<!-- el-reproduce translation: end -->"

@@ -41,7 +41,7 @@ def usable_cores() -> int:
 
 def load_data(folder: str, log):
     """The checked data of ``folder``, fetched there first (el-data mnist) when the folder has none."""
-    from el_plugins.data import MANIFEST, DataError, load, prepare
+    from el_evidence.data import MANIFEST, DataError, load, prepare
 
     try:
         return load(folder)
@@ -58,7 +58,7 @@ def data_info(folder: str, args) -> dict:
     licence and checksums (for results.json)."""
     import json
 
-    from el_plugins.data import MANIFEST
+    from el_evidence.data import MANIFEST
 
     with open(os.path.join(folder, MANIFEST), encoding="utf-8") as f:
         splits = json.load(f)["splits"]

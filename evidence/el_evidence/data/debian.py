@@ -13,7 +13,7 @@ import subprocess
 import tempfile
 from typing import Callable, Optional, Tuple
 
-from el_plugins.data.idx import DataError
+from el_evidence.data.idx import DataError
 
 INSTALLED_ROOT = "/"
 """Where installed packages' files are (a test points it elsewhere to take the not-installed path)."""

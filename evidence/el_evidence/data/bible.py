@@ -7,7 +7,7 @@ slot i of one is slot i of the other):
 - English: Debian ``sword-text-kjv``, SWORD module ``engKJV2006eb`` (King James Version, 1769 text).
 
 Each is read from the installed package, else from ``apt-get download`` + ``dpkg-deb -x`` into the cache
-(:mod:`el_plugins.data.debian`); no libsword. A SWORD zText module per testament (``ot``, ``nt``) is three
+(:mod:`el_evidence.data.debian`); no libsword. A SWORD zText module per testament (``ot``, ``nt``) is three
 files: ``.bzv`` (10 bytes per verse slot: u32 block, u32 start, u16 size; little-endian), ``.bzs`` (12
 bytes per block: u32 offset, u32 compressed size, u32 size) and ``.bzz`` (the zlib blocks of UTF-8 OSIS
 markup). Start and size are byte offsets into the decompressed block. A slot's text is cleaned of
@@ -40,9 +40,9 @@ import struct
 import zlib
 from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
-from el_plugins.data import debian
-from el_plugins.data.idx import DataError
-from el_plugins.data.manifest import read_manifest
+from el_evidence.data import debian
+from el_evidence.data.idx import DataError
+from el_evidence.data.manifest import read_manifest
 from el_plugins.files import read_lines, write_json, write_lines
 
 _log = logging.getLogger(__name__).info
@@ -272,7 +272,7 @@ def prepare(out: str, *, sizes: Dict[str, int] = DEFAULT_SIZES, cache: Optional[
             log: Callable[[str], None] = _log) -> dict:
     """Fill ``out`` with the aligned corpus (see the module docstring); returns its manifest. A folder that
     already holds it, intact and with the same split sizes, is kept unless ``force``."""
-    from el_plugins.data.mnist import default_cache
+    from el_evidence.data.mnist import default_cache
 
     for split, size in sizes.items():
         if split not in ("valid", "test") or not (isinstance(size, int) and size >= 1):

@@ -68,7 +68,7 @@ def paper_step_lr(base_lr: float, epoch: int) -> float:
 
 @dataclass
 class TrainingSettings:
-    """What every MNIST run records and :func:`el_plugins.reproduce.mnist.train` reads: the setup (a key of
+    """What every MNIST run records and :func:`el_evidence.reproduce.mnist.train` reads: the setup (a key of
     :data:`RECIPES`) with its epochs, batch size and learning rate, EL's log_end, the label smoothing of the +LS
     variants, how many images, where it runs (threads 0: not on the CPU), whether it is a --quick smoke run and
     what else the command records (``extra``)."""

@@ -3,7 +3,7 @@
 One network and one schedule for every variant and seed, chosen by the setup (:data:`RECIPES`): el-plugins'
 own CPU setup (``el-plugins``: :class:`SmallCNN`, Adam, one-cycle, 5 epochs), the authors' Tables 1/4/13
 setup (``paper``: :class:`MNISTNet`, SGD, 100 epochs, the best test epoch) and, for ``el-reproduce
-mnist-table11``, the authors' Table 11 one (``table11``, :mod:`el_plugins.reproduce.table11`);
+mnist-table11``, the authors' Table 11 one (``table11``, :mod:`el_evidence.reproduce.table11`);
 the losses are el-plugins' public ones (:class:`el_plugins.loss.EncouragingLoss`, the module timm's
 ``loss_type='el'`` builds) and torch's cross-entropy; the diagnostics are :mod:`el_plugins.analysis`'s;
 the attacks are torchattacks'. :func:`run` returns the ``results.json`` dict.
@@ -26,9 +26,9 @@ from tqdm import tqdm
 from el_plugins.analysis import StreamingAnalysis, metrics
 from el_plugins.loss import EncouragingLoss
 from el_plugins.provenance import provenance
-from el_plugins.reproduce.networks import NETWORKS, describe, parameter_count
-from el_plugins.reproduce.paper import VARIANT_NAMES, VARIANTS, paper_block
-from el_plugins.reproduce.recipes import RECIPES, TrainingSettings, paper_step_lr
+from el_evidence.reproduce.networks import NETWORKS, describe, parameter_count
+from el_evidence.reproduce.paper import VARIANT_NAMES, VARIANTS, paper_block
+from el_evidence.reproduce.recipes import RECIPES, TrainingSettings, paper_step_lr
 
 EPSILONS = (0.1, 0.2)
 OOD_SUFFIXES = {"min_energy": "", "free_energy": "_free_energy", "max_prob": "_max_prob"}
@@ -44,7 +44,7 @@ WHY_NOT_AUTOATTACK = (
     "(2 CPU cores), and 3.5.1 builds its APGD, APGD-T and FAB parts with its defaults of 10 steps (the authors' "
     "3.1.0 used 100; el-reproduce mnist-table11 composes that one), so it was weaker than 100-step APGD alone "
     "(CE model, eps 0.1: AutoAttack 66.5%, APGD-CE 58.5%, APGD-DLR 61.0%, PGD-20 64.0%; EL model: 67.5%, 64.5%, "
-    "64.0%, 71.5%); see results/mnist/attack_probe.json (python -m el_plugins.reproduce.attack_probe). The attack "
+    "64.0%, 71.5%); see results/mnist/attack_probe.json (python -m el_evidence.reproduce.attack_probe). The attack "
     "used instead is the first two attacks of AutoAttack as published, APGD-CE and APGD-DLR with 100 steps, an "
     "image counting as robust only if it withstands both (torchattacks.MultiAttack), at about 3 s per 200 images")
 
@@ -274,7 +274,7 @@ def progress_bar(total: int, desc: str, unit: str, progress: bool) -> tqdm:
 
 def run(s: Settings, data: Dict, data_info: dict, progress: bool = True, log: Callable[[str], None] = print):
     """Train and evaluate every variant for every seed. ``data``: {(dataset, split): (images, labels)} as
-    :func:`el_plugins.data.load` returns it. Returns (results dict, arrays of the first seed for the plots)."""
+    :func:`el_evidence.data.load` returns it. Returns (results dict, arrays of the first seed for the plots)."""
     device = torch.device(s.device)
     recipe = RECIPES[s.setup]
     started = time.time()

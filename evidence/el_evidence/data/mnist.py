@@ -37,9 +37,9 @@ from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 
-from el_plugins.data import debian
-from el_plugins.data.idx import DataError, find_idx, idx_bytes, parse_idx, read_idx, write_idx  # noqa: F401 (parse_idx re-exported)
-from el_plugins.data.manifest import read_manifest
+from el_evidence.data import debian
+from el_evidence.data.idx import DataError, find_idx, idx_bytes, parse_idx, read_idx, write_idx  # noqa: F401 (parse_idx re-exported)
+from el_evidence.data.manifest import read_manifest
 from el_plugins.files import write_json
 
 # where the functions below report what they do, unless given ``log=`` (el-data shows it as "el-data: ...")

@@ -6,7 +6,7 @@ many of the paper's claims hold; :func:`line` makes that the README's list item,
 the whole table. The README holds each line between the markers of :func:`markers`;
 tests/test_readme.py checks that it shows exactly what the committed files give, and
 
-    python -m el_plugins.reproduce.headlines --write README.md
+    python -m el_evidence.headlines --write README.md
 
 rewrites the blocks whose results files are present (all-or-nothing, el_plugins.files). Torch-free.
 """
@@ -20,9 +20,9 @@ from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
 from el_plugins import commands
 from el_plugins.files import write_text
-from el_plugins.reproduce import report, translation_report
+from el_evidence.reproduce import report, translation_report
 
-PROG = "python -m el_plugins.reproduce.headlines"
+PROG = "python -m el_evidence.headlines"
 
 
 def ratio_range(values: List[float], decimals: int = 2) -> str:

@@ -21,8 +21,8 @@ import sys
 
 from el_plugins import commands
 from el_plugins.files import output_folder_problem
-from el_plugins.data.idx import DataError
-from el_plugins.data.mnist import SOURCES, default_cache
+from el_evidence.data.idx import DataError
+from el_evidence.data.mnist import SOURCES, default_cache
 
 PROG = "el-data"
 
@@ -30,7 +30,7 @@ DEFAULT_OUT = {"mnist": "data", "bible": os.path.join("data", "bible")}
 
 
 def parse_args(argv=None):
-    from el_plugins.data.bible import DEFAULT_SIZES
+    from el_evidence.data.bible import DEFAULT_SIZES
 
     ap = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="dataset", required=True, metavar="{mnist,bible}")
@@ -62,15 +62,15 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    commands.setup_logging(PROG)  # the data modules' messages (loggers el_plugins.data.*) as "el-data: ..."
+    commands.setup_logging(PROG, also=("el_evidence",))  # el_evidence.data.*: "el-data: ..."
 
     def fill() -> None:
         if args.dataset == "mnist":
-            from el_plugins.data.mnist import prepare
+            from el_evidence.data.mnist import prepare
 
             prepare(args.out, source=args.source, data_dir=args.data_dir, cache=args.cache, force=args.force)
         else:
-            from el_plugins.data import bible
+            from el_evidence.data import bible
 
             bible.prepare(args.out, sizes={"valid": args.valid, "test": args.test}, cache=args.cache,
                           force=args.force)

@@ -232,7 +232,7 @@ def run(s: Settings, corpus_folder: str, work: str, *, progress: bool = True,
     {variant: (valid margins of its first seed, test hypotheses of every seed)})."""
     import numpy as np
 
-    from el_plugins.data import bible
+    from el_evidence.data import bible
     from el_plugins.devices import resolve_device
 
     started = time.time()

@@ -3,7 +3,7 @@
 As the authors' ``adversarial_robustness/demos/attack.py`` ran it (``--mode train`` then ``--mode adv_test
 --test_atk aa``):
 
-- the network: :class:`~el_plugins.reproduce.networks.Table11CNN` (123,222 parameters), inputs in [0, 1];
+- the network: :class:`~el_evidence.reproduce.networks.Table11CNN` (123,222 parameters), inputs in [0, 1];
 - training: Adam at a constant lr 1e-3, batch 128, 5 epochs over the training images in their stored order
   (their DataLoader does not shuffle); CE is torch's cross-entropy, EL el-plugins' EncouragingLoss with
   log_end 1 and no smoothing (their ``EncourageLoss(log_end=1)``);
@@ -31,9 +31,9 @@ from typing import Callable, Dict, List, Sequence
 
 from el_plugins import commands
 from el_plugins.files import output_folder_problem
-from el_plugins.reproduce.options import add_run_options, data_info, load_data, parse_run_options, usable_cores
+from el_evidence.reproduce.options import add_run_options, data_info, load_data, parse_run_options, usable_cores
 from el_plugins.provenance import provenance
-from el_plugins.reproduce.recipes import RECIPES, TrainingSettings
+from el_evidence.reproduce.recipes import RECIPES, TrainingSettings
 
 PROG = "el-reproduce mnist-table11"
 logger = logging.getLogger(__name__)
@@ -131,8 +131,8 @@ def run(s: Settings, data: Dict, data_info: dict, progress: bool = True, log: Ca
     import numpy as np
     import torch
 
-    from el_plugins.reproduce import mnist
-    from el_plugins.reproduce.networks import describe
+    from el_evidence.reproduce import mnist
+    from el_evidence.reproduce.networks import describe
 
     device = torch.device(s.device)
     started, load_start = time.time(), mnist.load_average()
@@ -261,17 +261,17 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    commands.setup_logging(PROG)
+    commands.setup_logging(PROG, also=("el_evidence",))
     if args.render is not None:
         return commands.run(PROG, lambda: render(args.render), errors=(OSError,))
-    from el_plugins.data import DataError
+    from el_evidence.data import DataError
 
     return commands.run(PROG, lambda: _reproduce(args, argv), errors=(DataError, OSError))
 
 
 def render(path: str) -> int:
     """table.md beside results.json ``path``, from it."""
-    from el_plugins.reproduce import report
+    from el_evidence.reproduce import report
 
     print(report.rerender(path, report.render_table11_md, PROG))
     return 0
@@ -281,7 +281,7 @@ def _reproduce(args, argv) -> int:
     import torch
 
     from el_plugins.files import output_set, write_json, write_text
-    from el_plugins.reproduce import report
+    from el_evidence.reproduce import report
 
     started = time.time()
     if args.device.type == "cpu":

@@ -1,7 +1,7 @@
-"""python -m el_plugins.reproduce.attack_probe: how strong and how costly are the attacks el-reproduce mnist
+"""python -m el_evidence.reproduce.attack_probe: how strong and how costly are the attacks el-reproduce mnist
 could use? A probe on a few test images.
 
-    python -m el_plugins.reproduce.attack_probe --data data --out results/mnist/attack_probe.json
+    python -m el_evidence.reproduce.attack_probe --data data --out results/mnist/attack_probe.json
 
 Trains one model per variant exactly as ``el-reproduce mnist`` does (seed 0), then attacks the first
 ``--images`` MNIST test images at L-inf eps 0.1 and 0.2 with torchattacks' FGSM, PGD (as el-reproduce
@@ -17,10 +17,10 @@ import time
 
 from el_plugins import commands
 from el_plugins.devices import add_device_argument
-from el_plugins.reproduce.options import load_data, usable_cores
-from el_plugins.reproduce.paper import VARIANTS
+from el_evidence.reproduce.options import load_data, usable_cores
+from el_evidence.reproduce.paper import VARIANTS
 
-PROG = "python -m el_plugins.reproduce.attack_probe"
+PROG = "python -m el_evidence.reproduce.attack_probe"
 logger = logging.getLogger(__name__)
 
 
@@ -47,8 +47,8 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    commands.setup_logging(PROG)
-    from el_plugins.data import DataError
+    commands.setup_logging(PROG, also=("el_evidence",))
+    from el_evidence.data import DataError
 
     return commands.run(PROG, lambda: _probe(args), errors=(DataError, OSError))
 
@@ -60,7 +60,7 @@ def _probe(args) -> int:
     from tqdm import tqdm
 
     from el_plugins.files import write_json
-    from el_plugins.reproduce import mnist
+    from el_evidence.reproduce import mnist
 
     threads = args.threads or min(usable_cores(), 8)
     if args.device.type == "cpu":

@@ -3,7 +3,7 @@
 :func:`render_tables` (el-reproduce mnist) and :func:`render_table11` (el-reproduce mnist-table11) are the
 texts docs/reproductions.md holds between their markers; tests/test_reproduce.py checks that the page shows
 exactly what the committed results.json files render to (the README's one-line summaries of them are
-el_plugins.reproduce.headlines').
+el_evidence.headlines').
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Callable, Dict, List, Optional
 
 from el_plugins.files import atomic_write, write_text
 from el_plugins.provenance import describe
-from el_plugins.reproduce.paper import VARIANT_NAMES, VARIANTS
+from el_evidence.reproduce.paper import VARIANT_NAMES, VARIANTS
 
 README_BEGIN = "<!-- el-reproduce mnist: begin (generated from results/mnist/results.json; do not edit) -->"
 README_END = "<!-- el-reproduce mnist: end -->"

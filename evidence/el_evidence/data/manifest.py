@@ -2,7 +2,7 @@
 import json
 import os
 
-from el_plugins.data.idx import DataError
+from el_evidence.data.idx import DataError
 
 
 def read_manifest(folder: str, name: str, fill_command: str) -> dict:

@@ -29,9 +29,9 @@ import time
 
 from el_plugins import commands
 from el_plugins.files import output_folder_problem
-from el_plugins.reproduce.options import add_run_options, data_info, load_data, parse_run_options, usable_cores
-from el_plugins.reproduce.paper import PAPER_LOG_END, PAPER_SMOOTHING, VARIANTS
-from el_plugins.reproduce.recipes import ATTACK_IMAGES, RECIPES, SETUPS
+from el_evidence.reproduce.options import add_run_options, data_info, load_data, parse_run_options, usable_cores
+from el_evidence.reproduce.paper import PAPER_LOG_END, PAPER_SMOOTHING, VARIANTS
+from el_evidence.reproduce.recipes import ATTACK_IMAGES, RECIPES, SETUPS
 
 PROG = "el-reproduce"
 EXPERIMENTS = ("mnist", "mnist-table11", "translation")
@@ -145,7 +145,7 @@ def _fill_defaults(args) -> None:
 
 def render(path: str) -> int:
     """table.md beside results.json ``path``, from it (after a change of the table's layout)."""
-    from el_plugins.reproduce import report
+    from el_evidence.reproduce import report
 
     print(report.rerender(path, report.render_table_md, "el-reproduce mnist"))
     return 0
@@ -155,7 +155,7 @@ def write_results(out: str, results: dict, arrays: dict):
     """results.json, table.md and the plots written into ``out`` as one set (:data:`OUTPUTS`: an interrupted
     write leaves the previous set; a previous run's plots that this one lacks go with it); their paths."""
     from el_plugins.files import output_set
-    from el_plugins.reproduce import report
+    from el_evidence.reproduce import report
 
     with output_set(out, owns=OUTPUTS) as staged:
         written = report.write_outputs(staged.staging, results, arrays)
@@ -167,13 +167,13 @@ def main(argv=None):
     if argv[:1] == ["translation"]:
         return translation_main(argv[1:])
     if argv[:1] == ["mnist-table11"]:
-        from el_plugins.reproduce import table11
+        from el_evidence.reproduce import table11
         return table11.main(argv[1:])
     args = parse_args(argv)
-    commands.setup_logging(MNIST_PROG)
+    commands.setup_logging(MNIST_PROG, also=("el_evidence",))
     if args.render is not None:
         return commands.run(MNIST_PROG, lambda: render(args.render), errors=(OSError,))
-    from el_plugins.data import DataError
+    from el_evidence.data import DataError
 
     return commands.run(MNIST_PROG, lambda: _reproduce(args, argv), errors=(DataError, OSError))
 
@@ -182,7 +182,7 @@ def _reproduce(args, argv) -> int:
     """The experiment (mnist) with checked arguments: train, measure, write OUT, print the table."""
     import torch
 
-    from el_plugins.reproduce import mnist, report
+    from el_evidence.reproduce import mnist, report
 
     log = logger.info
     started = time.time()
@@ -217,7 +217,7 @@ QUICK_GENERATION = ("--max-len-a", "1.2", "--max-len-b", "10")  # an untrained m
 
 
 def parse_translation_args(argv):
-    from el_plugins.reproduce.translation import RECIPE, VARIANTS, Settings
+    from el_evidence.reproduce.translation import RECIPE, VARIANTS, Settings
 
     defaults = Settings()
     ap = argparse.ArgumentParser(
@@ -264,7 +264,7 @@ def parse_translation_args(argv):
         for key, value in TRANSLATION_QUICK.items():
             if f"--{key.replace('_', '-')}" not in explicit:
                 setattr(args, key, value)
-    from el_plugins.reproduce.translation import planned_epochs
+    from el_evidence.reproduce.translation import planned_epochs
     from el_plugins.translation.recipe import RECIPES
 
     epochs = args.max_epoch or planned_epochs(RECIPES[RECIPE].args)
@@ -284,8 +284,8 @@ def parse_translation_args(argv):
 def translation_main(argv) -> int:
     args, settings = parse_translation_args(argv)
     prog = f"{PROG} translation"
-    commands.setup_logging(prog)
-    from el_plugins.data import DataError
+    commands.setup_logging(prog, also=("el_evidence",))
+    from el_evidence.data import DataError
 
     if args.render is not None:
         return commands.run(prog, lambda: _render_translation(args.render))
@@ -294,15 +294,15 @@ def translation_main(argv) -> int:
 
 def _render_translation(path: str) -> int:
     """table.md beside results.json ``path``, from it (after a change of the table's layout)."""
-    from el_plugins.reproduce import report, translation_report
+    from el_evidence.reproduce import report, translation_report
 
     print(report.rerender(path, translation_report.render_table_md, "el-reproduce translation"))
     return 0
 
 
 def _reproduce_translation(args, settings) -> int:
-    from el_plugins.data import bible
-    from el_plugins.reproduce import translation, translation_report
+    from el_evidence.data import bible
+    from el_evidence.reproduce import translation, translation_report
 
     log = logger.info
     try:
