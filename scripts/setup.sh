@@ -14,6 +14,7 @@ VENV=${EL_VENV:-.venv}
 TORCH_PINS="torch==2.14.1 torchvision==0.29.1"   # a CUDA build that also runs on CPU
 FAIRSEQ_PIN="fairseq-fixed==0.12.3.1"             # fairseq 0.12.2 does not import on Python 3.11
 TOOLS="timm==1.0.31 sacrebleu sacremoses sentencepiece tqdm matplotlib scikit-learn pillow pyyaml pytest scipy build transformers==5.25.0 accelerate==1.16.0 peft==0.22.0 import-linter==2.17"  # build: the wheel and sdist (tests/test_packaging.py); transformers, accelerate, peft: tests/test_hf.py; import-linter: tests/test_layers.py
+PEERS="liger-kernel==0.8.5 cut-cross-entropy==25.1.1"  # the benchmarks' peers (--no-deps: torch, triton are here)
 ATTACKS_PIN="torchattacks==3.5.1"                 # el-reproduce's attacks; --no-deps: it pins requests~=2.25.1, unused
 FASHION_DEB="dataset-fashion-mnist"               # Debian's Fashion-MNIST (MIT), for el-reproduce mnist
 # (and Debian's sword-text-kjv + sword-text-sparv, public-domain Bibles, for el-reproduce translation)
@@ -34,6 +35,8 @@ if [ ! -e "$deps_stamp" ]; then
   pip install --no-build-isolation "$FAIRSEQ_PIN"
   say "installing $TOOLS"
   pip install $TOOLS
+  say "installing the benchmarks' peers $PEERS (without their dependencies: torch and triton are here)"
+  pip install --no-deps $PEERS
   say "installing $ATTACKS_PIN (without its dependencies: torch, torchvision, scipy, tqdm, numpy are here)"
   pip install --no-deps "$ATTACKS_PIN"
   "$py" -c "import torch, torchvision, fairseq, timm, sacrebleu, sentencepiece, torchattacks" \
