@@ -13,6 +13,12 @@ import torch
 from el_plugins.core import (BONUSES, DEFAULT_LOG_END, REDUCTIONS, SCHEDULE_UNITS, SCHEDULES, SMOOTHING_CONVENTIONS,
                              Bonus, BonusSchedule, LossSettings)
 
+__all__ = ['ARGUMENT_NAMES', 'bonus_spec', 'check_bonus_smoothing', 'check_bonus_weight', 'check_choice', 'check_count',
+           'check_dense_loss_args', 'check_floating', 'check_ignore_index', 'check_index_loss_args',
+           'check_index_target', 'check_label_smoothing', 'check_linear_loss_args', 'check_log_end',
+           'check_num_classes', 'check_soft_targets', 'check_targets', 'host_checks_possible', 'loss_settings',
+           'real_number', 'schedule_spec', 'SOFT_TARGET_SUM_TOLERANCE']
+
 SOFT_TARGET_SUM_TOLERANCE = 1e-3
 """How far a soft target row's sum may be from 1 (more for float16/bfloat16 targets: a few of their ulps)."""
 

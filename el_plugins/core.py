@@ -13,6 +13,12 @@ from typing import NamedTuple, Optional
 
 import torch
 
+__all__ = ['assemble_rows', 'autocast_dtype', 'autocast_input', 'Bonus', 'BONUS_CLAMP', 'bonus_from_log_prob',
+           'bonus_slope_times_p', 'BONUSES', 'BonusSchedule', 'compute_dtype', 'CONSTANT_SCHEDULE',
+           'DEFAULT_LOG_END', 'EncouragingLossOutput', 'LARGE_P', 'LOG_BONUS', 'LossSettings', 'reduce_outputs',
+           'reduce_rows', 'REDUCTIONS', 'RowTerms', 'SCHEDULE_UNITS', 'SCHEDULES', 'SMOOTHING_CONVENTIONS',
+           'smoothing_weights', 'target_weights', 'TargetWeights']
+
 BONUS_CLAMP = 1e-5
 """The log bonus is log(max(1 - p, BONUS_CLAMP)), bounded below by log(1e-5) = -11.513."""
 

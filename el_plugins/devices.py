@@ -11,6 +11,9 @@ import os
 
 import torch
 
+__all__ = ['add_device_argument', 'DEFAULT_DEVICE', 'DEVICE_HELP', 'move_to_device', 'prepare_model', 'resolve_device',
+           'subprocess_env']
+
 DEFAULT_DEVICE = "cpu"
 DEVICE_HELP = "where to run: cpu, cuda or cuda:N (default: cpu)"
 

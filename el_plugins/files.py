@@ -31,6 +31,9 @@ import threading
 import time
 from typing import Iterable, List, Optional
 
+__all__ = ['atomic_write', 'finish_interrupted', 'output_folder_problem', 'output_set', 'OutputSet', 'PARTIAL',
+           'partial_files', 'raise_if_terminated', 'read_lines', 'write_json', 'write_lines', 'write_text']
+
 PARTIAL = ".el-partial-"
 
 

@@ -13,6 +13,8 @@ from typing import Optional
 
 from el_plugins import __version__
 
+__all__ = ['describe', 'provenance']
+
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
 

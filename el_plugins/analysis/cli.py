@@ -28,6 +28,8 @@ from el_plugins.analysis.report import PLOT_FILES, AnalysisError
 from el_plugins.files import output_folder_problem
 from el_plugins.devices import add_device_argument
 
+__all__ = ['analyze', 'build_parser', 'data_overlap', 'main', 'run_names']
+
 logger = logging.getLogger(__name__)
 
 

@@ -16,6 +16,8 @@ from el_plugins.analysis.report import AnalysisError, AnalysisUsageError, batche
 from el_plugins.analysis.streaming import StreamingAnalysis
 from el_plugins.devices import move_to_device, prepare_model
 
+__all__ = ['evaluate', 'load', 'run']
+
 logger = logging.getLogger(__name__)
 
 

@@ -25,7 +25,14 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-from el_plugins.functional import check_targets, compute_dtype
+from el_plugins.checks import check_targets
+from el_plugins.core import compute_dtype
+
+__all__ = ['accuracy', 'auroc', 'auroc_paper_code', 'data_energy', 'describe', 'ece_from_table',
+           'expected_calibration_error', 'finite_rows', 'fpr_at_tpr', 'fpr_at_tpr_paper_code', 'free_energy',
+           'ID_IS', 'log_max_prob', 'margins', 'max_prob', 'min_energy', 'OOD_SCORES', 'ood_scores',
+           'paper_code_ood_scores', 'QUANTILES', 'reliability_table', 'roc_curve', 'row_values', 'target_probs',
+           'well_classified_fraction']
 
 ID_IS = {"min_energy": "lower", "free_energy": "lower", "max_prob": "higher"}
 """For each OOD score, whether in-distribution rows score 'lower' or 'higher'."""

@@ -12,6 +12,8 @@ from matplotlib.figure import Figure
 
 from el_plugins.analysis import metrics
 
+__all__ = ['COLORS', 'curves_png', 'histogram_png', 'reliability_png', 'roc_png', 'SCORE_LABELS', 'STYLE']
+
 STYLE = {"font.size": 13, "axes.titlesize": 15, "axes.labelsize": 13, "legend.fontsize": 11}
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
 SCORE_LABELS = {

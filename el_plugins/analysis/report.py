@@ -13,6 +13,10 @@ from el_plugins.analysis.streaming import NonFiniteLogitsWarning, StreamingAnaly
 from el_plugins.commands import USAGE_EXIT, CommandError, UsageError
 from el_plugins.files import output_set
 
+__all__ = ['AnalysisError', 'AnalysisUsageError', 'batches', 'build_report', 'check_finite', 'checked_device',
+           'CONVENTIONS', 'format_markdown', 'format_table', 'PLOT_FILES', 'render_plots', 'report_files',
+           'table_rows', 'write_outputs']
+
 CONVENTIONS = {
     "margin": "z_y - max_{k != y} z_k (logits z, target y); > 0 iff correctly classified",
     "data_energy": "conditional energy on the data, -z_y",

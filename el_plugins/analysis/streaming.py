@@ -8,8 +8,10 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
-from el_plugins.functional import check_log_end
+from el_plugins.checks import check_log_end
 from el_plugins.analysis import metrics
+
+__all__ = ['ID_FIELDS', 'NonFiniteLogitsWarning', 'OOD_FIELDS', 'StreamingAnalysis']
 
 ID_FIELDS = ("margin", "target_prob", "nll", "data_energy", "confidence", "correct",
              "min_energy", "free_energy", "max_prob")

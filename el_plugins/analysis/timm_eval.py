@@ -17,6 +17,10 @@ from el_plugins.analysis.report import AnalysisError, AnalysisUsageError, batche
 from el_plugins.analysis.streaming import StreamingAnalysis
 from el_plugins.devices import move_to_device, prepare_model
 
+__all__ = ['build_transform', 'check_image_folder', 'check_state_dict', 'collate_readable', 'EMA_KEYS', 'evaluate',
+           'ImageList', 'IMG_EXTENSIONS', 'list_images', 'load_checkpoint_state_dict', 'parse_model_kwargs',
+           'run', 'STATE_DICT_KEYS']
+
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 STATE_DICT_KEYS = ("state_dict", "model", "module", "net")
 EMA_KEYS = ("state_dict_ema", "model_ema")

@@ -33,6 +33,9 @@ from fairseq.criterions import register_criterion
 from el_plugins import checks
 from el_plugins.fairseq_plugin.criterion import LabelSmoothedEncouragingLossCriterion
 
+__all__ = ['AUTHORS_BONUS', 'AUTHORS_CRITERION', 'authors_loss_settings', 'AuthorsEncourageLossCriterion', 'FLAGS',
+           'NEVER_READ', 'NOT_IMPLEMENTED']
+
 AUTHORS_CRITERION = "encourage_loss"
 AUTHORS_BONUS = {-1: "log", -2: "cosine"}  # their --bonus_gamma codes; > 0 is the power bonus, 0 none
 NOT_IMPLEMENTED = {"sub_data_rho": 1.0, "bonus_abrupt": -1.0, "all_dynamic_rho": 0, "all_dynamic_data": "fren",

@@ -40,6 +40,11 @@ from el_plugins import checks
 from el_plugins import functional as EF
 from el_plugins.core import BONUSES, SCHEDULE_UNITS, SCHEDULES
 
+__all__ = ['checked_number', 'CHECKED_OPTIONS', 'CHOICE_OPTIONS', 'CRITERION_NAME', 'FLAGS', 'follow_training_time',
+           'fusable_output_layer', 'FUSE_OUTPUT_LAYER_OPTIONS', 'installed_fairseq_smoothing_convention',
+           'LabelSmoothedEncouragingLossConfig', 'LabelSmoothedEncouragingLossCriterion', 'model_wrappers',
+           'normalizes_with_plain_log_softmax', 'SMOOTHING_CONVENTION_OPTIONS', 'unwrap_model']
+
 CRITERION_NAME = "label_smoothed_encouraging_loss"
 
 

@@ -25,6 +25,9 @@ import numpy as np
 
 from el_plugins._activation import SwitchError, read_switch
 
+__all__ = ['ALL_FIXES_ENV', 'apply_fixes', 'BATCH_BY_SIZE_ENV', 'drops_indices', 'fix_batch_by_size', 'fix_enabled',
+           'fix_weights_only', 'FIXES', 'FixSwitchError', 'keep_last_batch', 'MARK', 'WEIGHTS_ONLY_ENV']
+
 logger = logging.getLogger("el_plugins")
 
 ALL_FIXES_ENV = "EL_PLUGINS_FAIRSEQ_FIXES"

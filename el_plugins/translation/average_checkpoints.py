@@ -33,6 +33,10 @@ from typing import Any, Dict, List, Optional, Sequence
 from el_plugins import commands
 from el_plugins.files import atomic_write
 
+__all__ = ['average_checkpoints', 'AverageCheckpointsError', 'build_parser', 'check_distinct', 'check_output',
+           'EPOCH_PATTERN', 'load_checkpoint', 'main', 'PROG', 'RUN_CHECKPOINT_NAMES', 'save_atomic',
+           'select_checkpoints', 'UPDATE_PATTERN']
+
 PROG = "el-average-checkpoints"
 EPOCH_PATTERN = re.compile(r"checkpoint(\d+)\.pt")
 UPDATE_PATTERN = re.compile(r"checkpoint_\d+_(\d+)\.pt")

@@ -28,6 +28,9 @@ from el_plugins import commands
 from el_plugins.files import output_folder_problem, output_set, read_lines, write_json, write_lines
 from el_plugins.translation import data_bin as data_bins
 
+__all__ = ['choose_post_process', 'generate', 'GENERATE_BATCH_SIZE', 'main', 'OUTPUTS', 'parse_generate_output',
+           'POST_PROCESS', 'PROG', 'sacre_bleu', 'score', 'tokenized_bleu']
+
 PROG = "el-bleu"
 logger = logging.getLogger(__name__)
 _LINE = re.compile(r"^([STHD])-(\d+)\t(.*)$")

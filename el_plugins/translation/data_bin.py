@@ -12,6 +12,9 @@ from typing import Dict, Set, Tuple
 from el_plugins.commands import UsageError
 from el_plugins.files import read_lines, write_json
 
+__all__ = ['has_sentencepiece_pieces', 'language_pair', 'read_record', 'RECORD', 'SENTENCEPIECE_MARK', 'splits_by_pair',
+           'subword_kind', 'write_record']
+
 RECORD = "el-plugins.json"  # written into the data-bin by el_plugins.translation.prepare
 SENTENCEPIECE_MARK = "\u2581"  # '▁': sentencepiece's word-start mark
 _SPLIT_FILE = re.compile(r"(.+)\.([^.-]+)-([^.-]+)\.([^.]+)\.idx")

@@ -26,6 +26,10 @@ from el_plugins import commands
 from el_plugins.files import output_folder_problem, output_set, read_lines, write_lines
 from el_plugins.translation import data_bin as data_bins
 
+__all__ = ['check_splits', 'CORPORA', 'main', 'moses_detokenize', 'moses_languages', 'moses_tokenize', 'OUTPUTS',
+           'prepare_parallel_corpus', 'PrepareError', 'PROG', 'read_iwslt_release', 'read_train_tags',
+           'read_xml_segments', 'Splits', 'write_parallel_corpus']
+
 PROG = "el-prepare-iwslt"
 logger = logging.getLogger(__name__)
 

@@ -22,7 +22,12 @@ import sys
 from typing import List, NamedTuple, Optional, Sequence
 
 from el_plugins import commands
+from el_plugins import checks
 from el_plugins import functional as EF
+from el_plugins.core import DEFAULT_LOG_END
+
+__all__ = ['ADAM', 'criterion_args', 'EL_CRITERION', 'EL_DEFAULTS', 'LOSSES', 'main', 'OWN_FLAGS', 'PAPER_BEST_CHECKPOINT',
+           'PROG', 'Recipe', 'RECIPES', 'resume_problem', 'train_command']
 
 PROG = "el-translation-train"
 logger = logging.getLogger(__name__)
@@ -98,7 +103,7 @@ def criterion_args(loss: str, log_end: float, smoothing_convention: str = "paper
     paper: both arms are label_smoothed_encouraging_loss with eps / V (the authors' setup; the baseline has
     --bonus-weight 0), so they differ in the bonus alone; fairseq: the baseline is fairseq's own
     label_smoothed_cross_entropy (eps / (V - 1) off the target), and EL follows that convention."""
-    EF.check_choice(smoothing_convention, EF.SMOOTHING_CONVENTIONS, "--smoothing-convention")
+    checks.check_choice(smoothing_convention, EF.SMOOTHING_CONVENTIONS, "--smoothing-convention")
     if loss == "ce" and smoothing_convention == "fairseq":
         return ["--criterion", "label_smoothed_cross_entropy"]
     el = ["--criterion", "label_smoothed_encouraging_loss"]
@@ -113,7 +118,7 @@ def train_command(recipe: str, data_bin: str, save_dir: str, *, loss: str, seed:
     ``smoothing_convention`` defaults to the recipe's."""
     if recipe not in RECIPES:
         raise ValueError(f"--recipe must be one of {', '.join(sorted(RECIPES))}, got {recipe!r}")
-    EF.check_choice(loss, LOSSES, "--loss")
+    checks.check_choice(loss, LOSSES, "--loss")
     if loss == "ce" and log_end is not None:
         raise ValueError(f"--log-end {log_end} applies to --loss el only; --loss ce is the baseline, which has "
                          "no bonus")
@@ -123,7 +128,7 @@ def train_command(recipe: str, data_bin: str, save_dir: str, *, loss: str, seed:
             raise ValueError(f"{arg} after --: el-translation-train sets {flag} itself, from its own {OWN_FLAGS[flag]} "
                              "(fairseq-train would take the later one, silently); give that instead")
     r = RECIPES[recipe]
-    log_end = EF.check_log_end(r.log_end if log_end is None else log_end, "--log-end")
+    log_end = checks.check_log_end(r.log_end if log_end is None else log_end, "--log-end")
     convention = r.smoothing_convention if smoothing_convention is None else smoothing_convention
     if not (isinstance(gpus, int) and gpus >= 1):
         raise ValueError(f"--gpus must be an integer >= 1, got {gpus!r}")
@@ -189,18 +194,23 @@ def main(argv=None):
 
 
 EL_CRITERION = "label_smoothed_encouraging_loss"
-EL_DEFAULTS = {"bonus_weight": 1.0, "log_end": 0.75, "smoothing_convention": "auto"}  # the criterion's own
+EL_DEFAULTS = {"bonus_weight": 1.0, "log_end": DEFAULT_LOG_END, "smoothing_convention": "auto", "bonus": "log",
+               "bonus_gamma": None, "bonus_start": 0.0, "bonus_smoothing": None}
+"""The criterion's defaults of the settings that make two runs different (its config's; log_end: core's)."""
 
 
 def _run_key(criterion: str, options: dict) -> tuple:
-    """What makes two runs the same for resuming: the criterion and, for EL's, its bonus weight, log_end and
-    smoothing convention (``options``: the saved config's or the command's; missing ones: the defaults)."""
+    """What makes two runs the same for resuming: the criterion and, for EL's, its bonus weight, log_end, smoothing
+    convention and bonus family (``options``: the saved config's or the command's; missing ones: the defaults)."""
     if criterion != EL_CRITERION:
         return (criterion,)
     values = {k: options.get(k) if options.get(k) is not None else v for k, v in EL_DEFAULTS.items()}
     bonus_weight = float(values["bonus_weight"])
-    log_end = float(values["log_end"]) if bonus_weight else None  # the baseline (no bonus) has no log_end
-    return (criterion, bonus_weight, log_end, values["smoothing_convention"])
+    bonus = values["bonus"] if bonus_weight else "log"  # the baseline (no bonus) has no shape of bonus
+    log_end = float(values["log_end"]) if bonus_weight and bonus == "log" else None
+    family = tuple(None if values[k] is None or not bonus_weight else float(values[k])
+                   for k in ("bonus_gamma", "bonus_start", "bonus_smoothing"))
+    return (criterion, bonus_weight, log_end, values["smoothing_convention"], bonus, family)
 
 
 def _run_of(key: tuple, other: tuple) -> str:
@@ -209,14 +219,19 @@ def _run_of(key: tuple, other: tuple) -> str:
         return "--loss ce"
     if key[0] != EL_CRITERION:
         return f"--criterion {key[0]}"
-    _, bonus_weight, log_end, convention = key
-    text = "--loss ce" if bonus_weight == 0 else f"--loss el --log-end {log_end:g}" + (
-        f" --bonus-weight {bonus_weight:g}" if bonus_weight != 1 else "")
-    return text + (f" --smoothing-convention {convention}" if len(other) == 4 and other[3] != convention else "")
+    _, bonus_weight, log_end, convention, bonus, family = key
+    text = "--loss ce" if bonus_weight == 0 else "--loss el" + (f" --log-end {log_end:g}" if log_end else "") + (
+        f" --bonus-weight {bonus_weight:g}" if bonus_weight != 1 else "") + (
+        f" --bonus {bonus}" if bonus != "log" else "") + "".join(
+        f" {flag} {value:g}" for flag, value in zip(("--bonus-gamma", "--bonus-start", "--bonus-smoothing"), family)
+        if value)
+    return text + (f" --smoothing-convention {convention}" if len(other) > 3 and other[3] != convention else "")
 
 
 def _command_options(cmd: Sequence[str]) -> dict:
-    flags = {"--bonus-weight": "bonus_weight", "--log-end": "log_end", "--smoothing-convention": "smoothing_convention"}
+    flags = {"--bonus-weight": "bonus_weight", "--log-end": "log_end", "--smoothing-convention": "smoothing_convention",
+             "--bonus": "bonus", "--bonus-gamma": "bonus_gamma", "--bonus-start": "bonus_start",
+             "--bonus-smoothing": "bonus_smoothing"}
     return {flags[a]: cmd[i + 1] for i, a in enumerate(cmd[:-1]) if a in flags}
 
 

@@ -8,6 +8,8 @@ from tqdm import tqdm
 
 from el_plugins.commands import CommandError, failure_cause, start_program, stopped_on_error
 
+__all__ = ['train_with_progress']
+
 _VALID = re.compile(r"\| valid on 'valid' subset \|.*")
 
 
