@@ -444,7 +444,8 @@ def test_launcher_trains_each_recipe_with_el(tmp_path, digits_folder, kd_teacher
     assert f"el-plugins: training loss = {described}; validation loss = cross-entropy" in proc.stdout, proc.stdout
     task = "LogitDistillationTask" if recipe == "distillation" else "ClassificationTask"
     role = "the task loss (train.py's distillation loss is added to it)" if recipe == "distillation" else "its loss"
-    assert result["task"] == task and f"el-plugins: {task} trains with the encouraging loss as {role}" in proc.stdout
+    assert result["task"] == task
+    assert f"el-plugins: {task} trains with the encouraging loss ({criterion}) as {role}" in proc.stdout
     assert "loss: el" in args_yaml
 
 
@@ -500,6 +501,62 @@ def test_launcher_refuses_recipe_flags_el_would_not_use(tmp_path, digits_folder,
     proc = run_cli("el-timm-train", train_py, digits_folder, "--output", out, "--loss", "el", *args, check=False)
     assert proc.returncode == 2 and re.search(message, proc.stdout), proc.stdout[-2000:]
     assert not out.exists()
+
+
+def test_launcher_gives_every_task_class_the_recipes_el(monkeypatch):
+    """In process: el-timm-train's hook on a train.py-shaped module replaces the criterion (or the criterion_kwargs,
+    timm 1.0.31's way) of each task class it builds; MultiLabelClassificationTask gets sigmoid EL; what train.py
+    put in criterion_kwargs passes through but for what the flags set."""
+    import argparse
+    import types
+
+    from timm.task import LogitDistillationTask, MultiLabelClassificationTask
+
+    from el_plugins.timm_plugin import launcher, loss_factory
+
+    monkeypatch.setattr(loss_factory, "_launcher_settings", {})  # el-timm-train's defaults, this test's only
+    parser = argparse.ArgumentParser()
+    for flag in ("--smoothing", "--mixup", "--cutmix"):
+        parser.add_argument(flag, type=float, default=0.1 if flag == "--smoothing" else 0.0)
+    parser.add_argument("--cutmix-minmax", default=None)
+    parser.add_argument("--bce-loss", action="store_true")
+    parser.add_argument("--bce-target-thresh", type=float, default=None)
+    module = types.SimpleNamespace(parser=parser, main=lambda: None, ClassificationTask=ClassificationTask,
+                                   MultiLabelClassificationTask=MultiLabelClassificationTask,
+                                   LogitDistillationTask=LogitDistillationTask)
+    launcher.install(module)
+    module.parser.parse_args(["--loss", "el", "--log-end", "0.5"])
+    model = timm.create_model("test_resnet", num_classes=10)
+    cpu = torch.device("cpu")
+    task = module.ClassificationTask(model, criterion_kwargs=dict(loss_type="el", smoothing=0.3), device=cpu)
+    assert type(task.criterion) is EncouragingLoss and (task.criterion.smoothing, task.criterion.log_end) == (0.1, 0.5)
+    task = module.MultiLabelClassificationTask(model, criterion=torch.nn.BCEWithLogitsLoss(), device=cpu)
+    assert type(task.criterion) is BinaryEncouragingLoss and task.criterion.smooth_dense
+    module.parser.parse_args(["--loss", "el", "--bce-loss", "--bce-target-thresh", "0.2"])
+    task = module.ClassificationTask(model, criterion=torch.nn.CrossEntropyLoss(), device=cpu)
+    assert type(task.criterion) is BinaryEncouragingLoss and task.criterion.target_threshold == 0.2
+    assert not task.criterion.smooth_dense and task.criterion.smoothing == 0.1
+    with pytest.raises(Exception, match="without criterion=... or criterion_kwargs=..."):
+        module.ClassificationTask(model, device=cpu)
+
+
+def test_rsb_a3_recipe_script():
+    """scripts/timm/resnet50_rsb_a3_imagenet.sh: the BCE form's recipe (its flags parse under timm's real train.py:
+    the issue 26 report), EL or --baseline (timm's BCE), the batch per GPU keeping the global 2048."""
+    script = os.path.join(os.path.dirname(__file__), "..", "scripts", "timm", "resnet50_rsb_a3_imagenet.sh")
+
+    def sh(*args):
+        return subprocess.run(["bash", script, "--train-py", "t.py", "--data", "d", *args], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+
+    el = sh("--dry-run")
+    assert el.returncode == 0 and "--nproc_per_node 8" in el.stdout and " -b 256 " in el.stdout, el.stdout
+    assert "--bce-loss --bce-target-thresh 0.2" in el.stdout and "--mixup 0.1 --cutmix 1.0" in el.stdout
+    assert el.stdout.rstrip().endswith("--experiment rsb_a3-el0.75 --loss el --log-end 0.75")
+    base = sh("--dry-run", "--baseline", "--gpus", "4", "--", "--seed", "1")
+    assert "--loss" not in base.stdout and " -b 512 " in base.stdout and base.stdout.rstrip().endswith("--seed 1")
+    bad = sh("--log-end", "0")
+    assert bad.returncode == 2 and "--log-end must be in (0, 1]" in bad.stdout
 
 
 def test_launcher_usage_errors(tmp_path):

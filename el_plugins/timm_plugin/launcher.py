@@ -41,8 +41,10 @@ PROG = "el-timm-train"
 USAGE = ("usage: el-timm-train path/to/train.py [train.py options] --loss el [--log-end LE] [--el-bonus-weight RHO]\n"
          "       [--el-bonus {log,power,cosine}] [--el-bonus-gamma G] [--el-bonus-start S] [--el-bonus-smoothing L]\n"
          "       [--el-bonus-schedule {constant,linear,exp,cos}] [--el-bonus-schedule-horizon T] [--el-bonus-defer D]\n"
+         "       (train.py's --bce-loss, --jsd-loss --aug-splits N, --mixup/--cutmix, --kd-model-name choose EL's form)\n"
          "       (torchrun ... -m el_plugins.timm_plugin.launcher path/to/train.py ...)")
-TASK_CLASSES = ("ClassificationTask", "LogitDistillationTask", "FeatureDistillationTask", "TokenDistillationTask")
+TASK_CLASSES = ("ClassificationTask", "MultiLabelClassificationTask", "LogitDistillationTask", "FeatureDistillationTask",
+                "TokenDistillationTask")
 _logger = logging.getLogger("el_plugins.timm")
 
 
@@ -309,8 +311,10 @@ def check_and_apply(args, parser, module):
         return timm.loss.create_classification_loss(**kwargs)
 
     for name in TASK_CLASSES:  # the criterion train.py gives its task (or asks the factory for) becomes EL
-        if hasattr(module, name):
-            setattr(module, name, _with_el_criterion(getattr(module, name), make_criterion, log))
+        if hasattr(module, name):  # (parsed again: the original class, wrapped anew)
+            task_class = getattr(module, name)
+            task_class = getattr(task_class, "__el_original__", task_class)
+            setattr(module, name, _with_el_criterion(task_class, make_criterion, log))
     scheduled = settings.get("bonus_schedule", "constant") != "constant" or settings.get("bonus_defer", 0)
     if scheduled:
         _tell_the_epoch(module, log)
@@ -333,7 +337,8 @@ def recipe_kwargs(args, parser) -> dict:
                      f"AugMix recipes use --aug-splits 3), got --aug-splits {splits}")
     if jsd and soft:
         parser.error("--jsd-loss does not combine with --mixup/--cutmix: the JSD form scores the clean split against "
-                     "class indices, and Mixup/CutMix would mix the splits (train.py refuses it too)")
+                     "class indices, and Mixup/CutMix would mix the splits (train.py cannot train it either: an assert, or "
+                     "timm's JsdCrossEntropy failing on soft targets)")
     bce_flags = {"bce_target_thresh": "--bce-target-thresh", "bce_sum": "--bce-sum", "bce_pos_weight": "--bce-pos-weight"}
     given = {dest: getattr(args, dest) for dest in bce_flags if getattr(args, dest, None) not in (None, False)}
     if given and not bce:
@@ -399,6 +404,7 @@ def _tell_the_epoch(module, log):
     from el_plugins.timm_plugin import loss_factory
 
     train_one_epoch = getattr(module, "train_one_epoch", None)
+    train_one_epoch = getattr(train_one_epoch, "__el_original__", train_one_epoch)
     if not callable(train_one_epoch):
         raise commands.CommandError("this train.py has no train_one_epoch(epoch, ...), so a schedule of the bonus "
                                     "weight cannot follow its epochs")
@@ -411,6 +417,7 @@ def _tell_the_epoch(module, log):
             log(f"el-plugins: epoch {epoch}: bonus_weight {', '.join(weights)}")
         return train_one_epoch(epoch, *args, **kwargs)
 
+    train_one_epoch_with_el.__el_original__ = train_one_epoch
     module.train_one_epoch = train_one_epoch_with_el
 
 
@@ -427,11 +434,13 @@ def _with_el_criterion(task_class, make_criterion, log):
         kwargs.pop("criterion", None)
         kwargs["criterion"] = make_criterion(kwargs.pop("criterion_kwargs", None) or {}, multi_label)
         if log:
-            role = "its loss" if task_class.__name__ == "ClassificationTask" else \
+            role = "its loss" if "Distillation" not in task_class.__name__ else \
                 "the task loss (train.py's distillation loss is added to it)"
-            log(f"el-plugins: {task_class.__name__} trains with the encouraging loss as {role}")
+            log(f"el-plugins: {task_class.__name__} trains with the encouraging loss "
+                f"({type(kwargs['criterion']).__name__}) as {role}")
         return task_class(*args, **kwargs)
 
+    build_task.__el_original__ = task_class
     return build_task
 
 
