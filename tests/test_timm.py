@@ -238,7 +238,8 @@ TRAIN_PY = textwrap.dedent('''
         if args.jsd_loss:
             kwargs['jsd_splits'] = splits
         if args.bce_loss:
-            kwargs.update(bce_target_thresh=args.bce_target_thresh, bce_sum=args.bce_sum, pos_weight=args.bce_pos_weight)
+            kwargs.update(bce_target_thresh=args.bce_target_thresh, bce_sum=args.bce_sum,
+                          pos_weight=args.bce_pos_weight)
         return kwargs
 
     def train_one_epoch(epoch, task, loader, optimizer, mix, splits, args, record):

@@ -88,6 +88,13 @@ def _loss_and_grad(loss_fn, z, t):
     return loss.detach(), grad
 
 
+def bind(fn, **bound):
+    """fn(z, t) with keyword arguments bound (more given at the call override them)."""
+    def call(z, t, **more):
+        return fn(z, t, **{**bound, **more})
+    return call
+
+
 def _cases():
     for recipe, (el_kwargs, _) in RECIPES.items():
         for targets in ("hard", "mixup"):
@@ -103,8 +110,8 @@ def test_bonus_weight_0_equals_timms_own_loss(recipe, targets):
     soft = dict(soft_targets=targets == "mixup")
     el = timm.loss.create_classification_loss(loss_type="el", el_bonus_weight=0.0, **el_kwargs, **soft).double()
     theirs = timm.loss.create_classification_loss(**timm_kwargs, **soft).double()
-    assert type(el).__name__ == {"ce": "EncouragingLoss", "bce": "BinaryEncouragingLoss", "multi": "BinaryEncouragingLoss",
-                                 "jsd": "JsdEncouragingLoss"}[recipe.split("-")[0]]
+    assert type(el).__name__ == {"ce": "EncouragingLoss", "bce": "BinaryEncouragingLoss",
+                                 "multi": "BinaryEncouragingLoss", "jsd": "JsdEncouragingLoss"}[recipe.split("-")[0]]
     z, t = _inputs(recipe, targets)
     loss, grad = _loss_and_grad(el, z, t)
     want, want_grad = _loss_and_grad(theirs, z, t)
@@ -143,7 +150,9 @@ def independent_sigmoid_el(z, target, *, bonus, smoothing=0.0, thresh=None, clas
     s, not_s = torch.sigmoid(z), torch.sigmoid(-z)
     a = 1.0 if pos_weight is None else torch.as_tensor(pos_weight, dtype=z.dtype)
     w = 1.0 if class_weight is None else torch.as_tensor(class_weight, dtype=z.dtype)
-    per_class = w * (a * (t * F.softplus(-z) + rho * t * bonus(s)) + (1 - t) * F.softplus(z) + rho * (1 - t) * bonus(not_s))
+    positive = t * F.softplus(-z) + rho * t * bonus(s)
+    negative = (1 - t) * F.softplus(z) + rho * (1 - t) * bonus(not_s)
+    per_class = w * (a * positive + negative)
     return per_class.sum(-1).mean() if sum_classes else per_class.mean()
 
 
@@ -177,10 +186,10 @@ def test_bonus_weight_1_equals_an_independent_formula(recipe, targets, bonus):
     assert el.bonus_weight == 1.0
     z, t = _inputs(recipe, targets)
     if "jsd_splits" in el_kwargs:
-        formula = functools_partial(independent_jsd_el, splits=el_kwargs["jsd_splits"], bonus=b,
+        formula = bind(independent_jsd_el, splits=el_kwargs["jsd_splits"], bonus=b,
                                     smoothing=el_kwargs.get("smoothing", 0.0))
     else:
-        formula = functools_partial(
+        formula = bind(
             independent_sigmoid_el, bonus=b, smoothing=0.0 if soft else el_kwargs.get("smoothing", 0.0),
             thresh=el_kwargs.get("bce_target_thresh"), class_weight=el_kwargs.get("class_weight"),
             pos_weight=el_kwargs.get("pos_weight"), sum_classes=el_kwargs.get("bce_sum", False),
@@ -190,13 +199,7 @@ def test_bonus_weight_1_equals_an_independent_formula(recipe, targets, bonus):
     torch.testing.assert_close(loss, want, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(grad, want_grad, rtol=1e-8, atol=1e-12)
     # and the bonus matters: the loss is not the bonus-free one
-    assert not torch.allclose(loss, _loss_and_grad(functools_partial(formula, rho=0.0), z, t)[0])
-
-
-def functools_partial(fn, **bound):
-    def call(z, t, **more):
-        return fn(z, t, **{**bound, **more})
-    return call
+    assert not torch.allclose(loss, _loss_and_grad(bind(formula, rho=0.0), z, t)[0])
 
 
 def test_binary_encouraging_loss_weights_in_the_functional():
@@ -277,16 +280,16 @@ def test_jensen_shannon_term_is_augmix_consistency():
 MIXED_PRECISION = {
     # name: (EL module, the independent formula, which autograd computes on the logits cast to float32)
     "bce-rsb": (lambda: BinaryEncouragingLoss(smoothing=0.1, target_threshold=0.2, smooth_dense=False),
-                functools_partial(independent_sigmoid_el, bonus=lambda p: log_bonus(p, 0.75), smoothing=0.1,
+                bind(independent_sigmoid_el, bonus=lambda p: log_bonus(p, 0.75), smoothing=0.1,
                                   thresh=0.2)),
     "bce-weights-sum": (lambda: BinaryEncouragingLoss(smoothing=0.1, weight=CLASS_WEIGHT * 100, pos_weight=2.0,
                                                       sum_classes=True, smooth_dense=False),
-                        functools_partial(independent_sigmoid_el, bonus=lambda p: log_bonus(p, 0.75), smoothing=0.1,
+                        bind(independent_sigmoid_el, bonus=lambda p: log_bonus(p, 0.75), smoothing=0.1,
                                           class_weight=CLASS_WEIGHT * 100, pos_weight=2.0, sum_classes=True)),
     "jsd": (lambda: JsdEncouragingLoss(3, smoothing=0.1),
-            functools_partial(independent_jsd_el, splits=3, bonus=lambda p: log_bonus(p, 0.75), smoothing=0.1)),
+            bind(independent_jsd_el, splits=3, bonus=lambda p: log_bonus(p, 0.75), smoothing=0.1)),
     "jsd-power-2-splits": (lambda: JsdEncouragingLoss(2, smoothing=0.1, bonus="power", bonus_gamma=2),
-                           functools_partial(independent_jsd_el, splits=2, bonus=lambda p: power_bonus(p, 2.0),
+                           bind(independent_jsd_el, splits=2, bonus=lambda p: power_bonus(p, 2.0),
                                              smoothing=0.1)),
 }
 

@@ -41,10 +41,10 @@ PROG = "el-timm-train"
 USAGE = ("usage: el-timm-train path/to/train.py [train.py options] --loss el [--log-end LE] [--el-bonus-weight RHO]\n"
          "       [--el-bonus {log,power,cosine}] [--el-bonus-gamma G] [--el-bonus-start S] [--el-bonus-smoothing L]\n"
          "       [--el-bonus-schedule {constant,linear,exp,cos}] [--el-bonus-schedule-horizon T] [--el-bonus-defer D]\n"
-         "       (train.py's --bce-loss, --jsd-loss --aug-splits N, --mixup/--cutmix, --kd-model-name choose EL's form)\n"
+         "       (train.py's --bce-loss, --jsd-loss --aug-splits N, --mixup/--cutmix, --kd-model-name: EL's form)\n"
          "       (torchrun ... -m el_plugins.timm_plugin.launcher path/to/train.py ...)")
-TASK_CLASSES = ("ClassificationTask", "MultiLabelClassificationTask", "LogitDistillationTask", "FeatureDistillationTask",
-                "TokenDistillationTask")
+TASK_CLASSES = ("ClassificationTask", "MultiLabelClassificationTask", "LogitDistillationTask",
+                "FeatureDistillationTask", "TokenDistillationTask")
 _logger = logging.getLogger("el_plugins.timm")
 
 
@@ -337,9 +337,10 @@ def recipe_kwargs(args, parser) -> dict:
                      f"AugMix recipes use --aug-splits 3), got --aug-splits {splits}")
     if jsd and soft:
         parser.error("--jsd-loss does not combine with --mixup/--cutmix: the JSD form scores the clean split against "
-                     "class indices, and Mixup/CutMix would mix the splits (train.py cannot train it either: an assert, or "
-                     "timm's JsdCrossEntropy failing on soft targets)")
-    bce_flags = {"bce_target_thresh": "--bce-target-thresh", "bce_sum": "--bce-sum", "bce_pos_weight": "--bce-pos-weight"}
+                     "class indices, and Mixup/CutMix would mix the splits (train.py cannot train it either: an "
+                     "assert, or timm's JsdCrossEntropy failing on soft targets)")
+    bce_flags = {"bce_target_thresh": "--bce-target-thresh", "bce_sum": "--bce-sum",
+                 "bce_pos_weight": "--bce-pos-weight"}
     given = {dest: getattr(args, dest) for dest in bce_flags if getattr(args, dest, None) not in (None, False)}
     if given and not bce:
         parser.error(f"{', '.join(bce_flags[d] for d in given)} set{'s' if len(given) == 1 else ''} the BCE form "

@@ -39,7 +39,6 @@ import weakref
 
 import timm.loss._loss_factory as timm_loss_factory
 
-from el_plugins import checks
 from el_plugins.loss import BinaryEncouragingLoss, EncouragingLoss, JsdEncouragingLoss, check_target_threshold
 
 LOSS_TYPE = 'el'
@@ -99,16 +98,15 @@ def build_encouraging_loss(arguments, el_settings, binary=None):
                              f"'jsd' loss is single-label softmax too")
         if bce_given:
             raise ValueError(f"{', '.join(bce_given)} appl{'y' if len(bce_given) > 1 else 'ies'} to the BCE form of "
-                             f"EL (el_binary=True or multi_label=True),"
-                             f" not to the JSD form (jsd_splits={splits})")
+                             f"EL (el_binary=True or multi_label=True), not to the JSD form (jsd_splits={splits})")
         if a['soft_targets']:
             raise ValueError(f"jsd_splits={splits} does not combine with soft_targets=True: the JSD form scores the "
                              f"clean split against class indices (AugMix's splits are not mixed by Mixup/CutMix, and "
                              f"timm's JsdCrossEntropy takes class indices too)")
     elif bce_given and not sigmoid:
-        raise ValueError(f"{', '.join(bce_given)} appl{'y' if len(bce_given) > 1 else 'ies'} to the BCE form of EL only (sigmoid EL, as timm's 'bce' "
-                         f"loss): pass el_binary=True (el-timm-train: --loss el --bce-loss) or multi_label=True, or "
-                         f"leave {'them' if len(bce_given) > 1 else 'it'} out")
+        raise ValueError(f"{', '.join(bce_given)} appl{'y' if len(bce_given) > 1 else 'ies'} to the BCE form of EL "
+                         f"only (sigmoid EL, as timm's 'bce' loss): pass el_binary=True (el-timm-train: --loss el "
+                         f"--bce-loss) or multi_label=True, or leave {'them' if len(bce_given) > 1 else 'it'} out")
     settings = {**_launcher_settings, **{k: v for k, v in el_settings.items() if v is not None}}
     smoothing = 0. if a['soft_targets'] else a['smoothing']
     if splits:  # as timm's 'jsd': the label smoothing of the clean split, whatever soft_targets says
