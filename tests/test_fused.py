@@ -13,6 +13,7 @@ from el_plugins import functional as EF
 from el_plugins.testing import spec_example as spec
 from el_plugins.testing.spec_example import fused_loss, fused_loss_with_stats, reference_loss, reference_loss_with_stats
 from el_plugins.testing.triton_interpreter import INTERPRETED, SKIP_REASON, run_interpreted_tests
+from test_cpu_kernel import cpu_backend, on_each_cpu_backend  # noqa: F401 (the fixture)
 
 
 PAD = 1
@@ -72,6 +73,7 @@ def assert_matches_reference(z, t, dtype=torch.float64, grad_output=None, **kwar
 @pytest.mark.parametrize("convention", ["paper", "fairseq"])
 @pytest.mark.parametrize("log_end", [1.0, 0.75, 0.5])
 @pytest.mark.parametrize("rho", [0.0, 0.7])
+@on_each_cpu_backend
 def test_matches_reference(dtype, convention, log_end, rho):
     z, t = make_logits()
     for reduction in ("sum", "mean"):
@@ -81,6 +83,7 @@ def test_matches_reference(dtype, convention, log_end, rho):
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("log_end", [1.0, 0.75, 0.3])
+@on_each_cpu_backend
 def test_matches_reference_default_weight_and_no_smoothing(dtype, log_end):
     z, t = make_logits(seed=1)
     assert_matches_reference(z, t, dtype, log_end=log_end, ignore_index=PAD)
@@ -88,6 +91,7 @@ def test_matches_reference_default_weight_and_no_smoothing(dtype, log_end):
 
 
 @pytest.mark.parametrize("convention,log_end,rho,expected", spec.SUM_TABLE)
+@on_each_cpu_backend
 def test_spec_worked_example(convention, log_end, rho, expected):
     z, t = spec.logits_and_targets()
     out = fused_loss_with_stats(z, t, log_end=log_end, label_smoothing=spec.LABEL_SMOOTHING,
@@ -98,6 +102,7 @@ def test_spec_worked_example(convention, log_end, rho, expected):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@on_each_cpu_backend
 def test_reduction_none(dtype):
     z, t = make_logits(seed=2)
     grad_output = torch.rand(z.size(0), generator=torch.Generator().manual_seed(0)).to(EF.compute_dtype(dtype))
@@ -110,6 +115,7 @@ def test_reduction_none(dtype):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("rho", [0.0, 0.7, 1.0])
 @pytest.mark.parametrize("convention", ["paper", "fairseq"])
+@on_each_cpu_backend
 def test_input_is_log_probs(dtype, rho, convention):
     z, t = make_logits(seed=3)
     kwargs = dict(log_end=0.75, label_smoothing=0.1, bonus_weight=rho, ignore_index=PAD,
@@ -126,6 +132,7 @@ def test_input_is_log_probs(dtype, rho, convention):
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@on_each_cpu_backend
 def test_all_padding_and_empty(reduction):
     z, t = make_logits(n=5)
     t[:] = PAD
@@ -137,6 +144,7 @@ def test_all_padding_and_empty(reduction):
     assert all(not torch.isnan(x).any() for x in empty)
 
 
+@on_each_cpu_backend
 def test_no_ignore_index_and_no_grad():
     z, t = make_logits(seed=4)
     t[t == PAD] = 2
@@ -149,6 +157,7 @@ def test_no_ignore_index_and_no_grad():
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("log_end", [1.0, 0.75])
+@on_each_cpu_backend
 def test_extreme_logits(dtype, log_end):
     """|z| up to 1e4, and rows with 1 - p_y = 1e-7: finite, and equal to the reference."""
     gen = torch.Generator().manual_seed(5)
@@ -180,6 +189,7 @@ def test_chunk_boundaries(chunk_size):
 
 @pytest.mark.parametrize("reduction", ["sum", "mean"])
 @pytest.mark.parametrize("log_end,log_probs", [(0.75, False), (1.0, False), (0.75, True)])
+@on_each_cpu_backend
 def test_gradcheck(reduction, log_end, log_probs):
     gen = torch.Generator().manual_seed(6)
     z = torch.randn(6, 7, generator=gen, dtype=torch.float64)
@@ -195,6 +205,7 @@ def test_gradcheck(reduction, log_end, log_probs):
     assert torch.autograd.gradcheck(loss, (z.requires_grad_(),), eps=1e-6, atol=1e-7)
 
 
+@on_each_cpu_backend
 def test_gradient_buffer_handed_over_without_copy():
     z, t = make_logits()
     x = z.float().requires_grad_()
@@ -204,6 +215,7 @@ def test_gradient_buffer_handed_over_without_copy():
     assert x.grad.data_ptr() == buffer.data_ptr()
 
 
+@on_each_cpu_backend
 def test_second_backward_after_scaled_grad_output_raises():
     z, t = make_logits()
     x = z.requires_grad_()
@@ -213,6 +225,7 @@ def test_second_backward_after_scaled_grad_output_raises():
         loss.backward()
 
 
+@on_each_cpu_backend
 def test_fused_limits_say_what_is_supported():
     """A third backward (after .grad accumulated into the handed-on buffer), gradcheck with reduction='none'
     (one backward per output with different grad_outputs), double backward: a message naming the reference,
@@ -237,6 +250,7 @@ def test_fused_limits_say_what_is_supported():
         torch.autograd.grad(fused_loss(x, t, reduction="sum"), x, create_graph=True)
 
 
+@on_each_cpu_backend
 def test_stats_carry_no_gradient():
     z, t = make_logits()
     out = fused_loss_with_stats(z.requires_grad_(), t, label_smoothing=0.1, ignore_index=PAD)
@@ -294,6 +308,7 @@ def logits_near_the_clamp(seed, n=256, v=50, wrong_class=False):
 
 @pytest.mark.parametrize("wrong_class", [False, True])
 @pytest.mark.parametrize("seed", range(4))
+@on_each_cpu_backend
 def test_float32_gradient_near_the_clamp_at_least_as_accurate_as_reference(seed, wrong_class):
     x, t = logits_near_the_clamp(seed, wrong_class=wrong_class)
     kwargs = dict(log_end=1.0, label_smoothing=0.1, reduction="sum")
@@ -481,6 +496,7 @@ def check_ignored_rows_add_nothing(dtype=torch.float64, implementations=("fused"
         torch.testing.assert_close(bad_grad, good_grad, rtol=0, atol=0)
 
 
+@on_each_cpu_backend
 def test_ignored_rows_add_nothing_whatever_they_hold():
     check_ignored_rows_add_nothing()
 

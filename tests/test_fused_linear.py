@@ -13,6 +13,7 @@ from el_plugins.loss import LinearEncouragingLoss
 from el_plugins.ops.common import NO_DOUBLE_BACKWARD, SINGLE_BACKWARD_ONLY
 from el_plugins.testing.mixed_precision import precision, scaled_linear_gradients, trained_like_features
 from el_plugins.testing.triton_interpreter import INTERPRETED, SKIP_REASON, run_interpreted_tests
+from test_cpu_kernel import cpu_backend, on_each_cpu_backend  # noqa: F401 (the fixture)
 
 PAD = 1
 interpreted = pytest.mark.skipif(not INTERPRETED, reason=SKIP_REASON)
@@ -74,6 +75,7 @@ def assert_gradients_close(grads, ref_grads, tol):
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("label_smoothing,convention,log_end", [
     (0.1, "paper", 0.75), (0.1, "fairseq", 1.0), (0.0, "paper", 0.5), (0.0, "fairseq", 1.0), (0.2, "fairseq", 0.3)])
+@on_each_cpu_backend
 def test_float64_equals_reference_for_every_chunk_size(bias, reduction, label_smoothing, convention, log_end):
     x, w, b, t = make_features(bias=bias, seed=int(bias) + 2 * len(reduction))
     grad_output = torch.rand(x.size(0), dtype=torch.float64) if reduction == "none" else None
@@ -87,6 +89,7 @@ def test_float64_equals_reference_for_every_chunk_size(bias, reduction, label_sm
 
 
 @pytest.mark.parametrize("n,d,v", [(1, 50, 1000), (64, 50, 1000), (300, 8, 40), (37, 50, 3)])
+@on_each_cpu_backend
 def test_float64_equals_reference_at_other_shapes(n, d, v):
     """One row; V < d (one chunk holds every row); V = 3; no ignore_index."""
     x, w, b, t = make_features(n=n, d=d, v=v, seed=n, bias=True)
@@ -99,6 +102,7 @@ def test_float64_equals_reference_at_other_shapes(n, d, v):
 
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 @pytest.mark.parametrize("eps", [0.0, 0.1])
+@on_each_cpu_backend
 def test_bonus_weight_zero_is_torchs_linear_cross_entropy(reduction, eps):
     """bonus_weight=0 with the paper's smoothing convention is torch's F.linear_cross_entropy(label_smoothing=eps),
     loss and gradients; without smoothing its chunked path (LinearCrossEntropyOptions()) too."""
@@ -120,6 +124,7 @@ def test_bonus_weight_zero_is_torchs_linear_cross_entropy(reduction, eps):
         assert_gradients_close(our_grads, their_grads, 1e-10)
 
 
+@on_each_cpu_backend
 def test_correct_counts_the_rows_whose_largest_logit_is_the_target():
     x, w, b, t = make_features(seed=3)
     logits = x @ w.T
@@ -145,6 +150,7 @@ def test_backward_keeps_no_logits_sized_tensor():
     assert all(s is None or (x.size(0), w.size(0)) != tuple(s.shape) for s in none.loss.grad_fn.saved_tensors)
 
 
+@on_each_cpu_backend
 def test_only_the_gradients_asked_for():
     """A frozen output layer (weight without requires_grad) gets no gradient; the input's equals the reference's."""
     x, w, b, t = make_features(bias=True)
@@ -162,6 +168,7 @@ def test_only_the_gradients_asked_for():
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@on_each_cpu_backend
 def test_all_padding_and_no_rows(reduction):
     x, w, b, t = make_features(n=6)
     t[:] = PAD
@@ -173,6 +180,7 @@ def test_all_padding_and_no_rows(reduction):
     assert all(not torch.isnan(v).any() for v in empty)
 
 
+@on_each_cpu_backend
 def test_second_and_double_backward_say_what_is_supported():
     x, w, b, t = make_features()
     inp = x.requires_grad_()
@@ -187,6 +195,7 @@ def test_second_and_double_backward_say_what_is_supported():
     assert str(error.value) == NO_DOUBLE_BACKWARD
 
 
+@on_each_cpu_backend
 def test_reduction_none_computes_again_in_backward_so_backward_may_repeat():
     x, w, b, t = make_features(bias=True)
     kwargs = dict(label_smoothing=0.1, ignore_index=PAD, reduction="none")
@@ -325,12 +334,14 @@ def check_mixed_precision(route, dtype, rows=None, **fused_kwargs):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("route", [pytest.param(r, marks=pytest.mark.slow) if ROUTES[r][0] * ROUTES[r][2] > 10**7 else r
                                    for r in sorted(ROUTES)])
+@on_each_cpu_backend
 def test_half_gradients_as_precise_as_autograd_on_the_unfused_computation(route, dtype):
     """float16/bfloat16 features and weight, the loss scaled as timm's GradScaler (mean, 65536) or fairseq's --fp16
     (sum, 128) do: the input's and the weight's gradients are as precise as autograd's on F.linear + the loss."""
     check_mixed_precision(route, dtype)
 
 
+@on_each_cpu_backend
 def test_half_gradients_reach_the_parameters_in_their_dtype():
     x, w, b, t = make_features(bias=True)
     out, grads = run(fused, x, w, b, t, dtype=torch.bfloat16, label_smoothing=0.1, ignore_index=PAD)
@@ -405,6 +416,7 @@ def test_interpreted_triton_linear_never_waits_for_the_device(monkeypatch, reduc
 
 # --------------------------------------------------------------------------- torch.autocast, ignored rows
 @pytest.mark.parametrize("route", ["function", "module"])
+@on_each_cpu_backend
 def test_autocast_casts_as_f_linear_does(route):
     """Under bfloat16 autocast (timm's and fairseq's --amp) the fused output layer casts its inputs as autocast
     casts F.linear's: the loss equals encouraging_loss(F.linear(...)) and the reference under the same autocast,
@@ -476,6 +488,7 @@ def check_ignored_rows_add_nothing(dtype=torch.float64, **fused_kwargs):
         assert (bad_grads[0][ignored] == 0).all()
 
 
+@on_each_cpu_backend
 def test_ignored_rows_add_nothing_whatever_they_hold():
     """NaN and inf in the features of ignored rows: the loss, every logged value and every gradient equal those
     with finite features there, in the fused op (torch path) and the reference; the ignored rows' gradient is 0."""

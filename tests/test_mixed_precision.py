@@ -9,6 +9,7 @@ import torch
 
 from el_plugins.testing.mixed_precision import precision, scaled_gradient, trained_like_logits
 from el_plugins.testing.spec_example import fused_loss, reference_loss
+from test_cpu_kernel import cpu_backend, on_each_cpu_backend  # noqa: F401 (the fixture)
 
 
 ROUTES = {
@@ -30,6 +31,7 @@ ROUTES = {
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("route", [pytest.param(r, marks=pytest.mark.slow) if ROUTES[r][0] * ROUTES[r][1] > 10**7 else r
                                    for r in sorted(ROUTES)])
+@on_each_cpu_backend
 def test_fused_gradient_as_precise_as_autograd(route, dtype):
     rows, classes, kwargs, scale = ROUTES[route]
     z, target = trained_like_logits(rows, classes)

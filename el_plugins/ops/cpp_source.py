@@ -665,6 +665,26 @@ void rows_of(const Params& P, const void* x, void* grad, const int64_t* target, 
 
 extern "C" int el_cpu_rows_version() { return 2; }
 
+namespace {
+template <typename H>
+void convert(const H* in, float* widened, const float* narrow_in, H* narrowed, int64_t n) {
+  for (int64_t k = 0; k < n; k += 16) {
+    store<float>(widened + k, load<float, H>(in + k, n - k, 0.0f), n - k);
+    store_as<H, float>(narrowed + k, load<float, float>(narrow_in + k, n - k, 0.0f), n - k);
+  }
+}
+}  // namespace
+
+// the conversions the passes use (tests/test_cpu_kernel.py): n float16 (in_dtype 2) or bfloat16 (3) values widened
+// to float32, and n float32 values rounded to that dtype, 16 at a time and the rest one by one
+extern "C" int el_cpu_convert(int64_t in_dtype, const void* in, float* widened, const float* narrow_in,
+                              void* narrowed, int64_t n) {
+  if (in_dtype == 2) convert<Half>((const Half*)in, widened, narrow_in, (Half*)narrowed, n);
+  else if (in_dtype == 3) convert<BFloat16>((const BFloat16*)in, widened, narrow_in, (BFloat16*)narrowed, n);
+  else return 1;
+  return 0;
+}
+
 // in_dtype: 0 float32, 1 float64, 2 float16, 3 bfloat16. mode: VALUES_AND_GRADIENT (grad: the compute dtype),
 // VALUES_AND_STATE (state: STATE doubles per row), GRADIENT_FROM_STATE (grad: the input's dtype; out unused).
 // Returns 0, or 1 on an error (no exception crosses).

@@ -90,8 +90,11 @@ def _chunks(input, weight, bias, target, rows, keep, cfg: LossConfig, backend, c
     logits_buffer = torch.empty(chunk, n_classes, dtype=dtype, device=input.device)
     # half inputs: the product in the input's dtype, then widened into logits_buffer (later dz, rounded for dz @ W)
     half_buffer = torch.empty(chunk, n_classes, dtype=input.dtype, device=input.device) if half else None
-    # a backend that takes lent buffers: the chunk's gradient (or probabilities); the logits' buffer is its work space
-    second_buffer = torch.empty_like(logits_buffer) if backend.host_sync else None
+    # a backend that writes the gradient over the logits (cpp) reads the product itself, in the input's dtype, and
+    # writes dz into logits_buffer; another that takes lent buffers (torch) gets a second one for dz (or the
+    # probabilities), the logits' buffer its work space
+    in_place = backend.grad_over_input
+    second_buffer = torch.empty_like(logits_buffer) if backend.host_sync and not in_place else None
     grad_input = grad_weight = grad_bias = None
     if needs[0]:
         grad_input = (torch.empty if rows is None else torch.zeros)(input.shape, dtype=dtype, device=input.device)
@@ -109,14 +112,18 @@ def _chunks(input, weight, bias, target, rows, keep, cfg: LossConfig, backend, c
             torch.mm(x, weight.t(), out=product)
         else:
             torch.addmm(bias, x, weight.t(), out=product)
-        if half:
+        if half and not in_place:
             z.copy_(product)
         t, k = target[start:stop], keep[start:stop]
-        correct = (z.argmax(-1) == t) & k  # before the row computation, which may use z's buffer as work space
+        correct = (product.argmax(-1) == t) & k  # before the row computation, which may write over z
         row_scale = scale[start:stop] if isinstance(scale, torch.Tensor) and scale.dim() else scale
-        buffers = None if second_buffer is None else ChunkBuffers(second_buffer[: stop - start], z)
-        values, grad_z = backend.rows(z, t, k, cfg, row_scale, compute_grad=compute_grad, ignore_index=ignore_index,
-                                      chunk_size=stop - start, block_size=block_size, buffers=buffers)
+        if in_place:
+            buffers = ChunkBuffers(z, None)
+        else:
+            buffers = None if second_buffer is None else ChunkBuffers(second_buffer[: stop - start], z)
+        values, grad_z = backend.rows(product if in_place else z, t, k, cfg, row_scale, compute_grad=compute_grad,
+                                      ignore_index=ignore_index, chunk_size=stop - start, block_size=block_size,
+                                      buffers=buffers)
         per_row.append((*values, correct))
         if not compute_grad:
             continue
