@@ -34,6 +34,7 @@ that el-timm-train can tell them the epoch (:func:`set_epoch`) for a schedule of
 import functools
 import inspect
 import logging
+import numbers
 import sys
 import weakref
 
@@ -83,7 +84,7 @@ def build_encouraging_loss(arguments, el_settings, binary=None):
     if a['class_counts'] is not None or a['num_samples'] is not None:
         raise ValueError('Class counts are only used by the db loss.')
     splits = a['jsd_splits']
-    if isinstance(splits, bool) or not isinstance(splits, int) or splits < 0 or splits == 1:
+    if isinstance(splits, bool) or not isinstance(splits, numbers.Integral) or splits < 0 or splits == 1:
         raise ValueError(f"jsd_splits must be 0 (no JSD) or an integer >= 2 (the augmentation splits of AugMix: "
                          f"EL on the clean split plus the Jensen-Shannon term), got {splits!r}")
     for name in ('multi_label', 'soft_targets', 'bce_sum'):
@@ -110,7 +111,7 @@ def build_encouraging_loss(arguments, el_settings, binary=None):
     settings = {**_launcher_settings, **{k: v for k, v in el_settings.items() if v is not None}}
     smoothing = 0. if a['soft_targets'] else a['smoothing']
     if splits:  # as timm's 'jsd': the label smoothing of the clean split, whatever soft_targets says
-        return JsdEncouragingLoss(num_splits=splits, smoothing=a['smoothing'], **settings)
+        return JsdEncouragingLoss(num_splits=int(splits), smoothing=a['smoothing'], **settings)
     if sigmoid:
         return BinaryEncouragingLoss(
             smoothing=smoothing, smooth_dense=a['multi_label'],
