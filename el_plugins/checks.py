@@ -13,7 +13,7 @@ import torch
 from el_plugins.core import (BONUSES, DEFAULT_LOG_END, REDUCTIONS, SCHEDULE_UNITS, SCHEDULES, SMOOTHING_CONVENTIONS,
                              Bonus, BonusSchedule, LossSettings)
 
-__all__ = ['ARGUMENT_NAMES', 'bonus_spec', 'check_bonus_smoothing', 'check_bonus_weight', 'check_choice', 'check_count',
+__all__ = ['ARGUMENT_NAMES', 'bonus_spec', 'check_binary_targets', 'check_target_threshold', 'check_bonus_smoothing', 'check_bonus_weight', 'check_choice', 'check_count',
            'check_dense_loss_args', 'check_floating', 'check_ignore_index', 'check_index_loss_args',
            'check_index_target', 'check_label_smoothing', 'check_linear_loss_args', 'check_log_end',
            'check_num_classes', 'check_soft_targets', 'check_targets', 'host_checks_possible', 'loss_settings',
@@ -176,6 +176,31 @@ def check_soft_targets(target: torch.Tensor, *, synchronize: bool = True) -> Non
         where = f"row {row[0]}" if len(row) == 1 else f"row {row}" if row else "the row"
         return f"soft targets must be class probabilities, {allowed}; {where} has {found}"
     _fail_where(bad_rows, f"soft targets must be class probabilities: {allowed}", synchronize, describe)
+
+
+def check_binary_targets(target: torch.Tensor, *, synchronize: bool = True) -> None:
+    """Multi-label (sigmoid) targets must be values in [0, 1] (NaN is not). synchronize: as in
+    :func:`check_targets` (False: a device-side assertion, no host wait)."""
+    if not target.dtype.is_floating_point and target.dtype != torch.bool and not (
+            not target.is_complex() and target.dtype in (torch.uint8, torch.int8, torch.int16, torch.int32,
+                                                         torch.int64)):
+        raise ValueError(f"multi-label targets must be a real tensor of values in [0, 1], got {target.dtype}")
+    bad = ~((target >= 0) & (target <= 1))  # NaN too
+
+    def describe(b):
+        return f"multi-label targets must be values in [0, 1], got {target[b].flatten()[0].item()!r}"
+    _fail_where(bad, "multi-label targets must be values in [0, 1]", synchronize, describe)
+
+
+def check_target_threshold(value, name: str = "target_threshold") -> Optional[float]:
+    """None, or a number in [0, 1]: dense targets above it become 1, the others 0 (timm's bce_target_thresh)."""
+    if value is None:
+        return None
+    number = real_number(value)
+    if number is None or not 0.0 <= number <= 1.0:
+        raise ValueError(f"{name} must be a number in [0, 1] (targets above it become 1, the others 0; the "
+                         f"'ResNet strikes back' recipes use 0.2), got {value!r}")
+    return number
 
 
 # --------------------------------------------------------------------------- the bonus family and its schedule

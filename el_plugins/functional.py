@@ -20,7 +20,7 @@ One function per operation: :func:`encouraging_loss` / :func:`encouraging_loss_w
 :func:`linear_encouraging_loss` / :func:`linear_encouraging_loss_with_stats` (features and an output layer, as
 ``F.linear_cross_entropy``), :func:`soft_target_encouraging_loss`, :func:`binary_encouraging_loss`, and
 :func:`bonus`. ``implementation=`` chooses the reference here or the fused op of :mod:`el_plugins.ops`; the math
-both share is :mod:`el_plugins.core`, the argument checks :mod:`el_plugins.checks`.
+both share is :mod:`el_plugins.core`, the argument checks :mod:`el_plugins.checks` (not re-exported here).
 """
 from __future__ import annotations
 
@@ -30,24 +30,21 @@ import torch
 import torch.nn.functional as F
 
 from el_plugins import ops
-from el_plugins.checks import (  # noqa: F401  (check_* re-exported for the adapters until they import el_plugins.checks)
+from el_plugins.checks import (
     bonus_spec,
-    check_bonus_weight,
+    check_binary_targets,
     check_choice,
     check_dense_loss_args,
     check_floating,
-    check_ignore_index,
     check_index_loss_args,
     check_label_smoothing,
     check_linear_loss_args,
-    check_log_end,
     check_num_classes,
     check_soft_targets,
-    check_targets,
     loss_settings,
     real_number,
 )
-from el_plugins.core import (  # noqa: F401  (public constants and output types)
+from el_plugins.core import (  # noqa: F401  (the public constants and output type, as this module's)
     BONUS_CLAMP,
     BONUSES,
     REDUCTIONS,
@@ -57,9 +54,13 @@ from el_plugins.core import (  # noqa: F401  (public constants and output types)
     bonus_from_log_prob,
     compute_dtype,
     reduce_rows,
-    smoothing_weights,
     target_weights,
 )
+
+__all__ = ["BONUSES", "BONUS_CLAMP", "IMPLEMENTATIONS", "REDUCTIONS", "SCHEDULES", "SMOOTHING_CONVENTIONS",
+           "EncouragingLossOutput", "LinearEncouragingLossOutput", "binary_encouraging_loss", "bonus",
+           "encouraging_loss", "encouraging_loss_with_stats", "linear_encouraging_loss",
+           "linear_encouraging_loss_with_stats", "soft_target_encouraging_loss"]
 
 IMPLEMENTATIONS = ("auto", "fused", "reference")
 """How the class-index losses compute: ``fused`` (el_plugins.ops: loss and gradient in one pass, the gradient
@@ -98,10 +99,6 @@ def _choose_implementation(implementation: str, input: torch.Tensor, tuning, wha
     if implementation == "fused" and compiling:
         torch._dynamo.graph_break(msg=FUSED_UNDER_COMPILE)
     return implementation
-
-
-def _tuning(**options):
-    return {name: value for name, value in options.items() if value is not None}
 
 
 
@@ -442,6 +439,7 @@ def binary_encouraging_loss(
     """
     rho = check_dense_loss_args(input, target, bonus_weight=bonus_weight, reduction=reduction,
                                 what="multi-label targets")
+    check_binary_targets(target, synchronize=input.device.type == "cpu")
     spec = bonus_spec(bonus, bonus_gamma, bonus_start, log_end)
     smoothing = None if bonus_smoothing is None else check_label_smoothing(bonus_smoothing, "bonus_smoothing")
     w = _binary_weight(weight, "weight", input, "a rescaling weight of each element, e.g. one per class")

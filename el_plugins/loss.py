@@ -19,6 +19,10 @@ import torch.nn as nn
 
 from el_plugins import checks
 from el_plugins import functional as EF
+from el_plugins.core import compute_dtype
+
+__all__ = ['BinaryEncouragingLoss', 'EncouragingLoss', 'JsdEncouragingLoss', 'LinearEncouragingLoss',
+           'jensen_shannon_consistency']
 
 NOT_SCRIPTABLE = (
     "{name} cannot be compiled by torch.jit.script: its loss is Python (argument checks and the fused op's "
@@ -206,17 +210,6 @@ def _check_flag(value, name: str) -> bool:
     return value
 
 
-def check_target_threshold(value, name: str = 'target_threshold') -> Optional[float]:
-    """None, or a number in [0, 1]: dense targets above it become 1, the others 0 (timm's bce_target_thresh)."""
-    if value is None:
-        return None
-    number = checks.real_number(value)
-    if number is None or not 0.0 <= number <= 1.0:
-        raise ValueError(f"{name} must be a number in [0, 1] (targets above it become 1, the others 0; the "
-                         f"'ResNet strikes back' recipes use 0.2), got {value!r}")
-    return number
-
-
 def _weight_buffer(value, name: str, what: str) -> Optional[torch.Tensor]:
     """A class or positive weight as a float32 tensor (a number, a sequence or a tensor), finite and >= 0."""
     if value is None:
@@ -281,7 +274,7 @@ class BinaryEncouragingLoss(_LossModule):
         self._set_bonus(log_end, bonus_weight, bonus, bonus_gamma, bonus_start, bonus_smoothing, bonus_schedule,
                         bonus_schedule_horizon, bonus_defer, bonus_schedule_exp_ratio)
         self.reduction = checks.check_choice(reduction, EF.REDUCTIONS, 'reduction')
-        self.target_threshold = check_target_threshold(target_threshold)
+        self.target_threshold = checks.check_target_threshold(target_threshold)
         self.sum_classes = _check_flag(sum_classes, 'sum_classes')
         self.smooth_dense = _check_flag(smooth_dense, 'smooth_dense')
         self.register_buffer('weight', _weight_buffer(weight, 'weight', 'a rescaling weight of each class'))
@@ -291,7 +284,7 @@ class BinaryEncouragingLoss(_LossModule):
     def targets(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The dense targets t the loss scores ``x`` against (smoothed and thresholded), in float32 or wider."""
         checks.check_floating(x)
-        dtype = EF.compute_dtype(x.dtype)
+        dtype = compute_dtype(x.dtype)
         if target.shape != x.shape:
             if target.dtype.is_floating_point or target.shape != x.shape[:-1]:
                 raise ValueError(
@@ -354,7 +347,7 @@ def jensen_shannon_consistency(logits: torch.Tensor, num_splits: int) -> torch.T
 
     B rows per split. Computed on float32 (float64 for float64 logits) by autograd."""
     rows, classes = logits.shape
-    z = logits.to(EF.compute_dtype(logits.dtype)).reshape(num_splits, rows // num_splits, classes)
+    z = logits.to(compute_dtype(logits.dtype)).reshape(num_splits, rows // num_splits, classes)
     log_p = torch.log_softmax(z, dim=-1)
     p = log_p.exp()
     log_m = p.mean(0).clamp(JS_CLAMP, 1.0).log()
@@ -418,7 +411,7 @@ class JsdEncouragingLoss(_LossModule):
             raise ValueError(f"expected class-index targets of shape ({x.shape[0]},) (every split's) or ({rows},) (the "
                              f"clean split's) for logits {tuple(x.shape)}, got {tuple(target.shape)}")
         if self.alpha:  # both terms on one float32 (or wider) copy: the gradient is rounded to x's dtype once
-            x = x.to(EF.compute_dtype(x.dtype))
+            x = x.to(compute_dtype(x.dtype))
         loss = EF.encouraging_loss(
             x[:rows], target[:rows], **self._bonus_arguments(), label_smoothing=self.smoothing,
             smoothing_convention='paper', implementation=self.implementation)

@@ -225,3 +225,11 @@ def test_torch_jit_script_is_refused_with_what_to_use_instead(make):
     with pytest.raises(RuntimeError, match=r"(Encouraging|BinaryEncouraging|LinearEncouraging)Loss cannot be compiled "
                                            r"by torch.jit.script: .* Use torch.compile"):
         torch.jit.script(make())
+
+
+@pytest.mark.parametrize("bad", [1.5, -0.1, float("nan")])
+def test_multi_label_targets_outside_zero_one_are_refused(bad):
+    z, t = torch.randn(3, 4), torch.rand(3, 4)
+    t[1, 2] = bad
+    with pytest.raises(ValueError, match=r"multi-label targets must be values in \[0, 1\], got "):
+        EF.binary_encouraging_loss(z, t)

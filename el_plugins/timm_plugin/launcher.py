@@ -37,6 +37,10 @@ import sys
 from el_plugins import checks, commands
 from el_plugins.core import BONUSES, SCHEDULES
 
+__all__ = ['AUTHORS_FLAGS', 'AUTHORS_REFUSED', 'authors_settings', 'check_and_apply', 'check_train_script_source',
+           'describe_training_loss', 'EL_OPTIONS', 'install', 'INTEGER_OPTIONS', 'load_train_script', 'main',
+           'NOT_TRAIN_PY', 'PROG', 'recipe_kwargs', 'TASK_CLASSES', 'USAGE']
+
 PROG = "el-timm-train"
 USAGE = ("usage: el-timm-train path/to/train.py [train.py options] --loss el [--log-end LE] [--el-bonus-weight RHO]\n"
          "       [--el-bonus {log,power,cosine}] [--el-bonus-gamma G] [--el-bonus-start S] [--el-bonus-smoothing L]\n"
@@ -350,7 +354,7 @@ def recipe_kwargs(args, parser) -> dict:
     if jsd:
         kwargs["jsd_splits"] = splits
     if bce:
-        from el_plugins.loss import check_target_threshold
+        from el_plugins.checks import check_target_threshold
 
         try:
             threshold = check_target_threshold(_number_or_text(getattr(args, "bce_target_thresh", None)),

@@ -40,7 +40,12 @@ import weakref
 
 import timm.loss._loss_factory as timm_loss_factory
 
-from el_plugins.loss import BinaryEncouragingLoss, EncouragingLoss, JsdEncouragingLoss, check_target_threshold
+from el_plugins.checks import check_target_threshold
+from el_plugins.loss import BinaryEncouragingLoss, EncouragingLoss, JsdEncouragingLoss
+
+__all__ = ['BCE_OPTIONS', 'build_encouraging_loss', 'check_arguments', 'create_encouraging_loss', 'describe',
+           'EL_KEYWORDS', 'EL_SETTINGS', 'LOSS_TYPE', 'LOSS_TYPES', 'MULTI_LABEL_LOSS_TYPES', 'register',
+           'set_el_defaults', 'set_epoch']
 
 LOSS_TYPE = 'el'
 EL_SETTINGS = ('log_end', 'bonus_weight', 'bonus', 'bonus_gamma', 'bonus_start', 'bonus_smoothing', 'bonus_schedule',
