@@ -12,36 +12,17 @@ def toy_data_bin(tmp_path_factory):
 
 
 # --------------------------------------------------------------------------- test tiers
-E2E_FIXTURES = {"toy_data_bin", "digits_folder"}  # built by running real programs (fairseq-preprocess, ...)
-RUNS_A_PROGRAM = ("run_cli(", "run_module(", "subprocess.", "Popen(", "torchrun")
-
-
-def _runs_a_program(function, module, depth=2):
-    """Whether the function's source, or that of the module's functions it calls (``depth`` levels), runs one."""
-    import inspect
-    import re
-
-    try:
-        source = inspect.getsource(inspect.unwrap(function))
-    except (OSError, TypeError):
-        return False
-    if any(s in source for s in RUNS_A_PROGRAM):
-        return True
-    called = {getattr(module, name) for name in re.findall(r"\b(\w+)\(", source)
-              if inspect.isfunction(getattr(module, name, None)) and getattr(module, name) is not function}
-    return depth > 0 and any(_runs_a_program(f, module, depth - 1) for f in called)
+# Each test says its tier with explicit markers (pytest.ini): @pytest.mark.e2e (or a module's pytestmark) when it
+# runs a program or needs data one builds, @pytest.mark.slow when it is heavy, @pytest.mark.cuda when it needs a GPU.
+# ``pytest -m "not slow and not e2e"`` is the fast core.
+E2E_FIXTURES = {"toy_data_bin", "digits_folder", "joined_data_bin", "mnist_data"}  # built by running real programs
 
 
 def pytest_collection_modifyitems(config, items):
-    """The tiers (pytest.ini): ``e2e`` for every test that runs a program (a console script, fairseq's
-    commands, a subprocess, torchrun) or needs data built by one; ``cuda`` for tests that need a GPU.
-    ``pytest -m "not slow and not e2e"`` is the fast core."""
-    for item in items:
-        function = getattr(item, "function", None)
-        fixtures = set(getattr(item, "fixturenames", ()))
-        module_fixtures = {name for name in fixtures if callable(getattr(item.module, name, None))}
-        if E2E_FIXTURES & fixtures or function is not None and any(
-                _runs_a_program(f, item.module) for f in [function, *(getattr(item.module, n) for n in module_fixtures)]):
-            item.add_marker(pytest.mark.e2e)
-        if "cuda" in item.name and "needs CUDA" in str(item.keywords.get("skipif", "")) or "_cuda" in item.name:
-            item.add_marker(pytest.mark.cuda)
+    """A test that takes a fixture built by running programs must say it is e2e: an error at collection, not a fast
+    tier that quietly runs fairseq-preprocess."""
+    unmarked = [item.nodeid for item in items if E2E_FIXTURES & set(getattr(item, "fixturenames", ()))
+                and item.get_closest_marker("e2e") is None]
+    if unmarked:
+        raise pytest.UsageError("these tests use a fixture built by running programs but are not marked e2e: "
+                                + ", ".join(unmarked))

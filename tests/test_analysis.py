@@ -334,6 +334,7 @@ def digits_runs(tmp_path_factory):
 TIMM_ARGS = ["--model", MODEL, "--img-size", SIZE, "--crop-pct", "1.0", "--workers", "0", "--batch-size", "200"]
 
 
+@pytest.mark.e2e
 def test_el_analyze_timm_ce_vs_el(digits_runs, tmp_path):
     d = digits_runs
     out = tmp_path / "report"
@@ -457,6 +458,7 @@ def _cut_in_half(path):
     path.write_bytes(data[:len(data) // 2])
 
 
+@pytest.mark.e2e
 def test_el_analyze_timm_skips_unreadable_images(digits_runs, tmp_path, capsys):
     from PIL import Image
 
@@ -530,6 +532,7 @@ def test_el_analyze_usage_errors_before_any_work(tmp_path, capsys):
 
 
 # --------------------------------------------------------------------------- el-analyze fairseq
+@pytest.mark.e2e
 def test_el_analyze_fairseq(toy_data_bin, tmp_path):
     pytest.importorskip("fairseq")
     train = [*TINY_TRANSFORMER, "--optimizer", "adam", "--lr", "0.002", "--max-tokens", "800", "--cpu", "--seed", "1",
@@ -685,6 +688,7 @@ def test_report_and_table_say_how_many_rows_were_left_out(caplog):
         rep.check_finite("EL", nan)
 
 
+@pytest.mark.e2e
 def test_el_analyze_refuses_a_diverged_model(digits_runs, tmp_path):
     d = digits_runs
     state = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
@@ -717,6 +721,7 @@ def toy_checkpoint(toy_data_bin, tmp_path_factory):
     return train_tiny_model(toy_data_bin, tmp_path_factory.mktemp("toy_model"), updates=2)
 
 
+@pytest.mark.e2e
 def test_el_analyze_fairseq_says_why_the_checkpoint_does_not_fit_the_data(toy_checkpoint, tmp_path):
     """Item 17: a data-bin whose dictionaries differ from the checkpoint's; the message stopped before the reason."""
     from el_plugins.testing.toy_fairseq import binarize_toy_corpus

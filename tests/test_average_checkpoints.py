@@ -53,6 +53,7 @@ def make_run(d, epochs=(1, 2, 3, 4), updates_per_epoch=10):
     return d
 
 
+@pytest.mark.e2e
 def test_mean_equals_hand_computed_and_structure_comes_from_newest(tmp_path):
     models = [model_of(s) for s in (1, 2, 3)]
     paths = [fake_checkpoint(tmp_path / f"c{i}.pt", m, updates=u, epoch=i)
@@ -86,6 +87,7 @@ def test_half_precision_mean_without_accumulation_error(tmp_path, dtype):
     assert not torch.equal(naive / 4, exact)
 
 
+@pytest.mark.e2e
 def test_epoch_and_update_selection_and_upper_bound(tmp_path):
     run = make_run(tmp_path / "run")
     names = lambda paths: [os.path.basename(p) for p in paths]  # noqa: E731
@@ -109,6 +111,7 @@ def test_epoch_and_update_selection_and_upper_bound(tmp_path):
     assert avg["extra_state"]["marker"] == "epoch3"
 
 
+@pytest.mark.e2e
 def test_too_few_checkpoints(tmp_path):
     run = make_run(tmp_path / "run", epochs=(1, 2))
     out = run_avg("--inputs", run, "--num-epoch-checkpoints", "3", "--output", tmp_path / "avg.pt")
@@ -120,6 +123,7 @@ def test_too_few_checkpoints(tmp_path):
     assert not (tmp_path / "avg.pt").exists()
 
 
+@pytest.mark.e2e
 def test_parameter_names_differ(tmp_path):
     a = fake_checkpoint(tmp_path / "a.pt", model_of(1))
     m = model_of(2)
@@ -131,6 +135,7 @@ def test_parameter_names_differ(tmp_path):
     assert not (tmp_path / "avg.pt").exists()
 
 
+@pytest.mark.e2e
 def test_parameter_shapes_or_dtypes_differ(tmp_path):
     a = fake_checkpoint(tmp_path / "a.pt", model_of(1))
     m = model_of(2)
@@ -144,6 +149,7 @@ def test_parameter_shapes_or_dtypes_differ(tmp_path):
         ac.average_checkpoints([a, c])
 
 
+@pytest.mark.e2e
 def test_missing_file_and_bad_usage(tmp_path):
     a = fake_checkpoint(tmp_path / "a.pt", model_of(1))
     out = run_avg("--inputs", a, tmp_path / "nope.pt", "--output", tmp_path / "avg.pt")
@@ -170,6 +176,7 @@ def test_missing_file_and_bad_usage(tmp_path):
         ac.average_checkpoints([a, tmp_path / "." / "a.pt"])
 
 
+@pytest.mark.e2e
 def test_output_equal_to_an_input_is_refused(tmp_path):
     run = make_run(tmp_path / "run", epochs=(1, 2))
     before = (run / "checkpoint2.pt").read_bytes()
@@ -209,6 +216,7 @@ def test_interrupted_write_leaves_nothing_partial(tmp_path, monkeypatch):
     assert torch.equal(load(out)["model"]["enc.weight"], state["model"]["enc.weight"])
 
 
+@pytest.mark.e2e
 def test_import_is_light():
     code = ("import sys; import el_plugins.translation.average_checkpoints;"
             "print([m for m in ('torch', 'fairseq') if m in sys.modules])")
@@ -216,6 +224,7 @@ def test_import_is_light():
     assert out.strip() == "[]"
 
 
+@pytest.mark.e2e
 def test_real_fairseq_run_average_and_generate(toy_data_bin, tmp_path):
     pytest.importorskip("fairseq")
     save = tmp_path / "ckpt"
@@ -264,6 +273,7 @@ def test_loading_keeps_the_process_wide_allow_list(tmp_path):
 
 
 # --------------------------------------------------------------------------- hostile input (issue 18 item 18)
+@pytest.mark.e2e
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 def test_checkpoints_with_nan_or_infinite_parameters_are_refused(tmp_path, bad):
     """They were averaged without a word, carrying NaN into every averaged parameter."""
@@ -279,6 +289,7 @@ def test_checkpoints_with_nan_or_infinite_parameters_are_refused(tmp_path, bad):
     assert not (tmp_path / "avg.pt").exists()
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("name", ["checkpoint5.pt", "checkpoint_9_90.pt", "checkpoint_last.pt"])
 def test_output_named_like_a_run_checkpoint_among_them_is_refused(tmp_path, name):
     """--output checkpoint5.pt inside the run folder was written, and a later --num-epoch-checkpoints took it for

@@ -37,6 +37,7 @@ def assert_error(proc, prog, code, message=""):
     assert "Traceback" not in proc.stderr and proc.stdout == "", (proc.stdout, proc.stderr[-2000:])
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("name,args", [
     ("el-bleu", ["score", "--hyp", "h", "--ref", "r", "--bogus"]),
     ("el-average-checkpoints", ["--inputs", "a.pt", "--output", "b.pt", "--bogus"]),
@@ -50,12 +51,14 @@ def test_a_bad_option_is_a_usage_error(tmp_path, name, args):
     assert_error(run(name, *args, cwd=tmp_path), prog, 2, "unrecognized arguments: --bogus")
 
 
+@pytest.mark.e2e
 def test_el_timm_train_usage_errors(tmp_path):
     assert_error(run("el-timm-train", "--bogus", cwd=tmp_path), "el-timm-train", 2,
                  "the first argument must be the path to timm's train.py")
     assert_error(run("el-timm-train", cwd=tmp_path), "el-timm-train", 2, "the path to timm's train.py is required")
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("name,args,code,message", [
     # an input named by an option that is not there: found while parsing, a usage error ...
     ("el-bleu", ["score", "--hyp", "missing.txt", "--ref", "missing.txt"], 2, "--hyp: no such file"),
@@ -72,6 +75,7 @@ def test_a_missing_input(tmp_path, name, args, code, message):
     assert not (tmp_path / "avg.pt").exists()
 
 
+@pytest.mark.e2e
 def test_an_input_that_is_not_what_it_should_be_is_a_failure(tmp_path):
     """Exit 1, the message naming the file and what is wrong with it."""
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
@@ -106,6 +110,7 @@ def test_an_input_that_is_not_what_it_should_be_is_a_failure(tmp_path):
     assert not (tmp_path / "data" / "SOURCES.json").exists()
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("experiment", ["mnist", "mnist-table11", "translation"])
 def test_el_reproduce_says_one_thing_one_way_in_every_experiment(tmp_path, experiment):
     """Issue 24: every message of an experiment starts with ``el-reproduce <experiment>:``, usage errors and
@@ -151,6 +156,7 @@ def test_the_shared_no_progress_option():
     assert attack_probe.parse_args(["--out", "x.json", "--no-progress"]).progress is False
 
 
+@pytest.mark.e2e
 def test_run_turns_errors_into_the_convention(capsys):
     def fails():
         raise commands.CommandError("the file is damaged")
@@ -204,6 +210,7 @@ def test_failure_cause_is_the_line_that_says_why():
     assert len(commands.failure_cause("ValueError: " + "x" * 1000)) == 400
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("name,args", [
     ("el-prepare-iwslt", ["--release", "release", "--corpus", "iwslt14.de-en"]),
     ("el-reproduce", ["mnist"]),

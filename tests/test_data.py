@@ -80,6 +80,7 @@ def test_the_real_corpus_aligns_as_the_spec_says(bible_cache):
     assert sources["en"]["licence"] == sources["es"]["licence"] == "public domain"
 
 
+@pytest.mark.e2e
 def test_el_data_bible_writes_checks_and_reruns(bible_cache, tmp_path):
     out = tmp_path / "bible"
     env = {"EL_PLUGINS_CACHE": bible_cache}

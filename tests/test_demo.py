@@ -1,10 +1,12 @@
 """The README's main job, shortened: el-demo --quick runs both parts and writes its JSON and plots."""
+import pytest
 import json
 import math
 
 from el_plugins.testing.programs import run_cli
 
 
+@pytest.mark.e2e
 def test_demo_quick_writes_results_and_plots(tmp_path):
     out = tmp_path / "demo"
     stdout = run_cli("el-demo", "--quick", "--no-progress", "--out", out, timeout=1200).stdout
@@ -34,6 +36,7 @@ def test_demo_quick_writes_results_and_plots(tmp_path):
     assert not list(out.rglob("*.tmp")) and not list(out.rglob("*.el-partial-*"))
 
 
+@pytest.mark.e2e
 def test_demo_rejects_bad_options(tmp_path):
     proc = run_cli("el-demo", "--parts", "audio", "--out", tmp_path, check=False)
     assert proc.returncode == 2 and "--parts takes a comma-separated subset of translation, vision" in proc.stdout

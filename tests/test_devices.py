@@ -45,6 +45,7 @@ def test_resolve_device_cuda_without_cuda(name):
     assert str(exc.value) == f"--device {name}: CUDA is not available here (use --device cpu)"
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA")
 def test_resolve_device_cuda_index_cuda():
     n = torch.cuda.device_count()
@@ -148,6 +149,7 @@ class _Stop(Exception):
     pass
 
 
+@pytest.mark.e2e
 def test_demo_translation_analysis_moves_the_averaged_model(toy_data_bin, tmp_path):
     """The demo's translation analysis (fairseq_eval.evaluate, el-analyze fairseq's loop too) runs the averaged
     checkpoint on ``device``: the model must go where the batches go (it used to stay on the CPU while the
@@ -212,6 +214,7 @@ EXPECTED = ("--device cuda: CUDA is not available here (use --device cpu)" if no
             else f"--device cuda:{torch.cuda.device_count()}: only {torch.cuda.device_count()} CUDA device(s) here")
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("prog, args", [
     ("el-demo", []),
     ("el-analyze", ["timm", "--model", "resnet18", "--checkpoint", "{ckpt}", "--data", "{tmp}", "--out", "{out}"]),

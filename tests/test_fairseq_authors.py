@@ -13,6 +13,8 @@ from el_plugins.testing.toy_fairseq import TINY_TRANSFORMER, train_inner_logs
 
 pytest.importorskip("fairseq")
 
+pytestmark = pytest.mark.e2e  # every test here runs programs (fairseq-train, fairseq-preprocess)
+
 ENV = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
 LOGGED = ("loss", "nll_loss", "bonus", "p_target", "ppl")
 

@@ -12,6 +12,8 @@ from el_plugins.testing.toy_fairseq import TINY_TRANSFORMER
 
 pytest.importorskip("fairseq")
 
+pytestmark = pytest.mark.e2e  # every test here runs programs (fairseq's commands)
+
 EL_FLAGS = ["--criterion", "label_smoothed_encouraging_loss", "--label-smoothing", "0.1", "--log-end", "0.75"]
 TRAIN = [*TINY_TRANSFORMER, "--optimizer", "adam", "--lr", "0.002", "--max-tokens", "800", "--cpu", "--seed", "1",
          "--log-interval", "5", "--no-progress-bar", "--num-workers", "0"]

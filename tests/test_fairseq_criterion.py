@@ -33,6 +33,7 @@ def test_registered_by_plain_import_of_fairseq():
     assert CRITERION_REGISTRY[CRITERION_NAME] is LabelSmoothedEncouragingLossCriterion
 
 
+@pytest.mark.e2e
 def test_default_smoothing_convention_is_installed_fairseqs(toy_data_bin):
     # 'auto', resolved when the criterion is built: fairseq >= 0.12 spreads eps over the V - 1 non-target classes
     assert str(LabelSmoothedEncouragingLossConfig().smoothing_convention) == "auto"
@@ -62,6 +63,7 @@ def loss_and_grads(criterion, model, sample):
     return loss.detach(), log, [p.grad.clone() for p in model.parameters()]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("eps", ["0.1", "0.0"])
 def test_bonus_weight_zero_equals_fairseq_label_smoothed_cross_entropy(toy_data_bin, eps):
     """The reference implementation: bit for bit."""
@@ -86,6 +88,7 @@ def assert_grads_close(got, want):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * scale)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("eps", ["0.1", "0.0"])
 def test_fused_default_with_bonus_weight_zero_matches_label_smoothed_cross_entropy(toy_data_bin, eps):
     """The fused default (on the logits, in one pass): equal up to float32 rounding."""
@@ -102,6 +105,7 @@ def test_fused_default_with_bonus_weight_zero_matches_label_smoothed_cross_entro
         assert_grads_close(el_grads, ls_grads)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("log_end", ["1.0", "0.5"])
 def test_fused_equals_reference_criterion(toy_data_bin, log_end):
     flags = ["--criterion", CRITERION_NAME, "--label-smoothing", "0.1", "--log-end", log_end]
@@ -115,6 +119,7 @@ def test_fused_equals_reference_criterion(toy_data_bin, log_end):
     assert_grads_close(f_grads, r_grads)
 
 
+@pytest.mark.e2e
 def test_bonus_changes_loss_and_gradient(toy_data_bin):
     task, model, el, batches = build(toy_data_bin, "--criterion", CRITERION_NAME, "--label-smoothing", "0.1",
                                      "--log-end", "0.5")
@@ -126,6 +131,7 @@ def test_bonus_changes_loss_and_gradient(toy_data_bin):
     assert not all(torch.equal(a, b) for a, b in zip(el_grads, ls_grads))
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("convention,log_end,rho,expected", spec.SUM_TABLE)
 def test_criterion_reproduces_spec_example(toy_data_bin, convention, log_end, rho, expected):
     _, _, el, _ = build(toy_data_bin, "--criterion", CRITERION_NAME, "--label-smoothing", str(spec.LABEL_SMOOTHING),
@@ -137,6 +143,7 @@ def test_criterion_reproduces_spec_example(toy_data_bin, convention, log_end, rh
     assert out.nll_loss.item() == pytest.approx(spec.NLL_LOSS_SUM, abs=1e-11)
 
 
+@pytest.mark.e2e
 def test_logging_outputs_sum_across_workers(toy_data_bin):
     """fairseq sums logging outputs of all workers before reduce_metrics: the sum must give the same
     metrics as reducing the per-worker list, and match the per-token definitions."""
@@ -164,6 +171,7 @@ def test_logging_outputs_sum_across_workers(toy_data_bin):
     assert 0 < b["p_target"] < 1
 
 
+@pytest.mark.e2e
 def test_all_padding_batch_gives_zero_loss(toy_data_bin):
     _, model, el, batches = build(toy_data_bin, "--criterion", CRITERION_NAME, "--label-smoothing", "0.1")
     sample = dict(batches[0])
@@ -173,6 +181,7 @@ def test_all_padding_batch_gives_zero_loss(toy_data_bin):
     assert log["p_target"] == 0.0
 
 
+@pytest.mark.e2e
 def test_target_outside_vocabulary_is_a_clear_error(toy_data_bin):
     _, model, el, batches = build(toy_data_bin, "--criterion", CRITERION_NAME)
     sample = dict(batches[0])
@@ -188,6 +197,7 @@ LOGGED_SUMS = ("loss", "nll_loss", "el_bonus", "p_target", "n_past_log_end", "el
                "ntokens", "sample_size")
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("shared", [False, True])
 @pytest.mark.parametrize("flags", [["--label-smoothing", "0.1", "--log-end", "0.5"],
                                    ["--label-smoothing", "0.1", "--ignore-prefix-size", "2", "--sentence-avg"],
@@ -217,6 +227,7 @@ def test_fused_output_layer_equals_the_logits_path(toy_data_bin, shared, flags):
     assert type(loss.grad_fn).__name__ == "_FusedLinearEncouragingLossBackward"
 
 
+@pytest.mark.e2e
 def test_fused_output_layer_under_autocast_equals_the_logits_path(toy_data_bin):
     """Inside bfloat16 autocast (what fairseq's --amp runs the loss in): the fused output layer's loss and logged
     values equal the logits path's (--el-fuse-output-layer off) and the reference's, and the gradients agree to
@@ -240,6 +251,7 @@ def test_fused_output_layer_under_autocast_equals_the_logits_path(toy_data_bin):
                 torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-3 * scale)
 
 
+@pytest.mark.e2e
 def test_fused_output_layer_per_token_loss_with_reduce_false(toy_data_bin):
     _, model, fused, batches = build(toy_data_bin, "--criterion", CRITERION_NAME, "--label-smoothing", "0.1")
     _, _, logits_path, _ = build(toy_data_bin, "--criterion", CRITERION_NAME, "--label-smoothing", "0.1",
@@ -258,6 +270,7 @@ class NormalizedOtherwise(TransformerModel):
         return super().get_normalized_probs(net_output, log_probs, sample)
 
 
+@pytest.mark.e2e
 def test_fused_output_layer_falls_back_where_it_is_not_the_same_computation(toy_data_bin, gloo_group):
     flags = ["--criterion", CRITERION_NAME, "--label-smoothing", "0.1"]
     _, model, criterion, batches = build(toy_data_bin, *flags)
@@ -285,6 +298,7 @@ def test_fused_output_layer_falls_back_where_it_is_not_the_same_computation(toy_
     assert type(loss.grad_fn).__name__ == "_FusedEncouragingLossBackward" and log["el_bonus"] < 0
 
 
+@pytest.mark.e2e
 def test_ignore_prefix_size_logs_p_target_over_the_scored_tokens(toy_data_bin):
     """p_target and past_log_end are averaged over the tokens the loss scores: not the --ignore-prefix-size
     prefix (nor padding). The average is taken by hand from the model's own log-probabilities."""

@@ -17,6 +17,8 @@ from el_plugins.fairseq_plugin.criterion import (  # noqa: E402
     CRITERION_NAME, fusable_output_layer, normalizes_with_plain_log_softmax, unwrap_model)
 from test_fairseq_criterion import build, gloo_group  # noqa: E402,F401  (a fixture)
 
+pytestmark = pytest.mark.e2e  # every test here runs programs (fairseq-train ranks)
+
 EL_FLAGS = ["--criterion", CRITERION_NAME, "--label-smoothing", "0.1", "--log-end", "0.25"]
 LOGGED = ("loss", "nll_loss", "bonus", "p_target", "past_log_end", "ppl")
 

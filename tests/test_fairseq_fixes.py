@@ -57,6 +57,7 @@ def epoch_totals(log):
 RESTORED = re.compile(r"el_plugins \| el-plugins: fairseq's batch_by_size dropped the last batch \((\d+) of (\d+) items")
 
 
+@pytest.mark.e2e
 def test_training_epoch_sees_every_sentence_and_the_switch_brings_the_drop_back(corpus, tmp_path):
     sentences, tokens = target_counts(corpus.raw / "train.en")
     updates, seen, seen_tokens = epoch_totals(corpus.train_log)
@@ -70,6 +71,7 @@ def test_training_epoch_sees_every_sentence_and_the_switch_brings_the_drop_back(
     assert not RESTORED.search(off)
 
 
+@pytest.mark.e2e
 def test_generate_translates_every_sentence(corpus):
     def translated(env=None):
         out = run_cli("fairseq-generate", corpus.bin, "--path", corpus.ckpt, "--gen-subset", "test", "--beam", "1",
@@ -81,6 +83,7 @@ def test_generate_translates_every_sentence(corpus):
     assert len(translated({"EL_PLUGINS_FIX_BATCH_BY_SIZE": "0"})) == 8
 
 
+@pytest.mark.e2e
 def test_validate_scores_every_sentence_and_token(corpus):
     def scored(env=None):
         out = run_cli("fairseq-validate", corpus.bin, "--task", "translation", "--path", corpus.ckpt,
@@ -96,6 +99,7 @@ def test_validate_scores_every_sentence_and_token(corpus):
     assert off_sentences == 8 and off_tokens < tokens
 
 
+@pytest.mark.e2e
 def test_weights_only_switch_and_invalid_switch_values(corpus):
     refused = run_cli("fairseq-generate", corpus.bin, "--path", corpus.ckpt, "--gen-subset", "test", *COMMON,
                       env={"EL_PLUGINS_FIX_WEIGHTS_ONLY": "0"}, check=False)
@@ -199,12 +203,14 @@ def _import_timm_loss(value):
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("value,active", [(None, True), ("", True), ("0", True), ("1", False)])
 def test_disable_switch_values(value, active):
     proc = _import_timm_loss(value)
     assert proc.returncode == 0 and proc.stdout.strip().splitlines()[-1] == str(active), proc.stdout[-2000:]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("value", ["false", "no", "true", "off"])
 def test_disable_switch_other_values_stop_the_program_naming_the_variable(value, tmp_path):
     """EL_PLUGINS_DISABLE=false turned activation off, and fairseq then only said 'invalid choice'."""

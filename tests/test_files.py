@@ -33,6 +33,7 @@ def start_writer(out):
     return proc
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("signum,code", [(signal.SIGTERM, 128 + signal.SIGTERM), (signal.SIGINT, -signal.SIGINT)])  # python re-raises SIGINT after clean-up
 def test_interrupted_writer_leaves_no_partial_file(tmp_path, signum, code):
     out = tmp_path / "avg.pt"
@@ -44,6 +45,7 @@ def test_interrupted_writer_leaves_no_partial_file(tmp_path, signum, code):
     assert sorted(os.listdir(tmp_path)) == ["avg.pt"] and out.read_bytes() == b"previous"
 
 
+@pytest.mark.e2e
 def test_partial_of_a_killed_writer_is_removed_by_the_next_write(tmp_path):
     out = tmp_path / "avg.pt"
     proc = start_writer(out)
@@ -55,6 +57,7 @@ def test_partial_of_a_killed_writer_is_removed_by_the_next_write(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["avg.pt"] and out.read_text() == "done"
 
 
+@pytest.mark.e2e
 def test_a_running_writers_partial_is_left_alone(tmp_path):
     out = tmp_path / "avg.pt"
     proc = start_writer(out)
@@ -147,6 +150,7 @@ with output_set(sys.argv[1]) as staged:
 """
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL])
 def test_output_set_interrupted_or_killed_leaves_the_previous_set(tmp_path, signum):
     out = write_set(tmp_path / "report", "old")
@@ -163,6 +167,7 @@ def test_output_set_interrupted_or_killed_leaves_the_previous_set(tmp_path, sign
     assert snapshot(out) == old and sorted(os.listdir(out)) == ["plots", "report.json", "table.md"]
 
 
+@pytest.mark.e2e
 def test_a_swap_cut_short_by_a_kill_is_finished_by_the_next_run(tmp_path):
     """The state a kill -9 between two renames of the swap leaves: report.json swapped in, table.md not yet."""
     out = write_set(tmp_path / "report", "old")
@@ -203,6 +208,7 @@ with output_set(sys.argv[1]) as staged:
 """
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("then", ["commit", "start"])
 def test_a_sigterm_python_dropped_still_stops_the_command(tmp_path, then):
     """A SIGTERM whose exception Python drops (it arrived in a callback: subprocess's at-fork hooks, a

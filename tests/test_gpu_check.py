@@ -153,6 +153,7 @@ print("liger peers agree with torch CE")
 
 
 @pytest.mark.e2e
+@pytest.mark.e2e
 def test_liger_peers_compute_torchs_smoothed_cross_entropy_under_the_triton_interpreter():
     """The GPU-only peers as the benchmark calls them (label smoothing 0.1, ignore_index, reductions), run on CPU
     tensors by Triton's interpreter: the same loss and gradients as torch's cross-entropy; Liger's CE writes its
@@ -231,6 +232,7 @@ def test_tree_digest_sees_code_not_caches(tmp_path):
 
 
 # --------------------------------------------------------------------------- time boxes
+@pytest.mark.e2e
 @pytest.mark.e2e
 def test_steps_are_time_boxed_and_a_failing_step_does_not_stop_the_next(tmp_path):
     run = check.Run(str(tmp_path), 120, False, sys.executable, str(tmp_path))
@@ -424,6 +426,7 @@ def test_torch_versions_check_writes_all_or_nothing(tmp_path):
 
 
 @pytest.mark.e2e
+@pytest.mark.e2e
 def test_torch_versions_check_dry_run_changes_nothing(tmp_path):
     proc = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "check_torch_versions.py"), "--dry-run",
                            "--venvs", str(tmp_path / "venvs"), "2.9.0", "2.11.0@3.12"], stdout=subprocess.PIPE,
@@ -436,6 +439,7 @@ def test_torch_versions_check_dry_run_changes_nothing(tmp_path):
 
 
 # --------------------------------------------------------------------------- run.sh, dry
+@pytest.mark.e2e
 @pytest.mark.e2e
 @pytest.mark.slow
 def test_run_sh_dry_run_runs_every_step_and_its_results_make_the_table(tmp_path):

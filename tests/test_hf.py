@@ -723,6 +723,7 @@ if trainer.is_world_process_zero():
 '''
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 @pytest.mark.e2e
 def test_accelerate_launch_two_cpu_processes_trains_as_one(tmp_path):
@@ -799,6 +800,7 @@ def test_benchmark_goals_say_met_or_missed_per_row():
     assert "| float32 | 32000 | 2x1024 | **EL, output layer fused in** | 100.0 | 10.0 | **0.90** | **0.19** |" in table
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 @pytest.mark.e2e
 def test_benchmark_quick_run_writes_its_results(tmp_path):

@@ -18,7 +18,7 @@ from el_plugins.core import Bonus, TargetWeights  # noqa: E402
 from el_plugins.ops.common import LossConfig  # noqa: E402
 from el_plugins.ops.triton_rows import MAX_BLOCK, encouraging_loss_kernel, kernel_constants  # noqa: E402
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]  # Triton's compiler and ptxas, per specialization
 POINTER = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16"}
 PTXAS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
 SMOOTHED = TargetWeights(0.9, 0.1 / 300, 0.9, 0.1 / 300)  # label smoothing and bonus smoothing 0.1, rho 1

@@ -69,6 +69,7 @@ def package_modules():
     return {p.relative_to(ROOT).as_posix() for p in (ROOT / "el_plugins").rglob("*.py")}
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_archives_hold_what_an_install_needs(dists):
     version = source_version()
@@ -146,6 +147,7 @@ def check_metadata(text):
         "the long description is not README.md"
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["wheel", "sdist"])
 def test_installed_activates_without_user_dir(kind, dists, tmp_path):
@@ -192,6 +194,7 @@ PRODUCT_COMMANDS = ["el-analyze", "el-average-checkpoints", "el-bleu", "el-demo"
 repository's evidence (./evidence), not the product's (issue 27)."""
 
 
+@pytest.mark.e2e
 def test_the_wheel_holds_the_product_only(dists, tmp_path):
     """No module of the evidence (el_evidence: the reproductions, their data, the headlines, the test helpers) in
     el-plugins' wheel, and its console scripts are the product's."""
@@ -237,6 +240,7 @@ def test_changelog_newest_release_is_the_version():
     assert not empty, f"CHANGELOG.md: sections without an entry: {empty}"
 
 
+@pytest.mark.e2e
 def test_the_installed_package_records_the_commit_it_was_built_from():
     """results files name the code that produced them (el_plugins.provenance): the version, and the commit that
     setup.py recorded when it built the installed package (this checkout's HEAD when scripts/setup.sh built it)."""

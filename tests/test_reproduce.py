@@ -93,6 +93,7 @@ def mnist_data(tmp_path_factory):
     return folder
 
 
+@pytest.mark.e2e
 def test_el_data_writes_checked_files_with_sources(mnist_data):
     manifest = json.load(open(os.path.join(mnist_data, "SOURCES.json")))
     splits = manifest["splits"]
@@ -113,6 +114,7 @@ def test_el_data_writes_checked_files_with_sources(mnist_data):
     assert "already holds the checked data" in run_cli("el-data", "mnist", "--out", mnist_data).stdout
 
 
+@pytest.mark.e2e
 def test_el_data_refuses_truncated_and_wrong_files(mnist_data, tmp_path):
     # --data-dir with a truncated gzip file: refused, nothing written
     user = tmp_path / "user" / "MNIST" / "raw"
@@ -144,6 +146,7 @@ def test_el_data_refuses_truncated_and_wrong_files(mnist_data, tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.e2e
 def test_el_reproduce_quick_end_to_end(mnist_data, tmp_path):
     out = tmp_path / "out"
     done = run_cli("el-reproduce", "mnist", "--quick", "--no-progress", "--data", mnist_data, "--out", str(out))
@@ -169,6 +172,7 @@ def test_el_reproduce_quick_end_to_end(mnist_data, tmp_path):
     assert "| the paper's claim |" in done.stdout
 
 
+@pytest.mark.e2e
 def test_el_reproduce_paper_setup_runs_a_few_steps(mnist_data, tmp_path):
     """--setup paper: the authors' MNISTNet and schedule, 2 epochs on 512 images (a full run is 100 epochs)."""
     out = tmp_path / "paper"
@@ -195,6 +199,7 @@ def test_el_reproduce_paper_setup_runs_a_few_steps(mnist_data, tmp_path):
     assert "the authors' Tables 1/4/13 setup (--setup paper)" in table
 
 
+@pytest.mark.e2e
 def test_el_reproduce_mnist_table11_quick(mnist_data, tmp_path):
     out = tmp_path / "table11"
     done = run_cli("el-reproduce", "mnist-table11", "--quick", "--no-progress", "--data", mnist_data, "--out", str(out))
@@ -228,6 +233,8 @@ def test_el_reproduce_mnist_table11_quick(mnist_data, tmp_path):
     assert (out / "table.md").read_text() == table
 
 
+@pytest.mark.e2e
+@pytest.mark.cuda
 @pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA")
 def test_el_reproduce_both_setups_cuda(mnist_data, tmp_path):
     run_cli("el-reproduce", "mnist-table11", "--quick", "--device", "cuda", "--no-progress", "--data", mnist_data,

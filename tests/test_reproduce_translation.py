@@ -30,6 +30,7 @@ def corpus(tmp_path_factory):
     return folder
 
 
+@pytest.mark.e2e
 def test_quick_run_end_to_end_and_rerun(corpus, tmp_path):
     out, work = tmp_path / "out", tmp_path / "work"
     done = run_cli("el-reproduce", "translation", "--quick", "--no-progress", "--data", corpus, "--out", out,
@@ -67,6 +68,7 @@ def test_quick_run_end_to_end_and_rerun(corpus, tmp_path):
     assert rerun["variants"]["el"]["seeds"] == results["variants"]["el"]["seeds"]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("args,message", [
     (["--ce-seeds", "0"], "the baseline (--ce-seeds) and at least one EL variant need seeds"),
     (["--el-seeds", "0", "--el-le1-seeds", "0"], "at least one EL variant need seeds"),
@@ -121,6 +123,8 @@ def test_readme_table_is_the_committed_results(committed):
     assert f"{committed['settings']['wall_seconds']:.0f} s ({minutes:.1f} min)" in page
 
 
+@pytest.mark.e2e
+@pytest.mark.cuda
 def test_device_cuda_trains_on_the_gpu_and_cpu_on_the_cpu():
     """No GPU needed: the commands a run would start, for each device (the analysis moves the averaged model to
     the device as el-demo's does, tested in tests/test_devices.py)."""
@@ -173,6 +177,7 @@ def test_outputs_are_swapped_in_as_one_set(committed, tmp_path, monkeypatch, n):
     assert new["table.md"].decode() == translation_report.render_table_md(smaller)
 
 
+@pytest.mark.e2e
 def test_render_rewrites_table_md_from_results_json(committed, tmp_path):
     (tmp_path / "results.json").write_text(json.dumps(committed))
     done = run_cli("el-reproduce", "translation", "--render", tmp_path / "results.json")

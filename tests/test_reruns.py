@@ -38,6 +38,7 @@ def test_el_reproduce_quick_keeps_the_values_given():
     assert {k: getattr(quick, k) for k in QUICK} == QUICK and {k: getattr(full, k) for k in FULL} == FULL
 
 
+@pytest.mark.e2e
 def test_el_reproduce_render_of_results_without_variants(tmp_path):
     """Item 14: --render on a results.json with "variants": {} was a StopIteration traceback."""
     results = json.load(open(os.path.join(ROOT, "results", "mnist", "results.json")))
@@ -105,6 +106,7 @@ TINY_REPRODUCE = ["--seeds", "2", "--epochs", "1", "--train-images", "600", "--t
                   "--attack-images", "10", "--apgd-steps", "1", "--pgd-steps", "1", "--no-progress", "--threads", "1"]
 
 
+@pytest.mark.e2e
 def test_el_reproduce_twice_into_the_same_out(mnist_folder, tmp_path):
     pytest.importorskip("torchattacks")
     out = tmp_path / "out"
@@ -131,6 +133,7 @@ def toy_run(toy_data_bin, tmp_path_factory):
     return save
 
 
+@pytest.mark.e2e
 def test_el_average_checkpoints_twice_into_the_same_output(toy_run, tmp_path):
     out = tmp_path / "avg2.pt"
     args = ["--inputs", toy_run, "--num-epoch-checkpoints", "2", "--output", out]
@@ -142,6 +145,7 @@ def test_el_average_checkpoints_twice_into_the_same_output(toy_run, tmp_path):
     assert os.listdir(tmp_path) == ["avg2.pt"]
 
 
+@pytest.mark.e2e
 def test_el_bleu_generate_twice_and_interrupted(toy_data_bin, toy_run, tmp_path):
     out = tmp_path / "bleu"
     args = ["generate", toy_data_bin, "--path", toy_run / "checkpoint_last.pt", "--cpu", "--out", out]
@@ -157,6 +161,7 @@ def test_el_bleu_generate_twice_and_interrupted(toy_data_bin, toy_run, tmp_path)
     assert files_of(out) == before and not staging_folders(out)
 
 
+@pytest.mark.e2e
 def test_el_translation_train_twice_resumes_the_same_run_and_refuses_another(toy_data_bin, tmp_path):
     """fairseq-train resumes --save-dir's checkpoint_last.pt: right for the same run, silently wrong for another
     loss (the CE run went on as EL, or the reverse)."""
@@ -179,6 +184,7 @@ def test_el_translation_train_twice_resumes_the_same_run_and_refuses_another(toy
 
 
 # --------------------------------------------------------------------------- el-demo
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_el_demo_twice_and_interrupted(tmp_path):
     """Item 9: the README's first command failed when run a second time (fairseq-preprocess: dict.src.txt

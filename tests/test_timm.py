@@ -93,6 +93,7 @@ def test_classification_task_gets_el_from_criterion_kwargs():
     assert isinstance(task.criterion, EncouragingLoss) and task.criterion.smoothing == 0.1
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("order", ["task-first", "plugin-first"])
 def test_import_order_does_not_matter(order):
     imports = ["from timm.task import ClassificationTask", "import el_plugins.timm_plugin"]
@@ -139,6 +140,7 @@ def test_gradcheck_modules():
 
 
 # --------------------------------------------------------------------------- training with timm's machinery
+@pytest.mark.e2e
 @pytest.mark.parametrize("mixup", [False, True])
 def test_classification_task_trains_with_el_on_digits(digits_folder, mixup):
     from timm.data import Mixup, create_dataset, create_loader
@@ -306,6 +308,7 @@ def read_run(out):
     return json.loads((out / "result.json").read_text()), (out / "args.yaml").read_text()
 
 
+@pytest.mark.e2e
 def test_new_style_train_py_takes_loss_el_without_launcher(tmp_path, digits_folder):
     train_py, out = write_train_py(tmp_path, True), tmp_path / "out"
     proc = subprocess.run([sys.executable, train_py, digits_folder, "--loss", "el", "--output", out],
@@ -317,6 +320,7 @@ def test_new_style_train_py_takes_loss_el_without_launcher(tmp_path, digits_fold
     assert "loss_type='el' (el-plugins) -> EncouragingLoss(log_end=0.75" in proc.stdout
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("new_style", [True, False])
 @pytest.mark.parametrize("mixup", ["0", "0.4"])
 def test_launcher_runs_train_py_with_el(tmp_path, digits_folder, new_style, mixup):
@@ -334,6 +338,7 @@ def test_launcher_runs_train_py_with_el(tmp_path, digits_folder, new_style, mixu
             f"targets={targets}); validation loss = cross-entropy") in proc.stdout
 
 
+@pytest.mark.e2e
 def test_launcher_without_loss_el_leaves_train_py_alone(tmp_path, digits_folder):
     train_py, out = write_train_py(tmp_path, False), tmp_path / "out"
     run_cli("el-timm-train", train_py, digits_folder, "--output", out, "--steps", "1")
@@ -345,6 +350,7 @@ def test_launcher_without_loss_el_leaves_train_py_alone(tmp_path, digits_folder)
     assert result["criterion"].startswith("EncouragingLoss(log_end=0.75,") and "log_end: 0.75" in args_yaml
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("new_style", [True, False])
 def test_launcher_reads_el_options_from_config_yaml(tmp_path, digits_folder, new_style):
     train_py, out = write_train_py(tmp_path, new_style), tmp_path / "out"
@@ -355,6 +361,7 @@ def test_launcher_reads_el_options_from_config_yaml(tmp_path, digits_folder, new
     assert "log_end: 0.6" in args_yaml and "loss: el" in args_yaml
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("args,config,message", [
     (["--loss", "el", "--log-end", "1.5"], None, r"argument --log-end/--log_end: --log-end must be in \(0, 1\]"),
     (["--loss", "el", "--log-end", "abc"], None, r"argument --log-end/--log_end: --log-end must be in \(0, 1\]"),
@@ -429,6 +436,7 @@ RECIPE_RUNS = {
 }
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("recipe,new_style", [(r, False) for r in RECIPE_RUNS] + [
     ("bce-rsb", True), ("jsd", True), ("distillation", True)])
 def test_launcher_trains_each_recipe_with_el(tmp_path, digits_folder, kd_teacher, recipe, new_style):
@@ -450,6 +458,7 @@ def test_launcher_trains_each_recipe_with_el(tmp_path, digits_folder, kd_teacher
     assert "loss: el" in args_yaml
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("flags", [
     ["--bce-loss", "--mixup", "0.4", "--bce-target-thresh", "0.2", "--bce-sum", "--bce-pos-weight", "2"],
     ["--jsd-loss", "--aug-splits", "3", "--smoothing", "0.2"],
@@ -467,6 +476,7 @@ def test_launcher_recipe_at_bonus_weight_0_trains_as_train_pys_own_loss(tmp_path
     assert el["losses"] == pytest.approx(own["losses"], rel=1e-4), (el["losses"], own["losses"])
 
 
+@pytest.mark.e2e
 def test_launcher_schedule_of_the_bonus_weight_over_epochs(tmp_path, digits_folder):
     """Issue 25: --el-bonus-schedule linear over 3 epochs after 1 without the bonus: the launcher tells the loss
     each epoch (train.py never does) and the log shows the weight el_plugins.core.BonusSchedule gives."""
@@ -484,6 +494,7 @@ def test_launcher_schedule_of_the_bonus_weight_over_epochs(tmp_path, digits_fold
     assert "schedule=linear/3, defer=1" in read_run(out)[0]["criterion"]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("args,message", [
     (["--jsd-loss", "--aug-splits", "3", "--bce-loss"], r"--bce-loss and --jsd-loss are two forms of the training "
                                                         r"loss: with --loss el give one"),
@@ -541,6 +552,7 @@ def test_launcher_gives_every_task_class_the_recipes_el(monkeypatch):
         module.ClassificationTask(model, device=cpu)
 
 
+@pytest.mark.e2e
 def test_rsb_a3_recipe_script():
     """scripts/timm/resnet50_rsb_a3_imagenet.sh: the BCE form's recipe (its flags parse under timm's real train.py:
     the issue 26 report), EL or --baseline (timm's BCE), the batch per GPU keeping the global 2048."""
@@ -560,6 +572,7 @@ def test_rsb_a3_recipe_script():
     assert bad.returncode == 2 and "--log-end must be in (0, 1]" in bad.stdout
 
 
+@pytest.mark.e2e
 def test_launcher_usage_errors(tmp_path):
     proc = run_cli("el-timm-train", tmp_path / "missing.py", "--loss", "el", check=False)
     assert proc.returncode == 2 and "the first argument must be the path to timm's train.py" in proc.stdout
@@ -568,6 +581,7 @@ def test_launcher_usage_errors(tmp_path):
     assert proc.returncode != 0 and "does not look like timm's train.py" in proc.stdout
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("config,message", [
     ("loss: EL\n", r"loss: 'EL' \(from the config file\) is not an allowed --loss: choose from .*'el'"),
     ("loss: bogus\n", r"loss: 'bogus' \(from the config file\) is not an allowed --loss"),
@@ -587,6 +601,7 @@ def test_launcher_checks_config_yaml_values_as_the_command_line(tmp_path, digits
     assert not out.exists()
 
 
+@pytest.mark.e2e
 def test_launcher_runs_nothing_of_a_script_that_is_not_train_py(tmp_path):
     """A data script given by mistake is refused from its source, before any of it executes."""
     marker = tmp_path / "executed"
@@ -598,6 +613,7 @@ def test_launcher_runs_nothing_of_a_script_that_is_not_train_py(tmp_path):
     assert "expected timm's train.py" in proc.stdout
 
 
+@pytest.mark.e2e
 def test_launcher_refuses_timms_validate_py_with_a_hint(tmp_path):
     (tmp_path / "validate.py").write_text("import argparse\nimport timm\nparser = argparse.ArgumentParser()\n"
                                           "parser.add_argument('--model')\ndef main():\n    pass\n")
@@ -607,6 +623,7 @@ def test_launcher_refuses_timms_validate_py_with_a_hint(tmp_path):
     assert "timm's validate.py evaluates a model: run it directly" in proc.stdout
 
 
+@pytest.mark.e2e
 def test_launcher_as_module_for_torchrun(tmp_path, digits_folder):
     """torchrun ... -m el_plugins.timm_plugin.launcher train.py ...: the same entry through runpy."""
     train_py, out = write_train_py(tmp_path, False), tmp_path / "out"

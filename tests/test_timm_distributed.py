@@ -14,6 +14,8 @@ from el_plugins.testing.programs import BIN, free_port
 timm = pytest.importorskip("timm")
 from timm.loss import create_classification_loss  # noqa: E402
 
+pytestmark = pytest.mark.e2e  # every test here runs programs (torchrun)
+
 
 def test_el_under_torchrun_ddp_matches_one_process(tmp_path):
     port = free_port()

@@ -41,6 +41,7 @@ def test_mismatched_lengths_are_an_error_not_a_score():
         bleu.sacre_bleu([], [])
 
 
+@pytest.mark.e2e
 def test_el_bleu_score_command(tmp_path):
     (tmp_path / "h.txt").write_text("the cat sat on mat\nhello world\n")
     (tmp_path / "r.txt").write_text("the cat sat on a\nhello world\n")
@@ -64,6 +65,7 @@ def test_el_bleu_score_command(tmp_path):
                      r"as, bn, .*\bde, el, en, es\b.*\bfr\b", proc.stdout), proc.stdout
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("option", ["--hyp", "--ref", "--raw-ref"])
 def test_el_bleu_names_the_file_and_line_of_non_utf8_bytes(tmp_path, option):
     files = {"--hyp": tmp_path / "h.txt", "--ref": tmp_path / "r.txt", "--raw-ref": tmp_path / "raw.txt"}
@@ -75,6 +77,7 @@ def test_el_bleu_names_the_file_and_line_of_non_utf8_bytes(tmp_path, option):
     assert f"el-bleu: error: {files[option]}, line 2, column 8: byte 0xf6 is not UTF-8 text" in proc.stdout
 
 
+@pytest.mark.e2e
 def test_el_bleu_refuses_blank_references_and_warns_on_blank_hypotheses(tmp_path):
     (tmp_path / "blank.txt").write_text("\n\n  \n")
     (tmp_path / "text.txt").write_text("a b c\nd e f\ng h i\n")
@@ -130,6 +133,7 @@ def test_paper_recipes_are_the_authors_flag_for_flag(recipe_name, loss):
     assert "--share-decoder-input-output-embed" not in cmd
 
 
+@pytest.mark.e2e
 def test_paper_recipes_dry_run_prints_the_same_flags():
     import shlex
 
@@ -140,6 +144,7 @@ def test_paper_recipes_dry_run_prints_the_same_flags():
             assert shlex.split(out)[1:] == authors_command(name, loss), (name, loss)
 
 
+@pytest.mark.e2e
 def test_smoothing_convention_fairseq_runs_fairseqs_own_baseline():
     ce = recipe.train_command("iwslt14.de-en", "bin", "save", loss="ce", smoothing_convention="fairseq")
     el = recipe.train_command("iwslt14.de-en", "bin", "save", loss="el", smoothing_convention="fairseq")
@@ -180,6 +185,7 @@ def test_recipe_bad_values(kwargs, message):
         recipe.train_command("iwslt14.de-en", "b", "s", **kwargs)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("extra,flag,own", [
     (["--criterion", "cross_entropy"], "--criterion", "--loss"),
     (["--criterion=cross_entropy"], "--criterion", "--loss"),
@@ -197,6 +203,7 @@ def test_recipe_refuses_flags_after_the_separator_that_it_sets_itself(extra, fla
     assert proc.returncode == 2 and f"el-translation-train: error: {extra[0]} after --" in proc.stdout, proc.stdout
 
 
+@pytest.mark.e2e
 def test_el_translation_train_cli(tmp_path):
     out = run_cli("el-translation-train", "--recipe", "iwslt17.fr-en", "--data", "bin", "--loss", "el",
                   "--save-dir", "s", "--dry-run", "--", "--patience", "5").stdout
@@ -208,6 +215,7 @@ def test_el_translation_train_cli(tmp_path):
     assert proc.returncode == 2 and "invalid choice: 'wmt'" in proc.stdout
 
 
+@pytest.mark.e2e
 def test_recipe_shell_scripts_argument_handling(tmp_path):
     import subprocess
 
@@ -263,6 +271,7 @@ def test_read_iwslt_release(tmp_path):
         read_iwslt_release(str(tmp_path), "iwslt17.fr-en")
 
 
+@pytest.mark.e2e
 def test_el_prepare_iwslt_end_to_end(tmp_path):
     d = fake_iwslt14_release(tmp_path / "rel", n_train=120)
     tgz = tmp_path / "de-en.tgz"
@@ -282,6 +291,7 @@ def test_el_prepare_iwslt_end_to_end(tmp_path):
 
 
 # --------------------------------------------------------------------------- the pipeline on a real model
+@pytest.mark.e2e
 def test_prepare_train_generate_bleu(tmp_path):
     splits = make_splits((("train", 400), ("valid", 40), ("test", 43)))
     data_bin = prepare_parallel_corpus(splits, str(tmp_path / "data"), "src", "en", vocab_size=300, lowercase=False,
@@ -302,6 +312,7 @@ def test_prepare_train_generate_bleu(tmp_path):
 
 
 # --------------------------------------------------------------------------- el-bleu: hostile input (issue 18)
+@pytest.mark.e2e
 def test_el_bleu_drops_a_byte_order_mark(tmp_path):
     """Item 7: a BOM glued to the first token lowered BLEU (unigram precision 66.7 instead of 83.3)."""
     hyp, ref = "the cat sat on the mat", "the cat sat on a mat"
@@ -325,6 +336,7 @@ def word_level_run(toy_data_bin, tmp_path_factory):
     return train_tiny_model(toy_data_bin, tmp_path_factory.mktemp("word_level"))
 
 
+@pytest.mark.e2e
 def test_el_bleu_generate_tells_the_data_bins_subwords(toy_data_bin, word_level_run, tmp_path):
     """Item 2: --post-process sentencepiece (the old default) on a word-level data-bin deleted every space."""
     proc = run_cli("el-bleu", "generate", toy_data_bin, "--path", word_level_run, "--cpu", "--out", tmp_path / "b")
@@ -342,6 +354,7 @@ def test_el_bleu_generate_tells_the_data_bins_subwords(toy_data_bin, word_level_
     assert not (tmp_path / "c").exists()
 
 
+@pytest.mark.e2e
 def test_el_bleu_generate_checks_before_any_work(toy_data_bin, word_level_run, tmp_path):
     """Items 15, 16, 18: what can be checked is, before fairseq-generate runs, in one line; --out a file too."""
     def generate(*args, data=toy_data_bin):
@@ -402,6 +415,7 @@ def files_of(folder):
             for d, _, files in os.walk(folder) for f in files}
 
 
+@pytest.mark.e2e
 def test_el_prepare_iwslt_twice_into_the_same_out_prepares_the_new_release(tmp_path):
     """Items 3 and 9: the second run failed in fairseq-preprocess (dict.de.txt exists), and it read the
     stale OUT/release of the first run: 97 training lines instead of 221."""
@@ -421,6 +435,7 @@ def test_el_prepare_iwslt_twice_into_the_same_out_prepares_the_new_release(tmp_p
     assert same(files_of(out)) == same(again)  # (the logs and spm.model name the staging folder)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("signum", ["SIGTERM", "SIGKILL"])
 def test_el_prepare_iwslt_interrupted_leaves_the_previous_output(tmp_path, signum):
     """Item 9: an interrupted run rewrote text/ and spm.model and left them beside the old data-bin."""
@@ -442,6 +457,7 @@ def test_el_prepare_iwslt_interrupted_leaves_the_previous_output(tmp_path, signu
     assert sorted(os.listdir(out)) == ["data-bin", "preprocess.log", "spm.model", "spm.vocab", "text"]
 
 
+@pytest.mark.e2e
 def test_el_prepare_iwslt_truncated_or_ambiguous_release(tmp_path):
     """Item 11: a truncated .tgz gave an EOFError traceback and left a partial extraction behind; a release
     folder with two copies of a file silently used the first."""
@@ -505,6 +521,7 @@ def test_what_a_data_bin_holds(tmp_path, caplog):
         data_bin.language_pair(str(half), "test")
 
 
+@pytest.mark.e2e
 def test_paper_recipe_chooses_checkpoint_best_by_valid_bleu(tmp_path):
     """The recipes' checkpoint selection, run for real: fairseq-train's --eval-bleu with moses detokenisation and
     sentencepiece removal, and checkpoint_best.pt the epoch of the highest valid BLEU."""
