@@ -9,9 +9,7 @@ import textwrap
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-from el_plugins.testing import spec_example as spec
 from el_plugins.testing.digits import write_digits_image_folder
 from el_plugins.testing.programs import run_cli
 
@@ -19,7 +17,6 @@ timm = pytest.importorskip("timm")
 import timm.loss  # noqa: E402
 from timm.task import ClassificationTask  # noqa: E402
 
-from el_plugins import functional as EF  # noqa: E402
 from el_plugins.loss import BinaryEncouragingLoss, EncouragingLoss  # noqa: E402
 
 
@@ -108,35 +105,6 @@ def test_import_order_does_not_matter(order):
     env = dict(os.environ, EL_PLUGINS_DISABLE="1", PYTHONWARNINGS="ignore")  # activation by hand only
     out = subprocess.run([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True, check=True).stdout
     assert out.strip().splitlines()[-1] == "EncouragingLoss"
-
-
-# --------------------------------------------------------------------------- the modules' math
-def test_module_matches_spec_timm_example_and_functional():
-    z, t = spec.logits_and_targets()
-    loss = EncouragingLoss(log_end=spec.TIMM_LOG_END, smoothing=spec.LABEL_SMOOTHING)
-    assert loss(z, t).item() == pytest.approx(spec.TIMM_MEAN_LOSS, abs=1e-11)
-    soft = torch.softmax(torch.randn(6, 11, dtype=torch.float64), -1)
-    torch.testing.assert_close(EncouragingLoss(log_end=0.5)(z, soft),
-                               EF.soft_target_encouraging_loss(z, soft, log_end=0.5))
-
-
-def test_binary_module_smoothing_follows_timm_bce():
-    z = torch.randn(4, 5, dtype=torch.float64)
-    t = torch.tensor([0, 4, 2, 2])
-    dense = torch.full((4, 5), 0.1 / 5, dtype=torch.float64).scatter_(1, t[:, None], 1 - 0.1 + 0.1 / 5)
-    torch.testing.assert_close(BinaryEncouragingLoss(smoothing=0.1)(z, t),
-                               EF.binary_encouraging_loss(z, dense.float()).to(torch.float64), rtol=1e-6, atol=1e-7)
-    multi = torch.randint(0, 2, (4, 5)).double()
-    torch.testing.assert_close(BinaryEncouragingLoss(smoothing=0.2, bonus_weight=0.0)(z, multi),
-                               F.binary_cross_entropy_with_logits(z, multi * 0.8 + 0.1))
-
-
-def test_gradcheck_modules():
-    torch.manual_seed(4)
-    z = (torch.randn(5, 4, dtype=torch.float64) * 2).requires_grad_()
-    t = torch.tensor([0, 3, 1, 1, 2])
-    assert torch.autograd.gradcheck(lambda x: EncouragingLoss(smoothing=0.1)(x, t), (z,))
-    assert torch.autograd.gradcheck(lambda x: BinaryEncouragingLoss(smoothing=0.1)(x, t), (z,))
 
 
 # --------------------------------------------------------------------------- training with timm's machinery

@@ -70,7 +70,7 @@ def authors_loss_settings(*, bonus_gamma: int, bonus_rho: float, bonus_start: fl
                          f"(it shapes the log bonus, --bonus_gamma -1, only): leave it out")
     if kind == "cosine" and checks.real_number(bonus_start):
         raise ValueError(f"--bonus_start has no effect with --bonus_gamma -2 (the cosine bonus) in the authors' code: "
-                         f"leave it out")
+                         "leave it out")
     spec = checks.bonus_spec(kind, bonus_gamma if kind == "power" else None, bonus_start if kind != "cosine" else 0.0,
                              (1.0 if log_end is None else log_end) if kind == "log" else None, names=FLAGS)
     weight = rho * (1.0 - lam) + lam
