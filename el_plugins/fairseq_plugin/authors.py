@@ -69,7 +69,7 @@ def authors_loss_settings(*, bonus_gamma: int, bonus_rho: float, bonus_start: fl
         raise ValueError(f"--log_end {log_end:g} has no effect with --bonus_gamma {bonus_gamma} in the authors' code "
                          f"(it shapes the log bonus, --bonus_gamma -1, only): leave it out")
     if kind == "cosine" and checks.real_number(bonus_start):
-        raise ValueError(f"--bonus_start has no effect with --bonus_gamma -2 (the cosine bonus) in the authors' code: "
+        raise ValueError("--bonus_start has no effect with --bonus_gamma -2 (the cosine bonus) in the authors' code: "
                          "leave it out")
     spec = checks.bonus_spec(kind, bonus_gamma if kind == "power" else None, bonus_start if kind != "cosine" else 0.0,
                              (1.0 if log_end is None else log_end) if kind == "log" else None, names=FLAGS)
