@@ -21,7 +21,7 @@ import tempfile
 
 from el_plugins.files import write_json
 from el_plugins.provenance import describe, provenance
-from el_plugins.testing.toy_corpus import make_splits
+from el_plugins.demo.toy_corpus import make_splits
 from el_plugins.translation import recipe
 from el_plugins.translation.prepare import prepare_parallel_corpus
 

@@ -14,7 +14,7 @@ import torch
 
 from el_plugins import analysis as A
 from el_plugins.analysis.cli import main as cli_main
-from el_plugins.testing.digits import load_upscaled_digits
+from el_plugins.demo.digits import load_upscaled_digits
 from el_plugins.testing.programs import run_cli, run_module
 from el_plugins.testing.toy_fairseq import TINY_TRANSFORMER
 

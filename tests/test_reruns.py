@@ -191,7 +191,7 @@ def test_el_demo_twice_and_interrupted(tmp_path):
     exists), and after an interrupted run; item 12: --updates too few for the 5 averaged epochs failed after
     training. The SIGTERM lands as fairseq-train starts: Python dropped it there (in subprocess's at-fork
     hook), and el-demo went on to swap its new set in (files.raise_if_terminated)."""
-    from el_plugins.testing.toy_corpus import write_corpus
+    from el_plugins.demo.toy_corpus import write_corpus
 
     corpus = tmp_path / "corpus"  # small: the demo's own corpus takes minutes per run on a busy machine
     write_corpus(str(corpus), sizes=(("train", 240), ("valid", 30), ("test", 30)), seed=1)

@@ -10,7 +10,7 @@ import textwrap
 import pytest
 import torch
 
-from el_plugins.testing.digits import write_digits_image_folder
+from el_plugins.demo.digits import write_digits_image_folder
 from el_plugins.testing.programs import run_cli
 
 timm = pytest.importorskip("timm")

@@ -8,7 +8,7 @@ import tarfile
 import pytest
 
 from el_plugins.testing.programs import run_cli
-from el_plugins.testing.toy_corpus import make_splits
+from el_plugins.demo.toy_corpus import make_splits
 from el_plugins.testing.toy_fairseq import TINY_TRANSFORMER, train_tiny_model
 from el_plugins.translation import bleu, recipe
 from el_plugins.translation.prepare import (

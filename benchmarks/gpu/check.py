@@ -69,9 +69,9 @@ DESELECT_WITHOUT_LCE = {
         "compares with torch's F.linear_cross_entropy, which torch < 2.13 lacks (the machine has 2.11)",
 }
 # what the digits folder and the toy corpus are made with (el_plugins' own helpers, from this checkout)
-DIGITS_PY = ("import sys; from el_plugins.testing.digits import write_digits_image_folder; "
+DIGITS_PY = ("import sys; from el_plugins.demo.digits import write_digits_image_folder; "
              "print(write_digits_image_folder(sys.argv[1], size=32))")
-TOY_CORPUS_PY = ("import sys; from el_plugins.testing.toy_corpus import write_corpus; "
+TOY_CORPUS_PY = ("import sys; from el_plugins.demo.toy_corpus import write_corpus; "
                  "write_corpus(sys.argv[1], sizes=(('train', 600), ('valid', 60), ('test', 40)), seed=1)")
 PROBE_PY = r"""
 import json, os, platform, subprocess, sys

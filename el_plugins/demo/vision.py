@@ -11,7 +11,7 @@ from tqdm import tqdm
 from el_plugins.analysis.timm_eval import evaluate
 from el_plugins.devices import move_to_device, resolve_device
 from el_plugins.files import atomic_write
-from el_plugins.testing.digits import write_digits_image_folder
+from el_plugins.demo.digits import write_digits_image_folder
 
 MODEL = "test_resnet"
 

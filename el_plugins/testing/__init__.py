@@ -1,9 +1,6 @@
-"""Generated data and test helpers, in one place: used by the tests, the benchmarks and the demo.
+"""The helpers only the tests use (the demo's generated data, which the tests use too, is el_plugins.demo's:
+toy_corpus and digits).
 
-  el_plugins.testing.toy_corpus       the deterministic toy parallel corpus (an invented language and its
-                                      English): the demo's and the tests' translation data, no download
-  el_plugins.testing.digits           scikit-learn's bundled 8x8 digits, upscaled, as an image folder
-                                      that timm's and torchvision's readers take
   el_plugins.testing.spec_example     the EL spec's worked example: its logits, targets, settings and
                                       expected losses, for every implementation to be checked against
   el_plugins.testing.toy_fairseq      the toy corpus binarized by the real fairseq-preprocess, the tiny

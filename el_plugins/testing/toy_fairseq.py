@@ -5,7 +5,7 @@ import pathlib
 import re
 
 from el_plugins.testing.programs import run_cli
-from el_plugins.testing.toy_corpus import write_corpus
+from el_plugins.demo.toy_corpus import write_corpus
 
 TINY_TRANSFORMER = [
     "--arch", "transformer", "--encoder-layers", "1", "--decoder-layers", "1",
