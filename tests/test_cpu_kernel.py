@@ -280,7 +280,8 @@ def test_large_entries_and_log_probabilities(dtype, kwargs):
             torch.testing.assert_close(grad, truth[1], rtol=1e-10, atol=1e-10)
     if dtype != torch.float64:
         scale = truth[1].abs().max()
-        errors = {name: ((results[name][1].double() - truth[1]).abs().max() / scale).item() for name in ("cpp", "torch")}
+        errors = {name: ((results[name][1].double() - truth[1]).abs().max() / scale).item()
+                  for name in ("cpp", "torch")}
         loss_errors = {name: abs(results[name][0].loss.item() - truth[0].loss.item()) for name in ("cpp", "torch")}
         assert errors["cpp"] <= max(errors["torch"] * 1.5, 4 * torch.finfo(dtype).eps), errors
         assert loss_errors["cpp"] <= max(loss_errors["torch"] * 1.5, 1e-5 * abs(truth[0].loss.item())), loss_errors
@@ -384,3 +385,28 @@ def test_odd_shapes_and_strides(n, v, dtype):
     torch.testing.assert_close(grads[1][0].loss, grads[0][0].loss, rtol=tol, atol=tol)
     scale = grads[0][1].abs().max().item()
     torch.testing.assert_close(grads[1][1].double(), grads[0][1].double(), rtol=0, atol=tol * scale)
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_correct_is_where_argmax_finds_the_target(dtype):
+    """The kernel's ``correct`` (the fused output layer's accuracy count): the target is the first largest logit,
+    as torch's argmax has it, ties included; 0 on ignored rows."""
+    from el_plugins.core import LossSettings, Bonus, target_weights
+    from el_plugins.ops.common import LossConfig
+
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn(64, 100, generator=gen).to(dtype)
+    t = torch.randint(0, 100, (64,), generator=gen)
+    z[:20, 10] = 50.0
+    z[:10, 30] = 50.0           # a tie: argmax is 10
+    t[:5], t[5:10] = 10, 30     # first of the tie: correct; second: not
+    t[10:15] = 10               # the only largest: correct
+    t[20:24] = z[20:24].float().argmax(-1)
+    keep = torch.ones(64, dtype=torch.bool)
+    keep[3] = keep[22] = False
+    settings = LossSettings(Bonus("log", log_end=0.75), 0.1, 1.0, 0.1, PAD, "fairseq", "sum")
+    cfg = LossConfig(settings.bonus, target_weights(settings, 100))
+    values, _ = BACKENDS["cpp"].rows(z, t, keep, cfg, 1.0, compute_grad=False, ignore_index=PAD)
+    want = (z.argmax(-1) == t) & keep
+    assert values.correct.tolist() == want.float().tolist() and 0 < int(want.sum()) < 64

@@ -6,9 +6,9 @@ functions in :mod:`el_plugins.functional` (call those). :func:`fused_loss` is th
 - with ``linear_weight`` (``linear_encouraging_loss_with_stats``): the output layer fused in, chunk by chunk, the
   same row computation per chunk: never the whole (N, V) logits or their gradient.
 
-It chooses the backend (:mod:`.backends`: chunked torch, the Triton kernel), checks the tensors as that backend
-allows (host reads or device-side assertions), builds the row computation's settings from the checked loss settings
-(:class:`el_plugins.core.LossSettings`) and runs the op. This package imports only el_plugins.core and
+It chooses the backend (:mod:`.backends`: the C++ kernel, chunked torch, the Triton kernel), checks the tensors as
+that backend allows (host reads or device-side assertions), builds the row computation's settings from the checked
+loss settings (:class:`el_plugins.core.LossSettings`) and runs the op. This package imports only el_plugins.core and
 el_plugins.checks.
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ from el_plugins.core import LossSettings, autocast_dtype, autocast_input, target
 from .backends import BACKEND_CHOICES, BACKENDS, Backend, select_backend
 from .common import NO_DOUBLE_BACKWARD, SINGLE_BACKWARD_ONLY, LossConfig, check_tuning
 from .encouraging_loss import _FusedEncouragingLoss
-from .linear_encouraging_loss import _FusedLinearEncouragingLoss, default_chunk_rows
+from .linear_encouraging_loss import _FusedLinearEncouragingLoss, chunk_buffers, default_chunk_rows
 
 
 def fused_loss(input: torch.Tensor, target: torch.Tensor, settings: LossSettings, *,
@@ -53,7 +53,8 @@ def fused_loss(input: torch.Tensor, target: torch.Tensor, settings: LossSettings
     cfg = LossConfig(settings.bonus, target_weights(settings, linear_weight.size(0)))
     needs = (grad_enabled and input.requires_grad, grad_enabled and linear_weight.requires_grad,
              grad_enabled and linear_bias is not None and linear_bias.requires_grad)
-    chunk_rows = chunk_size or default_chunk_rows(input.size(0), input.size(1), linear_weight.size(0))
+    chunk_rows = chunk_size or default_chunk_rows(input.size(0), input.size(1), linear_weight.size(0),
+                                                  chunk_buffers(chosen, input.dtype))
     with torch.autocast(device_type, enabled=False) if cast_dtype is not None else contextlib.nullcontext():
         return _FusedLinearEncouragingLoss.apply(input, linear_weight, linear_bias, target, settings.ignore_index,
                                                  settings.reduction, cfg, chosen, chunk_rows, block_size, needs)

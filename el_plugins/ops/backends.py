@@ -25,12 +25,14 @@ from .torch_rows import chunk_terms, torch_rows
 
 
 class RowValues(NamedTuple):
-    """Per row, in the compute dtype: the loss, -log p_y, the bonus term and log p_y."""
+    """Per row, in the compute dtype: the loss, -log p_y, the bonus term and log p_y; and, from a backend that finds
+    it on the way, ``correct``: whether the target is the first largest logit (argmax's), 0 on rows ignored."""
 
     loss: torch.Tensor
     nll: torch.Tensor
     bonus: torch.Tensor
     log_p_target: torch.Tensor
+    correct: Optional[torch.Tensor] = None
 
 
 class ChunkBuffers(NamedTuple):
@@ -162,16 +164,18 @@ class CppBackend(Backend):
         from .cpp_rows import unavailable_reason
 
         problem = unavailable_reason()
-        return None if problem is None else f"the cpp backend (the C++ kernel for CPU tensors) is unavailable: {problem}"
+        if problem:
+            return f"the cpp backend (the C++ kernel for CPU tensors) is unavailable: {problem}"
+        return None
 
     def rows(self, x, target, keep, cfg, scale, *, compute_grad, ignore_index, chunk_size=None, block_size=None,
              buffers=None):
         from .cpp_rows import cpp_rows
 
         grad = buffers.grad if buffers is not None and compute_grad else None
-        (loss, nll, bonus, log_p), grad = cpp_rows(x, target, keep, cfg, scale, compute_grad=compute_grad,
-                                                   ignore_index=ignore_index, grad=grad)
-        return RowValues(loss, nll, bonus, log_p), grad
+        values, grad = cpp_rows(x, target, keep, cfg, scale, compute_grad=compute_grad, ignore_index=ignore_index,
+                                grad=grad)
+        return RowValues(*values), grad
 
     def defers_gradient(self, input):
         return input.dtype in self.deferred_dtypes

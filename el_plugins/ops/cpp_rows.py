@@ -52,7 +52,7 @@ MIN_ELEMENTS_PER_THREAD = 1 << 15
 """Fewer elements than this per thread: fewer threads (starting one costs tens of microseconds)."""
 ELEMENTS_PER_TASK = 1 << 15
 """Rows a thread takes at a time from the shared counter: about this many elements, at least one row."""
-VERSION = 2  # el_cpu_rows_version() of the source
+VERSION = 3  # el_cpu_rows_version() of the source
 VALUES_AND_GRADIENT, VALUES_AND_STATE, GRADIENT_FROM_STATE = 0, 1, 2  # the kernel's modes
 STATE = 8  # float64 values per row kept between the deferred gradient's two calls
 
@@ -200,8 +200,9 @@ def _reset_for_tests():
 
 
 def cpp_rows(x, target, keep, cfg, scale, *, compute_grad: bool, ignore_index: Optional[int], grad=None):
-    """(loss, nll, bonus, log p_y) per row in the compute dtype and the gradient times ``scale`` (or None) of the
-    CPU rows ``x`` (n, V). ``grad``: a buffer (n, V) of the compute dtype to write it into, which may be x itself
+    """(loss, nll, bonus, log p_y, correct) per row in the compute dtype (correct: 1 where the target is the first
+    largest logit, as argmax finds it, on rows kept; 0 for log-probabilities) and the gradient times ``scale`` (or
+    None) of the CPU rows ``x`` (n, V). ``grad``: a buffer (n, V) of the compute dtype to write it into, which may be x itself
     (logits of the compute dtype, not log-probabilities). ``scale``: a number, a 0-dim tensor or one per row.
     Ignored rows (``keep`` False) are not read: their values and gradient are 0."""
     dtype = compute_dtype(x.dtype)
@@ -210,7 +211,7 @@ def cpp_rows(x, target, keep, cfg, scale, *, compute_grad: bool, ignore_index: O
         raise ValueError("the cpp backend writes the gradient over the input only for logits of the compute dtype")
     if compute_grad and grad is None:
         grad = torch.empty(x.shape, dtype=dtype)
-    out = torch.empty(4, x.shape[0], dtype=dtype)
+    out = torch.empty(5, x.shape[0], dtype=dtype)
     _call(VALUES_AND_GRADIENT, x, target, keep, cfg, scale, ignore_index,
           grad=grad if compute_grad else None, out=out, over_input=over_input)
     return out.unbind(0), (grad if compute_grad else None)
@@ -220,10 +221,10 @@ def cpp_rows_deferred(x, target, keep, cfg, *, ignore_index: Optional[int]):
     """The rows' values as :func:`cpp_rows` gives them, and the state (n, STATE) float64 from which
     :func:`cpp_gradient` writes their gradient later, in x's own dtype (no gradient buffer of the compute dtype
     in between)."""
-    out = torch.empty(4, x.shape[0], dtype=compute_dtype(x.dtype))
+    out = torch.empty(5, x.shape[0], dtype=compute_dtype(x.dtype))
     state = torch.empty(x.shape[0], STATE, dtype=torch.float64)
     _call(VALUES_AND_STATE, x, target, keep, cfg, 1.0, ignore_index, out=out, state=state)
-    return out.unbind(0), state
+    return out[:4].unbind(0), state
 
 
 def cpp_gradient(x, target, keep, cfg, state, scale, *, ignore_index: Optional[int]):

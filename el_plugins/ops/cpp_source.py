@@ -459,7 +459,7 @@ inline void gradient(const Params& P, T* e, int64_t n, T inv_s, T a, T c, T bo, 
   }
 }
 
-template <typename T> struct RowOut { T* loss; T* nll; T* bonus; T* log_p; };
+template <typename T> struct RowOut { T* loss; T* nll; T* bonus; T* log_p; T* correct; };
 
 // one row: its values into out[row], its gradient (times scale) into g (which also holds the exps meanwhile)
 template <typename T, typename In, int KIND>
@@ -472,6 +472,9 @@ void one_row(const Params& P, const In* x, T* g, int64_t y, double scale, const 
   max_and_sum<T, In>(x, n, !logp, smooth, m, sum_x);
   if (logp) m = 0;
   const double x_y = (double)to_float(x[y]);
+  bool correct = !logp && x_y == (double)m;  // the target is the first largest logit (torch's argmax)
+  for (int64_t k = 0; correct && k < y; ++k) correct = (T)to_float(x[k]) != m;
+  out.correct[row] = correct ? (T)1 : (T)0;
   const double s_other = exps<T, In>(x, n, m, y, g);  // x is not read after this (g may be x)
   double s_all = 1.0, log_s = 0.0, lse = 0.0, one_minus_p_y, log_p_y;
   if (!logp) {
@@ -607,7 +610,7 @@ template <typename T, typename In, int KIND>
 void rows(const Params& P, const In* x, void* grad, const int64_t* target, const uint8_t* keep, const T* row_scale,
           T* out, double* state) {
   const int64_t n_rows = P.n_rows, n = P.n_cols;
-  const RowOut<T> ro{out, out + n_rows, out + 2 * n_rows, out + 3 * n_rows};
+  const RowOut<T> ro{out, out + n_rows, out + 2 * n_rows, out + 3 * n_rows, out + 4 * n_rows};
   std::atomic<int64_t> next(0);
   const int64_t step = std::max<int64_t>(1, P.rows_per_task);
   auto work = [&]() {
@@ -626,7 +629,7 @@ void rows(const Params& P, const In* x, void* grad, const int64_t* target, const
         }
         T* g = P.compute_grad ? (T*)grad + r * P.grad_stride : scratch.data();
         if (keep && !keep[r]) {
-          ro.loss[r] = ro.nll[r] = ro.bonus[r] = ro.log_p[r] = (T)0;
+          ro.loss[r] = ro.nll[r] = ro.bonus[r] = ro.log_p[r] = ro.correct[r] = (T)0;
           if (P.compute_grad) std::memset(g, 0, sizeof(T) * n);
           if (state) std::memset(state + r * STATE, 0, sizeof(double) * STATE);
           continue;
@@ -663,7 +666,7 @@ void rows_of(const Params& P, const void* x, void* grad, const int64_t* target, 
 
 }  // namespace
 
-extern "C" int el_cpu_rows_version() { return 2; }
+extern "C" int el_cpu_rows_version() { return 3; }
 
 namespace {
 template <typename H>
@@ -685,7 +688,9 @@ extern "C" int el_cpu_convert(int64_t in_dtype, const void* in, float* widened, 
   return 0;
 }
 
-// in_dtype: 0 float32, 1 float64, 2 float16, 3 bfloat16. mode: VALUES_AND_GRADIENT (grad: the compute dtype),
+// in_dtype: 0 float32, 1 float64, 2 float16, 3 bfloat16. out: (5, n_rows) of the compute dtype: the loss, -log p_y,
+// the bonus, log p_y, and 1 where the target is the first largest logit (logits only) else 0.
+// mode: VALUES_AND_GRADIENT (grad: the compute dtype),
 // VALUES_AND_STATE (state: STATE doubles per row), GRADIENT_FROM_STATE (grad: the input's dtype; out unused).
 // Returns 0, or 1 on an error (no exception crosses).
 extern "C" int el_cpu_rows(const double* dp, const int64_t* ip, const void* x, void* grad, const int64_t* target,

@@ -51,21 +51,33 @@ MIN_CHUNK_ROWS = 128
 128 at two thirds), unless that many rows would break :data:`MAX_BUFFER_FRACTION`."""
 
 MAX_BUFFER_FRACTION = 1 / 32
-"""The chunk's two (rows, V) buffers hold at most this fraction of the whole (N, V) logits by default, so
-that at large V and few rows they stay small beside the gradients. At 2048 x 512 x 128000 float32 on 2 CPU
-cores (benchmarks/loss_benchmark.py --from-features) 32 rows (this rule) took 291 MiB and 1.04x the time of
-the matrix product + the fused op on the logits (benchmarks/results-features-cpu.json); 128 rows took 384
-MiB and 0.82x (the same benchmark's run committed in 2c01ec7); the weight's gradient alone is 250 MiB,
-fairseq's LS-CE takes 3005 MiB."""
+"""The chunk's (rows, V) buffers (two of the compute dtype; one, and for half inputs a half-size second, where
+the backend writes dz over the logits: :func:`chunk_buffers`) hold at most this fraction of the whole (N, V)
+logits by default, so that at large V and few rows they stay small beside the gradients. At 2048 x 512 x 128000
+float32 on 2 CPU cores (benchmarks/loss_benchmark.py --from-features) 32 rows (this rule, two buffers) took 291
+MiB and 1.04x the time of the matrix product + the fused op on the logits (benchmarks/results-features-cpu.json
+as committed in aa09689); 128 rows took 384 MiB and 0.82x (the same benchmark's run committed in 2c01ec7); the
+weight's gradient alone is 250 MiB, fairseq's LS-CE takes 3005 MiB."""
 
 
-def default_chunk_rows(n_rows: int, in_features: int, n_classes: int) -> int:
+def chunk_buffers(backend, dtype: torch.dtype) -> float:
+    """How many (rows, V) buffers of the compute dtype the chunk loop keeps with ``backend`` for inputs of
+    ``dtype``: the logits and dz in one (a backend that writes dz over the logits), plus the product's own half-
+    size buffer for float16/bfloat16 inputs; 2 for the others (the torch path's two; its half product's buffer
+    and the Triton path's are not counted, as before)."""
+    if not backend.grad_over_input:
+        return 2.0
+    return 1.0 if compute_dtype(dtype) == dtype else 1.5
+
+
+def default_chunk_rows(n_rows: int, in_features: int, n_classes: int, buffers: float = 2.0) -> int:
     """Rows per chunk: a chunk's logits (rows x n_classes) about the size of the input (n_rows x in_features),
     as torch's and Liger-Kernel's heuristics choose; at least MIN_CHUNK_ELEMENTS logits (every torch op is one
     OpenMP region, and many small ones stall on a shared CPU, see encouraging_loss) and MIN_CHUNK_ROWS rows,
-    that floor lowered to keep the two chunk buffers within MAX_BUFFER_FRACTION of the (N, V) logits."""
+    that floor lowered to keep the chunk's ``buffers`` (:func:`chunk_buffers`) within MAX_BUFFER_FRACTION of
+    the (N, V) logits."""
     n_classes = max(n_classes, 1)
-    floor = min(MIN_CHUNK_ROWS, max(1, int(n_rows * MAX_BUFFER_FRACTION / 2)))
+    floor = min(MIN_CHUNK_ROWS, max(1, int(n_rows * MAX_BUFFER_FRACTION / buffers)))
     rows = max(-(-n_rows * in_features // n_classes), -(-MIN_CHUNK_ELEMENTS // n_classes), floor)
     return max(1, min(n_rows, rows))
 
@@ -115,7 +127,8 @@ def _chunks(input, weight, bias, target, rows, keep, cfg: LossConfig, backend, c
         if half and not in_place:
             z.copy_(product)
         t, k = target[start:stop], keep[start:stop]
-        correct = (product.argmax(-1) == t) & k  # before the row computation, which may write over z
+        # before the row computation, which may write over z; the cpp backend finds it on the way
+        correct = None if in_place else (product.argmax(-1) == t) & k
         row_scale = scale[start:stop] if isinstance(scale, torch.Tensor) and scale.dim() else scale
         if in_place:
             buffers = ChunkBuffers(z, None)
@@ -124,7 +137,9 @@ def _chunks(input, weight, bias, target, rows, keep, cfg: LossConfig, backend, c
         values, grad_z = backend.rows(product if in_place else z, t, k, cfg, row_scale, compute_grad=compute_grad,
                                       ignore_index=ignore_index, chunk_size=stop - start, block_size=block_size,
                                       buffers=buffers)
-        per_row.append((*values, correct))
+        if correct is None:
+            correct = values.correct.to(torch.bool)
+        per_row.append((*values[:4], correct))
         if not compute_grad:
             continue
         if grad_input is not None:
