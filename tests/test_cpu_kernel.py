@@ -361,7 +361,7 @@ def test_gradient_written_over_the_logits(dtype):
             torch.testing.assert_close(a, b, rtol=tol, atol=tol)
         torch.testing.assert_close(over[1], own[1], rtol=tol, atol=tol)
     log_probs = LossConfig(cfg.bonus, cfg.weights, True)
-    with pytest.raises(ValueError, match="over the input only for logits of the compute dtype"):
+    with pytest.raises(ValueError, match="over the input only for logits, in their dtype"):
         cpp.rows(z_buffer, t, keep, log_probs, 1.0, compute_grad=True, ignore_index=PAD,
                  buffers=ChunkBuffers(z_buffer, None))
 
@@ -410,3 +410,40 @@ def test_correct_is_where_argmax_finds_the_target(dtype):
     values, _ = BACKENDS["cpp"].rows(z, t, keep, cfg, 1.0, compute_grad=False, ignore_index=PAD)
     want = (z.argmax(-1) == t) & keep
     assert values.correct.tolist() == want.float().tolist() and 0 < int(want.sum()) < 64
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_gradient_in_the_inputs_dtype_written_over_the_input(dtype):
+    """The fused output layer's bfloat16 chunks: dz written over the product in its own dtype, each entry the
+    float32 gradient rounded once (as torch rounds it)."""
+    from el_plugins.core import LossSettings, Bonus, target_weights
+    from el_plugins.ops.common import LossConfig
+
+    z, t = logits_with_large_entries()
+    keep = t != PAD
+    settings = LossSettings(Bonus("log", log_end=0.3), 0.1, 1.0, 0.1, PAD, "fairseq", "sum")
+    cfg = LossConfig(settings.bonus, target_weights(settings, z.size(1)))
+    x = z.to(dtype)
+    values, wide = BACKENDS["cpp"].rows(x, t, keep, cfg, 0.25, compute_grad=True, ignore_index=PAD)
+    over = x.clone()
+    narrow_values, narrow = BACKENDS["cpp"].rows(over, t, keep, cfg, 0.25, compute_grad=True, ignore_index=PAD,
+                                                 buffers=ChunkBuffers(over, None))
+    assert narrow.data_ptr() == over.data_ptr() and narrow.dtype == dtype
+    assert torch.equal(narrow.view(torch.int16), wide.to(dtype).view(torch.int16))
+    assert all(torch.equal(a, b) for a, b in zip(values, narrow_values))
+
+
+def test_chunk_rows_count_the_buffers_the_backend_keeps():
+    """With the cpp backend the fused output layer keeps one (chunk, V) buffer (a half-size one in bfloat16), so
+    at 2048 x 512 x 128000 its chunks are 64 rows in float32 and 128 in bfloat16: the memory of the torch path's
+    two buffers of 32 rows."""
+    from el_plugins.ops.linear_encouraging_loss import chunk_buffers, default_chunk_rows
+
+    cpp, torch_path = BACKENDS["cpp"], BACKENDS["torch"]
+    assert [chunk_buffers(cpp, d) for d in (torch.float32, torch.float64, torch.bfloat16, torch.float16)] == \
+        [1.0, 1.0, 0.5, 1.5]
+    assert chunk_buffers(torch_path, torch.float32) == chunk_buffers(BACKENDS["triton"], torch.bfloat16) == 2.0
+    assert default_chunk_rows(2048, 512, 128000, chunk_buffers(cpp, torch.float32)) == 64
+    assert default_chunk_rows(2048, 512, 128000, chunk_buffers(cpp, torch.bfloat16)) == 128
+    assert default_chunk_rows(2048, 512, 128000) == 32

@@ -53,7 +53,7 @@ MIN_ELEMENTS_PER_THREAD = 1 << 15
 ELEMENTS_PER_TASK = 1 << 15
 """Rows a thread takes at a time from the shared counter: about this many elements, at least one row."""
 VERSION = 3  # el_cpu_rows_version() of the source
-VALUES_AND_GRADIENT, VALUES_AND_STATE, GRADIENT_FROM_STATE = 0, 1, 2  # the kernel's modes
+VALUES_AND_GRADIENT, VALUES_AND_STATE, GRADIENT_FROM_STATE, VALUES_AND_INPUT_DTYPE_GRADIENT = 0, 1, 2, 3  # modes
 STATE = 8  # float64 values per row kept between the deferred gradient's two calls
 
 _lock = threading.Lock()
@@ -202,18 +202,22 @@ def _reset_for_tests():
 def cpp_rows(x, target, keep, cfg, scale, *, compute_grad: bool, ignore_index: Optional[int], grad=None):
     """(loss, nll, bonus, log p_y, correct) per row in the compute dtype (correct: 1 where the target is the first
     largest logit, as argmax finds it, on rows kept; 0 for log-probabilities) and the gradient times ``scale`` (or
-    None) of the CPU rows ``x`` (n, V). ``grad``: a buffer (n, V) of the compute dtype to write it into, which may be x itself
-    (logits of the compute dtype, not log-probabilities). ``scale``: a number, a 0-dim tensor or one per row.
-    Ignored rows (``keep`` False) are not read: their values and gradient are 0."""
+    None) of the CPU rows ``x`` (n, V). ``grad``: a buffer (n, V) to write it into, of the compute dtype or of x's
+    (each entry computed in the compute dtype and rounded once), which may be x itself (logits, not
+    log-probabilities). ``scale``: a number, a 0-dim tensor or one per row. Ignored rows (``keep`` False) are not
+    read: their values and gradient are 0."""
     dtype = compute_dtype(x.dtype)
     over_input = grad is not None and x.numel() > 0 and grad.data_ptr() == x.data_ptr()
-    if over_input and (cfg.input_is_log_probs or x.dtype != dtype or x.stride() != grad.stride()):
-        raise ValueError("the cpp backend writes the gradient over the input only for logits of the compute dtype")
+    if over_input and (cfg.input_is_log_probs or grad.dtype != x.dtype or x.stride() != grad.stride()):
+        raise ValueError("the cpp backend writes the gradient over the input only for logits, in their dtype")
     if compute_grad and grad is None:
         grad = torch.empty(x.shape, dtype=dtype)
+    if compute_grad and grad.dtype not in (dtype, x.dtype):
+        raise ValueError(f"the cpp backend writes the gradient in {dtype} or {x.dtype}, got a {grad.dtype} buffer")
+    narrow = compute_grad and grad.dtype != dtype
     out = torch.empty(5, x.shape[0], dtype=dtype)
-    _call(VALUES_AND_GRADIENT, x, target, keep, cfg, scale, ignore_index,
-          grad=grad if compute_grad else None, out=out, over_input=over_input)
+    _call(VALUES_AND_INPUT_DTYPE_GRADIENT if narrow else VALUES_AND_GRADIENT, x, target, keep, cfg, scale,
+          ignore_index, grad=grad if compute_grad else None, out=out, over_input=over_input and not narrow)
     return out.unbind(0), (grad if compute_grad else None)
 
 

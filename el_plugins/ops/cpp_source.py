@@ -275,7 +275,7 @@ struct Params {
           int_gamma, in_dtype, n_threads, rows_per_task, grad_over_input, mode;
 };
 
-enum { VALUES_AND_GRADIENT = 0, VALUES_AND_STATE = 1, GRADIENT_FROM_STATE = 2 };
+enum { VALUES_AND_GRADIENT = 0, VALUES_AND_STATE = 1, GRADIENT_FROM_STATE = 2, VALUES_AND_INPUT_DTYPE_GRADIENT = 3 };
 constexpr int STATE = 8;  // doubles per row kept between the two calls of the deferred gradient
 
 // b(p) and p b'(p) from log p, in double (el_plugins.core.bonus_from_log_prob and bonus_slope_times_p)
@@ -615,7 +615,8 @@ void rows(const Params& P, const In* x, void* grad, const int64_t* target, const
   const int64_t step = std::max<int64_t>(1, P.rows_per_task);
   auto work = [&]() {
     std::vector<Large<T>> large;
-    std::vector<T> scratch(P.compute_grad || P.mode == GRADIENT_FROM_STATE ? 0 : n);
+    const bool narrow = P.mode == VALUES_AND_INPUT_DTYPE_GRADIENT;  // the gradient in x's dtype, via scratch
+    std::vector<T> scratch((P.compute_grad && !narrow) || P.mode == GRADIENT_FROM_STATE ? 0 : n);
     for (;;) {
       int64_t r0 = next.fetch_add(step);
       if (r0 >= n_rows) break;
@@ -627,15 +628,21 @@ void rows(const Params& P, const In* x, void* grad, const int64_t* target, const
           else gradient_row<T, In, KIND>(P, x + r * P.x_stride, g, target[r], scale, state + r * STATE);
           continue;
         }
-        T* g = P.compute_grad ? (T*)grad + r * P.grad_stride : scratch.data();
+        T* g = P.compute_grad && !narrow ? (T*)grad + r * P.grad_stride : scratch.data();
         if (keep && !keep[r]) {
           ro.loss[r] = ro.nll[r] = ro.bonus[r] = ro.log_p[r] = ro.correct[r] = (T)0;
-          if (P.compute_grad) std::memset(g, 0, sizeof(T) * n);
+          if (P.compute_grad) std::memset(narrow ? (void*)((In*)grad + r * P.grad_stride) : (void*)g, 0,
+                                          (narrow ? sizeof(In) : sizeof(T)) * n);
           if (state) std::memset(state + r * STATE, 0, sizeof(double) * STATE);
           continue;
         }
         one_row<T, In, KIND>(P, x + r * P.x_stride, g, target[r], scale, ro, r, large,
                              P.mode == VALUES_AND_STATE && state ? state + r * STATE : nullptr);
+        if (narrow && P.compute_grad) {  // rounded once into x's dtype (x itself may be the destination: read)
+          In* out_row = (In*)grad + r * P.grad_stride;
+          for (int64_t k = 0; k < n; k += Vec<T>::N)
+            store_as<In, T>(out_row + k, load<T, T>(g + k, n - k, (T)0), n - k);
+        }
       }
     }
   };
@@ -690,7 +697,8 @@ extern "C" int el_cpu_convert(int64_t in_dtype, const void* in, float* widened, 
 
 // in_dtype: 0 float32, 1 float64, 2 float16, 3 bfloat16. out: (5, n_rows) of the compute dtype: the loss, -log p_y,
 // the bonus, log p_y, and 1 where the target is the first largest logit (logits only) else 0.
-// mode: VALUES_AND_GRADIENT (grad: the compute dtype),
+// mode: VALUES_AND_GRADIENT (grad: the compute dtype), VALUES_AND_INPUT_DTYPE_GRADIENT (grad: the input's dtype,
+// each entry rounded once; it may be x itself),
 // VALUES_AND_STATE (state: STATE doubles per row), GRADIENT_FROM_STATE (grad: the input's dtype; out unused).
 // Returns 0, or 1 on an error (no exception crosses).
 extern "C" int el_cpu_rows(const double* dp, const int64_t* ip, const void* x, void* grad, const int64_t* target,

@@ -4,7 +4,7 @@
 Per chunk of rows (the row computation in the compute dtype, float32 for float16/bfloat16):
 
     z      = x_c W^T + b                                  one matrix product, in the input's dtype
-    dL/dz  = a backend's row computation                  (chunked torch, or the Triton kernel on CUDA)
+    dL/dz  = a backend's row computation                  (the C++ kernel or chunked torch; Triton on CUDA)
     dL/dx_c = dz W,   dL/dW += dz^T x_c,   dL/db += sum_rows dz
 
 dz already carries the reduction's scale (1 / rows for "mean"). The three gradients accumulate in the
@@ -20,12 +20,15 @@ computation (F.linear, then the loss, then autograd) rounds it, never more:
   float32 result on CPUs);
 - dz^T x_c in float32 (x_c's float32 copy), accumulated over the chunks in float32: the weight's gradient is
   rounded once, in backward, over its float32 accumulator's own storage (``scaled_and_rounded``), so the
-  accumulator and its rounding never both exist.
+  accumulator and its rounding never both exist. With the C++ kernel and bfloat16 inputs, dz itself is the
+  bfloat16 one above (as autograd's dz^T x is), widened to float32 block by block of classes for the product.
 tests/test_fused_linear.py checks that these gradients are as precise as autograd's, against float64.
 
-Peak extra memory: the gradients (float32 for half inputs) plus two (chunk, V) buffers: the logits, whose
-buffer also serves as the row computation's work space, and the gradient of the chunk's logits (the
-probabilities, forward only); for half inputs a third (chunk, V) buffer in their dtype, for the products.
+Peak extra memory: the gradients (float32 for half inputs) plus the chunk's (chunk, V) buffers. With the C++
+kernel (``Backend.grad_over_input``), one: the product, overwritten by dz (bfloat16: both in bfloat16; float16:
+the product in float16 and dz in a float32 buffer beside it). Otherwise two: the logits, whose buffer also
+serves as the row computation's work space, and the gradient of the chunk's logits (the probabilities, forward
+only); for half inputs a third (chunk, V) buffer in their dtype, for the products.
 Ignored rows contribute nothing, whatever they hold (NaN, inf): a backend that may read values on the host
 (torch) drops them before the matrix product; one that may not (Triton, on CUDA) keeps them in place, since
 dropping them would make the host wait for their count: their dz is zero, and their features are zeroed for
@@ -60,13 +63,19 @@ as committed in aa09689); 128 rows took 384 MiB and 0.82x (the same benchmark's 
 weight's gradient alone is 250 MiB, fairseq's LS-CE takes 3005 MiB."""
 
 
+WIDENED_BLOCK_ELEMENTS = 1 << 20
+"""bfloat16 dz is widened to float32 for dz^T x_c in blocks of classes of about this many elements (4 MiB)."""
+
+
 def chunk_buffers(backend, dtype: torch.dtype) -> float:
     """How many (rows, V) buffers of the compute dtype the chunk loop keeps with ``backend`` for inputs of
-    ``dtype``: the logits and dz in one (a backend that writes dz over the logits), plus the product's own half-
-    size buffer for float16/bfloat16 inputs; 2 for the others (the torch path's two; its half product's buffer
-    and the Triton path's are not counted, as before)."""
+    ``dtype``, where the backend writes dz over the logits: one (float32/float64), a half-size one (bfloat16: dz
+    in bfloat16 over the product), one and a half (float16: the product, and dz in float32); 2 for the others
+    (the torch path's two; its half product's buffer and the Triton path's are not counted, as before)."""
     if not backend.grad_over_input:
         return 2.0
+    if dtype == torch.bfloat16:
+        return 0.5
     return 1.0 if compute_dtype(dtype) == dtype else 1.5
 
 
@@ -99,13 +108,15 @@ def _chunks(input, weight, bias, target, rows, keep, cfg: LossConfig, backend, c
     # dz @ W: in bfloat16 on W itself; in float32 on W's float32 copy for float16 (and float32/float64: W itself)
     w_for_input = weight.to(dtype) if needs[0] and input.dtype == torch.float16 else weight
     chunk = max(1, min(chunk_rows, n_rows))
-    logits_buffer = torch.empty(chunk, n_classes, dtype=dtype, device=input.device)
-    # half inputs: the product in the input's dtype, then widened into logits_buffer (later dz, rounded for dz @ W)
-    half_buffer = torch.empty(chunk, n_classes, dtype=input.dtype, device=input.device) if half else None
     # a backend that writes the gradient over the logits (cpp) reads the product itself, in the input's dtype, and
-    # writes dz into logits_buffer; another that takes lent buffers (torch) gets a second one for dz (or the
+    # writes dz over it (bfloat16: dz in bfloat16, rounded once, as autograd's is) or into logits_buffer (float16:
+    # dz stays float32, see above); another that takes lent buffers (torch) gets a second one for dz (or the
     # probabilities), the logits' buffer its work space
     in_place = backend.grad_over_input
+    narrow_dz = in_place and input.dtype == torch.bfloat16
+    logits_buffer = None if narrow_dz else torch.empty(chunk, n_classes, dtype=dtype, device=input.device)
+    # half inputs: the product in the input's dtype, then widened into logits_buffer (later dz, rounded for dz @ W)
+    half_buffer = torch.empty(chunk, n_classes, dtype=input.dtype, device=input.device) if half else None
     second_buffer = torch.empty_like(logits_buffer) if backend.host_sync and not in_place else None
     grad_input = grad_weight = grad_bias = None
     if needs[0]:
@@ -118,8 +129,8 @@ def _chunks(input, weight, bias, target, rows, keep, cfg: LossConfig, backend, c
     for start in range(0, n_rows, chunk):
         stop = min(start + chunk, n_rows)
         x = input[start:stop] if rows is None else input.index_select(0, rows[start:stop])
-        z = logits_buffer[: stop - start]
-        product = half_buffer[: stop - start] if half else z
+        product = half_buffer[: stop - start] if half else logits_buffer[: stop - start]
+        z = product if narrow_dz else logits_buffer[: stop - start]
         if bias is None:
             torch.mm(x, weight.t(), out=product)
         else:
@@ -144,7 +155,7 @@ def _chunks(input, weight, bias, target, rows, keep, cfg: LossConfig, backend, c
             continue
         if grad_input is not None:
             # bfloat16: dz rounded once, the product rounded once (as autograd's dz and dz @ W are)
-            dz = grad_z if w_for_input.dtype == dtype else product.copy_(grad_z)
+            dz = grad_z if grad_z.dtype == w_for_input.dtype else product.copy_(grad_z)
             if rows is None and dz.dtype == dtype:
                 torch.mm(dz, w_for_input, out=grad_input[start:stop])
             elif rows is None:
@@ -154,9 +165,15 @@ def _chunks(input, weight, bias, target, rows, keep, cfg: LossConfig, backend, c
         if grad_weight is not None:
             if rows is None and ignore_index is not None:  # 0 * NaN would be NaN: an ignored row adds nothing
                 x = x.masked_fill(~k.unsqueeze(1), 0.0)
-            grad_weight.addmm_(grad_z.t(), x.to(dtype))
+            if grad_z.dtype == dtype:
+                grad_weight.addmm_(grad_z.t(), x.to(dtype))
+            else:  # bfloat16 dz: widened block by block of classes (float32 products, no (chunk, V) float32 copy)
+                x32 = x.to(dtype)
+                step = max(1, WIDENED_BLOCK_ELEMENTS // (stop - start))
+                for v0 in range(0, n_classes, step):
+                    grad_weight[v0:v0 + step].addmm_(grad_z[:, v0:v0 + step].to(dtype).t(), x32)
         if grad_bias is not None:
-            grad_bias.add_(grad_z.sum(0))
+            grad_bias.add_(grad_z.sum(0, dtype=dtype))
     del w_for_input, logits_buffer, half_buffer, second_buffer
     if per_row:
         values = [torch.cat(column) for column in zip(*per_row)]
