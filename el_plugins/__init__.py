@@ -24,7 +24,7 @@ Layout (framework-free core first, thin adapters after, tools last; each imports
   el_plugins.translation        IWSLT preparation, recipes, checkpoint averaging, BLEU (el-* commands),
                                 what a data-bin holds (data_bin)
   el_plugins.demo               el-demo: translation (LS-CE vs EL) and vision (CE vs EL) on generated data
-  el_plugins.testing            generated data (toy corpus, digits folder, the spec's worked example) and
+  el_evidence.testing            generated data (toy corpus, digits folder, the spec's worked example) and
                                 test helpers, used by the tests, the benchmarks and the demo
   el_plugins._activation        the import hook run from el_plugins.pth
 

@@ -1,8 +1,8 @@
 import pytest
 
-# The helpers live in el_plugins.testing; these names stay importable from here for older tests.
-from el_plugins.testing.programs import BIN, run_cli  # noqa: F401
-from el_plugins.testing.toy_fairseq import TINY_TRANSFORMER, binarize_toy_corpus  # noqa: F401
+# The helpers live in el_evidence.testing; these names stay importable from here for older tests.
+from el_evidence.testing.programs import BIN, run_cli  # noqa: F401
+from el_evidence.testing.toy_fairseq import TINY_TRANSFORMER, binarize_toy_corpus  # noqa: F401
 
 
 @pytest.fixture(scope="session")

@@ -15,8 +15,8 @@ import torch
 from el_plugins import analysis as A
 from el_plugins.analysis.cli import main as cli_main
 from el_plugins.demo.digits import load_upscaled_digits
-from el_plugins.testing.programs import run_cli, run_module
-from el_plugins.testing.toy_fairseq import TINY_TRANSFORMER
+from el_evidence.testing.programs import run_cli, run_module
+from el_evidence.testing.toy_fairseq import TINY_TRANSFORMER
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -615,7 +615,7 @@ def test_report_files_are_swapped_in_as_one_set(tmp_path, monkeypatch, n):
     """Issue 18 item 10: a SIGTERM while el-analyze puts its outputs in place left a new table.md beside the
     old report.json; now the folder holds the old set or the new one, whole."""
     from el_plugins.analysis.report import PLOT_FILES, write_outputs
-    from el_plugins.testing.interrupts import sigterm_at_rename
+    from el_evidence.testing.interrupts import sigterm_at_rename
 
     out = tmp_path / "report"
     old = {"report.json": b"old", "table.md": b"old", "margins.png": b"old", "roc.png": b"old"}
@@ -716,7 +716,7 @@ def test_use_ema_on_a_plain_state_dict_warns(tmp_path, caplog):
 
 @pytest.fixture(scope="module")
 def toy_checkpoint(toy_data_bin, tmp_path_factory):
-    from el_plugins.testing.toy_fairseq import train_tiny_model
+    from el_evidence.testing.toy_fairseq import train_tiny_model
 
     return train_tiny_model(toy_data_bin, tmp_path_factory.mktemp("toy_model"), updates=2)
 
@@ -724,7 +724,7 @@ def toy_checkpoint(toy_data_bin, tmp_path_factory):
 @pytest.mark.e2e
 def test_el_analyze_fairseq_says_why_the_checkpoint_does_not_fit_the_data(toy_checkpoint, tmp_path):
     """Item 17: a data-bin whose dictionaries differ from the checkpoint's; the message stopped before the reason."""
-    from el_plugins.testing.toy_fairseq import binarize_toy_corpus
+    from el_evidence.testing.toy_fairseq import binarize_toy_corpus
 
     other = binarize_toy_corpus(tmp_path / "other", sizes=(("train", 30), ("valid", 10), ("test", 10)))
     proc = el_analyze("fairseq", "--checkpoint", toy_checkpoint, "--data", other, "--out", tmp_path / "report")

@@ -7,8 +7,8 @@ import sys
 import pytest
 import torch
 
-from el_plugins.testing.programs import run_cli, run_module
-from el_plugins.testing.toy_fairseq import TINY_TRANSFORMER
+from el_evidence.testing.programs import run_cli, run_module
+from el_evidence.testing.toy_fairseq import TINY_TRANSFORMER
 from el_plugins.translation import average_checkpoints as ac
 
 

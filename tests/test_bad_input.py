@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from el_plugins import functional as EF
 from el_plugins.loss import BinaryEncouragingLoss, EncouragingLoss, LinearEncouragingLoss
-from el_plugins.testing.spec_example import fused_loss, reference_loss
+from el_evidence.testing.spec_example import fused_loss, reference_loss
 
 
 LOSSES = [reference_loss, fused_loss]

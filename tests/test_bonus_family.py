@@ -310,7 +310,7 @@ def test_names_are_the_callers_flags():
 
 def test_the_default_is_todays_loss():
     """bonus='log' without a start, log_end 0.75: what every earlier release computed (the spec's worked example)."""
-    from el_plugins.testing import spec_example as spec
+    from el_evidence.testing import spec_example as spec
 
     for convention, log_end, rho, expected in spec.SUM_TABLE:
         z, t = spec.logits_and_targets()

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from el_plugins import functional as EF
-from el_plugins.testing.spec_example import reference_loss
+from el_evidence.testing.spec_example import reference_loss
 
 PAD = 1
 KWARGS = dict(log_end=0.75, label_smoothing=0.1, ignore_index=PAD, reduction="sum")

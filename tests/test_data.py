@@ -9,7 +9,7 @@ import pytest
 from el_evidence.data import bible, debian
 from el_evidence.data import mnist as data_mnist
 from el_evidence.data.idx import DataError
-from el_plugins.testing.programs import run_cli
+from el_evidence.testing.programs import run_cli
 
 HAS_APT = bool(shutil.which("apt-get") and shutil.which("dpkg-deb"))
 MODULES_INSTALLED = all(os.path.exists(os.path.join("/", bible.MODULE_DIR, m.module, "ot.bzv"))

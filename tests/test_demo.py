@@ -3,7 +3,7 @@ import pytest
 import json
 import math
 
-from el_plugins.testing.programs import run_cli
+from el_evidence.testing.programs import run_cli
 
 
 @pytest.mark.e2e

@@ -156,8 +156,8 @@ def test_demo_translation_analysis_moves_the_averaged_model(toy_data_bin, tmp_pa
     batches went to 'cuda')."""
     pytest.importorskip("fairseq")
     from el_plugins.analysis.fairseq_eval import evaluate, load
-    from el_plugins.testing.programs import run_cli
-    from el_plugins.testing.toy_fairseq import TINY_TRANSFORMER
+    from el_evidence.testing.programs import run_cli
+    from el_evidence.testing.toy_fairseq import TINY_TRANSFORMER
     from el_plugins.translation.average_checkpoints import average_checkpoints, save_atomic, select_checkpoints
 
     run_cli("fairseq-train", toy_data_bin, *TINY_TRANSFORMER, "--optimizer", "adam", "--lr", "0.002",
@@ -221,7 +221,7 @@ EXPECTED = ("--device cuda: CUDA is not available here (use --device cpu)" if no
     ("el-analyze", ["fairseq", "--checkpoint", "{ckpt}", "--data", "{tmp}", "--out", "{out}"]),
 ])
 def test_commands_refuse_unusable_devices_before_any_work(prog, args, tmp_path):
-    from el_plugins.testing.programs import run_cli
+    from el_evidence.testing.programs import run_cli
 
     ckpt = tmp_path / "model.pt"
     ckpt.write_bytes(b"")

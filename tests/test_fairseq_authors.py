@@ -7,9 +7,9 @@ import subprocess
 import pytest
 
 from el_plugins.core import BonusSchedule
-from el_plugins.testing.programs import BIN, free_port, run_cli
+from el_evidence.testing.programs import BIN, free_port, run_cli
 from el_plugins.demo.toy_corpus import write_corpus
-from el_plugins.testing.toy_fairseq import TINY_TRANSFORMER, train_inner_logs
+from el_evidence.testing.toy_fairseq import TINY_TRANSFORMER, train_inner_logs
 
 pytest.importorskip("fairseq")
 

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from el_plugins.testing.programs import run_cli
-from el_plugins.testing.toy_fairseq import TINY_TRANSFORMER
+from el_evidence.testing.programs import run_cli
+from el_evidence.testing.toy_fairseq import TINY_TRANSFORMER
 
 pytest.importorskip("fairseq")
 

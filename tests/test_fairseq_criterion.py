@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from el_plugins.testing import spec_example as spec
-from el_plugins.testing.toy_fairseq import TINY_TRANSFORMER
+from el_evidence.testing import spec_example as spec
+from el_evidence.testing.toy_fairseq import TINY_TRANSFORMER
 
 fairseq = pytest.importorskip("fairseq")
 from fairseq import options, tasks  # noqa: E402

@@ -6,8 +6,8 @@ import subprocess
 import pytest
 import torch
 
-from el_plugins.testing.programs import BIN, free_port
-from el_plugins.testing.toy_fairseq import TINY_TRANSFORMER, train_inner_logs
+from el_evidence.testing.programs import BIN, free_port
+from el_evidence.testing.toy_fairseq import TINY_TRANSFORMER, train_inner_logs
 
 pytest.importorskip("fairseq")
 from fairseq.distributed import ModuleProxyWrapper  # noqa: E402

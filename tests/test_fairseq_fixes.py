@@ -11,8 +11,8 @@ import types
 import numpy as np
 import pytest
 
-from el_plugins.testing.programs import run_cli
-from el_plugins.testing.toy_fairseq import TINY_TRANSFORMER, binarize_toy_corpus, train_inner_logs
+from el_evidence.testing.programs import run_cli
+from el_evidence.testing.toy_fairseq import TINY_TRANSFORMER, binarize_toy_corpus, train_inner_logs
 
 pytest.importorskip("fairseq")
 

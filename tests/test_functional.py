@@ -7,8 +7,8 @@ import torch.nn.functional as F
 
 from el_plugins import functional as EF
 from el_plugins.core import smoothing_weights
-from el_plugins.testing import spec_example as spec
-from el_plugins.testing.spec_example import reference_loss, reference_loss_with_stats
+from el_evidence.testing import spec_example as spec
+from el_evidence.testing.spec_example import reference_loss, reference_loss_with_stats
 
 spec_logits = spec.logits_and_targets
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from el_plugins import functional as EF
-from el_plugins.testing import spec_example as spec
-from el_plugins.testing.spec_example import fused_loss, fused_loss_with_stats, reference_loss, reference_loss_with_stats
-from el_plugins.testing.triton_interpreter import INTERPRETED, SKIP_REASON, run_interpreted_tests
+from el_evidence.testing import spec_example as spec
+from el_evidence.testing.spec_example import fused_loss, fused_loss_with_stats, reference_loss, reference_loss_with_stats
+from el_evidence.testing.triton_interpreter import INTERPRETED, SKIP_REASON, run_interpreted_tests
 from test_cpu_kernel import cpu_backend, on_each_cpu_backend  # noqa: F401 (the fixture)
 
 
@@ -456,7 +456,7 @@ def test_interpreted_triton_gradient_near_the_clamp(wrong_class):
 @interpreted
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_interpreted_triton_mixed_precision(dtype):
-    from el_plugins.testing.mixed_precision import precision, scaled_gradient, trained_like_logits
+    from el_evidence.testing.mixed_precision import precision, scaled_gradient, trained_like_logits
 
     z, target = trained_like_logits(96, 1000)
     x, kwargs, scale = z.to(dtype), dict(reduction="mean", log_end=0.75, label_smoothing=0.1), 65536.0

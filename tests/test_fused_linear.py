@@ -11,8 +11,8 @@ from el_plugins import functional as EF
 from el_plugins.core import reduce_rows
 from el_plugins.loss import LinearEncouragingLoss
 from el_plugins.ops.common import NO_DOUBLE_BACKWARD, SINGLE_BACKWARD_ONLY
-from el_plugins.testing.mixed_precision import precision, scaled_linear_gradients, trained_like_features
-from el_plugins.testing.triton_interpreter import INTERPRETED, SKIP_REASON, run_interpreted_tests
+from el_evidence.testing.mixed_precision import precision, scaled_linear_gradients, trained_like_features
+from el_evidence.testing.triton_interpreter import INTERPRETED, SKIP_REASON, run_interpreted_tests
 from test_cpu_kernel import cpu_backend, on_each_cpu_backend  # noqa: F401 (the fixture)
 
 PAD = 1

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from el_plugins import functional as EF
 from el_plugins.loss import BinaryEncouragingLoss, EncouragingLoss
-from el_plugins.testing import spec_example as spec
+from el_evidence.testing import spec_example as spec
 
 
 def test_module_matches_spec_timm_example_and_functional():

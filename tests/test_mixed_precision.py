@@ -7,8 +7,8 @@ Routes: timm's --amp (GradScaler: the mean over the batch, times a scale up to 6
 import pytest
 import torch
 
-from el_plugins.testing.mixed_precision import precision, scaled_gradient, trained_like_logits
-from el_plugins.testing.spec_example import fused_loss, reference_loss
+from el_evidence.testing.mixed_precision import precision, scaled_gradient, trained_like_logits
+from el_evidence.testing.spec_example import fused_loss, reference_loss
 from test_cpu_kernel import cpu_backend, on_each_cpu_backend  # noqa: F401 (the fixture)
 
 

@@ -202,7 +202,7 @@ def test_the_wheel_holds_the_product_only(dists, tmp_path):
 
     names = zipfile.ZipFile(dists["wheel"]).namelist()
     assert not [n for n in names if n.startswith(("el_evidence/", "el_plugins/reproduce/", "el_plugins/data/",
-                                                  "el_plugins/testing/"))], names
+                                                  "evidence/el_evidence/testing/"))], names
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     text = zipfile.ZipFile(dists["wheel"]).read(entry_points).decode()
     scripts = sorted(line.split("=")[0].strip() for line in text.split("[console_scripts]")[1].split("[")[0].splitlines()

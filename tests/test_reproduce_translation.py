@@ -7,7 +7,7 @@ import pytest
 
 import el_plugins
 from el_evidence.reproduce import translation, translation_report
-from el_plugins.testing.programs import run_cli
+from el_evidence.testing.programs import run_cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMMITTED = os.path.join(REPO, "results", "translation", "results.json")
@@ -151,7 +151,7 @@ def test_outputs_are_swapped_in_as_one_set(committed, tmp_path, monkeypatch, n):
     a rerun without a variant takes that variant's hypotheses away with it."""
     import numpy as np
 
-    from el_plugins.testing.interrupts import sigterm_at_rename, staging_folders
+    from el_evidence.testing.interrupts import sigterm_at_rename, staging_folders
 
     def extras(results):
         return {v: {"hypotheses": {s["seed"]: [f"{v} {s['seed']} {i}" for i in range(3)] for s in e["seeds"]},

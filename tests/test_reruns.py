@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from el_plugins.testing.interrupts import interrupt_when, sigterm_at_rename, staging_folders, start_cli
-from el_plugins.testing.programs import run_cli
+from el_evidence.testing.interrupts import interrupt_when, sigterm_at_rename, staging_folders, start_cli
+from el_evidence.testing.programs import run_cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -124,7 +124,7 @@ def test_el_reproduce_twice_into_the_same_out(mnist_folder, tmp_path):
 @pytest.fixture(scope="module")
 def toy_run(toy_data_bin, tmp_path_factory):
     """A tiny model trained on the toy data-bin, with two epoch checkpoints."""
-    from el_plugins.testing.toy_fairseq import TINY_TRANSFORMER
+    from el_evidence.testing.toy_fairseq import TINY_TRANSFORMER
 
     save = tmp_path_factory.mktemp("toy_run")
     run_cli("fairseq-train", toy_data_bin, *TINY_TRANSFORMER, "--optimizer", "adam", "--lr", "0.003",

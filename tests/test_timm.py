@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from el_plugins.demo.digits import write_digits_image_folder
-from el_plugins.testing.programs import run_cli
+from el_evidence.testing.programs import run_cli
 
 timm = pytest.importorskip("timm")
 import timm.loss  # noqa: E402

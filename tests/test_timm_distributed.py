@@ -9,7 +9,7 @@ import subprocess
 import pytest
 import torch
 
-from el_plugins.testing.programs import BIN, free_port
+from el_evidence.testing.programs import BIN, free_port
 
 timm = pytest.importorskip("timm")
 from timm.loss import create_classification_loss  # noqa: E402

@@ -23,7 +23,7 @@ from el_plugins import ops  # noqa: E402
 from el_plugins.functional import binary_encouraging_loss  # noqa: E402
 from el_plugins.loss import (BinaryEncouragingLoss, EncouragingLoss, JsdEncouragingLoss,  # noqa: E402
                              jensen_shannon_consistency)
-from el_plugins.testing.mixed_precision import precision, trained_like_logits  # noqa: E402
+from el_evidence.testing.mixed_precision import precision, trained_like_logits  # noqa: E402
 from el_plugins.timm_plugin import loss_factory  # noqa: E402
 
 C = 10

@@ -7,9 +7,9 @@ import tarfile
 
 import pytest
 
-from el_plugins.testing.programs import run_cli
+from el_evidence.testing.programs import run_cli
 from el_plugins.demo.toy_corpus import make_splits
-from el_plugins.testing.toy_fairseq import TINY_TRANSFORMER, train_tiny_model
+from el_evidence.testing.toy_fairseq import TINY_TRANSFORMER, train_tiny_model
 from el_plugins.translation import bleu, recipe
 from el_plugins.translation.prepare import (
     CORPORA, prepare_parallel_corpus, read_iwslt_release, read_train_tags, read_xml_segments)
@@ -441,7 +441,7 @@ def test_el_prepare_iwslt_interrupted_leaves_the_previous_output(tmp_path, signu
     """Item 9: an interrupted run rewrote text/ and spm.model and left them beside the old data-bin."""
     import signal
 
-    from el_plugins.testing.interrupts import interrupt_when, start_cli
+    from el_evidence.testing.interrupts import interrupt_when, start_cli
 
     out = tmp_path / "prepared"
     prepare(release_tgz(tmp_path, "small", 60), out)

@@ -44,6 +44,7 @@ import xml.etree.ElementTree as ET
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
+EVIDENCE = os.path.join(REPO, "evidence")  # el_evidence: the test helpers, beside the package in the checkout
 WHL = os.path.join(REPO, ".whl")
 RESULTS = "gpu-results.json"
 LOGS = "gpu-logs.txt"
@@ -256,8 +257,9 @@ class Run:
         self.data = {}
         self.log_path = os.path.join(out, LOGS)
         self.env = dict(os.environ, PYTHONUNBUFFERED="1")
-        paths = [p for p in self.env.get("PYTHONPATH", "").split(os.pathsep) if p and p != REPO]
-        self.env["PYTHONPATH"] = os.pathsep.join([REPO, *paths])  # this checkout's el_plugins, benchmarks, tests
+        paths = [p for p in self.env.get("PYTHONPATH", "").split(os.pathsep) if p and p not in (REPO, EVIDENCE)]
+        # this checkout's el_plugins, benchmarks, tests, and its evidence (el_evidence: the tests' helpers)
+        self.env["PYTHONPATH"] = os.pathsep.join([REPO, EVIDENCE, *paths])
         with open(self.log_path, "w") as f:
             f.write(f"# benchmarks/gpu/check.py {'--dry-run ' if dry_run else ''}(budget {budget_s} s)\n")
 
@@ -399,7 +401,7 @@ def step_install(run):
             status, text2, seconds2 = run.command("install", install_command(run, site), 90, record=False)
             text, seconds, fallback = text + text2, seconds + seconds2, site
             if status == "ok":
-                run.env["PYTHONPATH"] = os.pathsep.join([REPO, hook, site])
+                run.env["PYTHONPATH"] = os.pathsep.join([REPO, EVIDENCE, hook, site])
                 run.env["PATH"] = os.pathsep.join([os.path.join(site, "bin"), run.env.get("PATH", "")])
         run.record("install", status, seconds, 90, wheels=[os.path.basename(w) for w in wheels],
                    **({"target": fallback} if fallback else {}),

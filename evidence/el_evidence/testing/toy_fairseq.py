@@ -4,7 +4,7 @@ import json
 import pathlib
 import re
 
-from el_plugins.testing.programs import run_cli
+from el_evidence.testing.programs import run_cli
 from el_plugins.demo.toy_corpus import write_corpus
 
 TINY_TRANSFORMER = [

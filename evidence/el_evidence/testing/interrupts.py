@@ -5,7 +5,7 @@ import signal
 import subprocess
 import time
 
-from el_plugins.testing.programs import BIN
+from el_evidence.testing.programs import BIN
 
 
 def start_cli(name, *args, cwd=None, env=None):
