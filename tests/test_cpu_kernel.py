@@ -447,3 +447,37 @@ def test_chunk_rows_count_the_buffers_the_backend_keeps():
     assert default_chunk_rows(2048, 512, 128000, chunk_buffers(cpp, torch.float32)) == 64
     assert default_chunk_rows(2048, 512, 128000, chunk_buffers(cpp, torch.bfloat16)) == 128
     assert default_chunk_rows(2048, 512, 128000) == 32
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("bonus", ["log-0.3", "log-start", "power-2.5", "cosine"])
+def test_rows_stored_by_columns(dtype, bonus):
+    """The fused output layer's float32/float64 chunks are W x^T, (V, rows): the kernel computes those rows where
+    they are, 16 at a time (a partial group too), the gradient over them: the values, the gradient and the
+    correct count of rows stored by rows, and nothing from the ignored rows (NaN there)."""
+    from el_plugins.core import LossSettings, Bonus, target_weights
+    from el_plugins.ops.common import LossConfig
+
+    bonus_of = {"log-0.3": Bonus("log", log_end=0.3), "log-start": Bonus("log", start=0.5),
+                "power-2.5": Bonus("power", gamma=2.5, start=0.3), "cosine": Bonus("cosine")}[bonus]
+    z, t = logits_with_large_entries()
+    z, t = torch.cat([z, z * 0.5, z[:13]]), torch.cat([t, t, t[:13]])  # 37 rows: 2 groups of 16 and 5
+    keep = t != PAD
+    z[~keep] = float("nan")
+    settings = LossSettings(bonus_of, 0.1, 0.8, 0.1, PAD, "fairseq", "sum")
+    cfg = LossConfig(bonus_of, target_weights(settings, z.size(1)))
+    x = z.to(dtype)
+    scale = torch.rand(x.size(0), generator=torch.Generator().manual_seed(1)).to(dtype)
+    want, want_grad = BACKENDS["cpp"].rows(x, t, keep, cfg, scale, compute_grad=True, ignore_index=PAD)
+    by_columns = x.t().contiguous().t()
+    assert by_columns.stride() == (1, x.size(0))
+    got, grad = BACKENDS["cpp"].rows(by_columns, t, keep, cfg, scale, compute_grad=True, ignore_index=PAD,
+                                     buffers=ChunkBuffers(by_columns, None))
+    assert grad.data_ptr() == by_columns.data_ptr()
+    tol = 1e-12 if dtype == torch.float64 else 2e-6
+    for name, a, b in zip(want._fields, got, want):
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol, msg=lambda m: f"{name}: {m}")
+    torch.testing.assert_close(grad, want_grad, rtol=tol, atol=tol)
+    assert (grad[~keep] == 0).all() and (got.loss[~keep] == 0).all()
+    assert got.correct.tolist() == ((x.argmax(-1) == t) & keep).to(dtype).tolist()

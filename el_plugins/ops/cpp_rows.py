@@ -8,8 +8,14 @@ machine it runs on, ``-march=native``):
     $EL_PLUGINS_CACHE_DIR/cpu-kernel/  or  $XDG_CACHE_HOME/el-plugins/cpu-kernel/  or  ~/.cache/el-plugins/cpu-kernel/
 
 (a temporary folder where none of those can be written). Processes that need it at the same time build it once,
-under a file lock. It is called through ctypes (no Python headers, no torch headers: the compile stays short),
-which releases the GIL; it runs its rows on ``torch.get_num_threads()`` threads of its own.
+under a file lock; builds of other versions untouched for a week are removed when a new one is made. It is
+called through ctypes (no Python headers, no torch headers: the compile stays short), which releases the GIL; it
+runs its rows on ``torch.get_num_threads()`` threads of its own.
+
+Entry points: :func:`cpp_rows` (the values and the gradient times the scale, into a buffer of the compute dtype or
+of x's, which may be x itself, rows stored by rows or, written over, by columns), :func:`cpp_rows_deferred` and
+:func:`cpp_gradient` (the values and a per-row state in forward, the gradient in x's dtype in backward: float16/
+bfloat16 logits).
 
 Where it cannot be built (no compiler, a failed build) or ``EL_PLUGINS_CPU_KERNEL=0`` is set, ``backend='auto'``
 takes the chunked torch path instead; the ``el_plugins.ops`` logger says once per process which path CPU tensors
@@ -52,7 +58,7 @@ MIN_ELEMENTS_PER_THREAD = 1 << 15
 """Fewer elements than this per thread: fewer threads (starting one costs tens of microseconds)."""
 ELEMENTS_PER_TASK = 1 << 15
 """Rows a thread takes at a time from the shared counter: about this many elements, at least one row."""
-VERSION = 3  # el_cpu_rows_version() of the source
+VERSION = 4  # el_cpu_rows_version() of the source
 VALUES_AND_GRADIENT, VALUES_AND_STATE, GRADIENT_FROM_STATE, VALUES_AND_INPUT_DTYPE_GRADIENT = 0, 1, 2, 3  # modes
 STATE = 8  # float64 values per row kept between the deferred gradient's two calls
 
@@ -130,11 +136,28 @@ def _build(compiler, folder, name):
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         if proc.returncode == 0:
             os.replace(partial, os.path.join(folder, name))
+            _remove_stale(folder, name)
             return "" if extra else f" for the generic CPU ({errors[0][:300]})"
         errors.append(f"{' '.join(cmd)}: exit {proc.returncode}: {proc.stdout.strip()[-2000:]}")
         if os.path.exists(partial):
             os.unlink(partial)
     raise KernelUnavailable("the build failed: " + " | ".join(errors))
+
+
+STALE_AFTER_S = 7 * 24 * 3600
+
+
+def _remove_stale(folder, keep):
+    """Remove the other builds of the kernel (other versions, compilers, CPUs) not touched for a week."""
+    now = time.time()
+    for entry in os.listdir(folder):
+        path = os.path.join(folder, entry)
+        if entry.startswith("el_cpu_rows-") and not entry.startswith(keep[:-3]):
+            try:
+                if now - os.stat(path).st_mtime > STALE_AFTER_S:
+                    os.unlink(path)
+            except OSError:
+                pass
 
 
 def _load():
@@ -247,9 +270,13 @@ def _call(mode, x, target, keep, cfg, scale, ignore_index, *, grad=None, out=Non
     if n_rows == 0:
         return
     dtype = compute_dtype(x.dtype)
-    if x.stride(1) != 1:
+    # rows stored by columns (the fused output layer's W x^T): computed where they are, a vector's rows at a time,
+    # when the gradient is written over them; anything else not in rows is copied into rows
+    columns = (n_rows > 1 and n_cols > 1 and x.stride(0) == 1 and x.stride(1) >= n_rows and over_input
+               and mode == VALUES_AND_GRADIENT and x.dtype == dtype and not cfg.input_is_log_probs)
+    if not columns and x.stride(1) != 1:
         x = x.contiguous()
-    if grad is not None and grad.stride(1) != 1:
+    if grad is not None and grad.stride(1) != 1 and not (over_input and columns):
         raise ValueError("the cpp backend needs a gradient buffer with contiguous rows")
     target = target.to(torch.int64).contiguous()
     keep_ptr = None
@@ -270,10 +297,11 @@ def _call(mode, x, target, keep, cfg, scale, ignore_index, *, grad=None, out=Non
                float(bonus.start), bonus.value_at_start, bonus.log_end,
                math.log(1.0 - bonus.log_end) if bonus.tail else 0.0, bonus.large_p, BONUS_CLAMP, LARGE_P,
                1.0 if row_scale is not None else float(scale))
-    ints = (n_rows, n_cols, x.stride(0), 0 if grad is None else grad.stride(0), BONUS_CODES[bonus.kind],
+    ints = (n_rows, n_cols, x.stride(1) if columns else x.stride(0), 0 if grad is None else grad.stride(0),
+            BONUS_CODES[bonus.kind],
             int(bool(bonus.start)), int(bonus.tail), int(bool(cfg.input_is_log_probs)), int(grad is not None),
             int(cfg.dense_bonus), int_gamma, DTYPE_CODES[x.dtype], threads,
-            max(1, ELEMENTS_PER_TASK // max(n_cols, 1)), int(over_input), mode)
+            max(1, ELEMENTS_PER_TASK // max(n_cols, 1)), int(over_input), mode, int(columns))
     dp = (ctypes.c_double * len(doubles))(*doubles)
     ip = (ctypes.c_int64 * len(ints))(*ints)
     status = lib.el_cpu_rows(dp, ip, x.data_ptr(), None if grad is None else grad.data_ptr(), target.data_ptr(),

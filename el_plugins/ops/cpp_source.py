@@ -272,7 +272,7 @@ struct Params {
   double nll_target, nll_other, bonus_target, bonus_other;
   double gamma, start, value_at_start, log_end, log_one_minus_log_end, large_p, clamp, small_p, scale;
   int64_t n_rows, n_cols, x_stride, grad_stride, kind, has_start, tail, log_probs, compute_grad, dense,
-          int_gamma, in_dtype, n_threads, rows_per_task, grad_over_input, mode;
+          int_gamma, in_dtype, n_threads, rows_per_task, grad_over_input, mode, columns;
 };
 
 enum { VALUES_AND_GRADIENT = 0, VALUES_AND_STATE = 1, GRADIENT_FROM_STATE = 2, VALUES_AND_INPUT_DTYPE_GRADIENT = 3 };
@@ -606,6 +606,194 @@ void gradient_row(const Params& P, const In* x, In* out, int64_t y, double scale
   out[y] = Store<In>::one(grad_y * scale);
 }
 
+
+// Rows r0 .. r0 + lanes - 1 of a chunk stored by columns (element (r, k) at x[k * ld + r]: what the fused output
+// layer's product W x^T writes), computed together, one row per lane of the vectors, in one_row's passes; the
+// gradient written over them. Logits of the compute dtype only (VALUES_AND_GRADIENT, grad = x).
+template <typename T, int KIND>
+void column_group(const Params& P, T* x, int64_t ld, int64_t r0, int lanes, const int64_t* target,
+                  const uint8_t* keep, const T* row_scale, const RowOut<T>& out, std::vector<Large<T>>& large_list) {
+  typedef typename Vec<T>::v v;
+  typedef typename Vec<T>::i vi;
+  typedef typename Vec<T>::index index;
+  constexpr int N = Vec<T>::N;
+  const int64_t n = P.n_cols;
+  const bool smooth = P.nll_other != 0.0;
+  const T ninf = (T)-__builtin_inf();
+  auto at = [&](int64_t k) { return x + k * ld + r0; };
+  int64_t y[N];
+  bool kept[N];
+  vi yv{};
+  for (int l = 0; l < N; ++l) {
+    kept[l] = l < lanes && (!keep || keep[r0 + l]);
+    y[l] = kept[l] ? target[r0 + l] : 0;
+    yv[l] = (index)y[l];
+  }
+  // pass 1: max, its first column, sum
+  v vmax = splat<T>(ninf);
+  vi arg{};
+  double sum_x[N] = {};
+  for (int64_t b0 = 0; b0 < n; b0 += BLOCK) {
+    const int64_t b1 = std::min(n, b0 + BLOCK);
+    v vsum = splat<T>(0);
+    for (int64_t k = b0; k < b1; ++k) {
+      v a = load<T, T>(at(k), lanes, ninf);
+      vi bigger = a > vmax;
+      vmax = bigger ? a : vmax;
+      arg = bigger ? (vi){} + (index)k : arg;
+      vsum += a;
+    }
+    if (smooth)
+      for (int l = 0; l < lanes; ++l) sum_x[l] += (double)vsum[l];
+  }
+  double x_y[N] = {};
+  for (int l = 0; l < lanes; ++l) {
+    x_y[l] = (double)at(y[l])[l];
+    out.correct[r0 + l] = kept[l] && arg[l] == yv[l] && x_y[l] == (double)vmax[l] ? (T)1 : (T)0;
+  }
+  // pass 2: e = exp(x - m) over x, sum_{k != y} e
+  double s_other[N] = {};
+  for (int64_t b0 = 0; b0 < n; b0 += BLOCK) {
+    const int64_t b1 = std::min(n, b0 + BLOCK);
+    v vsum = splat<T>(0);
+    for (int64_t k = b0; k < b1; ++k) {
+      v e = Math<T>::exp(load<T, T>(at(k), lanes, ninf) - vmax);
+      store<T>(at(k), e, lanes);
+      vsum += yv == (index)k ? splat<T>(0) : e;
+    }
+    for (int l = 0; l < lanes; ++l) s_other[l] += (double)vsum[l];
+  }
+  double s_all[N], log_s[N], lse[N], u[N], log_p_y[N], b_y[N], s_y[N], e_y[N];
+  v inv_s = splat<T>(0);
+  for (int l = 0; l < lanes; ++l) {
+    const double m = (double)vmax[l];
+    e_y[l] = std::exp(x_y[l] - m);
+    s_all[l] = s_other[l] + e_y[l];
+    log_s[l] = std::log(s_all[l]);
+    lse[l] = m + log_s[l];
+    u[l] = s_other[l] / s_all[l];
+    log_p_y[l] = u[l] < 0.5 ? std::log1p(-u[l]) : (x_y[l] - m) - log_s[l];
+    inv_s[l] = (T)(1.0 / s_all[l]);
+    bonus_and_slope(P, log_p_y[l], b_y[l], s_y[l]);
+  }
+  // pass 3: the dense bonus's sums; the large entries of each lane from their precise log p
+  double sum_b[N] = {}, sum_s[N] = {};
+  large_list.clear();
+  int64_t large_begin[N + 1] = {};
+  if (P.dense) {
+    const v zero = splat<T>(0), one = splat<T>(1);
+    const T large_p = (T)P.large_p, start = (T)P.start;
+    vi large{};
+    double prod[N], count[N] = {};
+    for (int l = 0; l < N; ++l) prod[l] = 1.0;
+    for (int64_t b0 = 0; b0 < n; b0 += BLOCK) {
+      const int64_t b1 = std::min(n, b0 + BLOCK);
+      v acc_b = zero, acc_s = zero, acc_prod = one, acc_count = zero;
+      for (int64_t k = b0; k < b1; ++k) {
+        v p = load<T, T>(at(k), lanes, (T)0) * inv_s;
+        vi others = yv != (index)k;
+        vi on = others & (p <= large_p);
+        large |= others & (p > large_p);
+        if (P.has_start) on &= p >= start;
+        v b, sl;
+        small_terms<T, KIND>(P, p, on, b, sl);
+        acc_s += sl;
+        if (KIND == LOG) {
+          acc_prod *= on ? one - p : one;
+          if (P.has_start) acc_count += on ? one : zero;
+        } else {
+          acc_b += b;
+        }
+      }
+      for (int l = 0; l < lanes; ++l) {
+        sum_s[l] += (double)acc_s[l];
+        if (KIND == LOG) {
+          prod[l] *= (double)acc_prod[l];
+          count[l] += (double)acc_count[l];
+        } else {
+          sum_b[l] += (double)acc_b[l];
+        }
+      }
+    }
+    for (int l = 0; l < lanes; ++l) {
+      if (KIND == LOG) sum_b[l] = std::log(prod[l]) - count[l] * P.value_at_start;
+      large_begin[l] = (int64_t)large_list.size();
+      if (large[l]) {
+        for (int64_t k = 0; k < n; ++k) {
+          const T p = at(k)[l] * inv_s[l];
+          if (k == y[l] || !(p > large_p)) continue;
+          double log_p;
+          if ((double)p > 0.5) {
+            double others = 0.0;
+            for (int64_t j = 0; j < n; ++j) others += j == k ? 0.0 : j == y[l] ? e_y[l] : (double)at(j)[l];
+            log_p = std::log1p(-others / s_all[l]);
+          } else {
+            log_p = std::log((double)at(k)[l]) - log_s[l];
+          }
+          double b, sl;
+          bonus_and_slope(P, log_p, b, sl);
+          sum_b[l] += b;
+          sum_s[l] += sl;
+          large_list.push_back({k, sl, p});
+        }
+      }
+      sum_b[l] += b_y[l];
+    }
+  }
+  for (int l = lanes; l <= N; ++l) large_begin[l] = (int64_t)large_list.size();
+  if (!P.dense)
+    for (int l = 0; l <= N; ++l) large_begin[l] = 0;
+  // the values; pass 4's coefficients per lane
+  v a_v = splat<T>(0), c_v = splat<T>(0), bo_v = splat<T>(0);
+  double a[N] = {}, grad_y[N] = {}, scale[N] = {};
+  for (int l = 0; l < lanes; ++l) {
+    const int64_t row = r0 + l;
+    if (!kept[l]) {
+      out.loss[row] = out.nll[row] = out.bonus[row] = out.log_p[row] = (T)0;
+      continue;
+    }
+    const double sum_log_p = smooth ? sum_x[l] - (double)n * lse[l] : 0.0;
+    const double bonus = P.bonus_target * b_y[l] + P.bonus_other * sum_b[l];
+    out.loss[row] = (T)(-P.nll_target * log_p_y[l] - P.nll_other * sum_log_p + bonus);
+    out.nll[row] = (T)(-log_p_y[l]);
+    out.bonus[row] = (T)bonus;
+    out.log_p[row] = (T)log_p_y[l];
+    const double q_y = P.nll_target + P.nll_other;
+    const double g_y = (P.bonus_target + P.bonus_other) * s_y[l], g_o = P.bonus_other * sum_s[l];
+    a[l] = 1.0 - (g_y + g_o);
+    grad_y[l] = (1.0 - q_y) - u[l] + g_y * u[l] - std::exp(log_p_y[l]) * g_o;
+    scale[l] = row_scale ? (double)row_scale[row] : P.scale;
+    a_v[l] = (T)(a[l] * scale[l]);
+    c_v[l] = (T)(-P.nll_other * scale[l]);
+    bo_v[l] = (T)(P.bonus_other * scale[l]);
+  }
+  // pass 4: the gradient over the exps (ignored lanes: 0)
+  const T large_p = (T)P.large_p, start = (T)P.start;
+  for (int64_t k = 0; k < n; ++k) {
+    v p = load<T, T>(at(k), lanes, (T)0) * inv_s;
+    v g = p * a_v + c_v;
+    if (P.dense) {
+      vi on = p <= large_p;
+      if (P.has_start) on &= p >= start;
+      v b, sl;
+      small_terms<T, KIND>(P, p, on, b, sl);
+      g += bo_v * sl;
+    }
+    store<T>(at(k), g, lanes);
+  }
+  for (int l = 0; l < lanes; ++l) {
+    if (!kept[l]) {
+      for (int64_t k = 0; k < n; ++k) at(k)[l] = (T)0;
+      continue;
+    }
+    for (int64_t i = large_begin[l]; i < large_begin[l + 1]; ++i) {
+      const Large<T>& e = large_list[i];
+      at(e.k)[l] = (T)(scale[l] * (a[l] * (double)e.p - P.nll_other + P.bonus_other * e.slope));
+    }
+    at(y[l])[l] = (T)(grad_y[l] * scale[l]);
+  }
+}
+
 template <typename T, typename In, int KIND>
 void rows(const Params& P, const In* x, void* grad, const int64_t* target, const uint8_t* keep, const T* row_scale,
           T* out, double* state) {
@@ -615,6 +803,15 @@ void rows(const Params& P, const In* x, void* grad, const int64_t* target, const
   const int64_t step = std::max<int64_t>(1, P.rows_per_task);
   auto work = [&]() {
     std::vector<Large<T>> large;
+    if (P.columns) {  // groups of Vec<T>::N rows of a chunk stored by columns (T == In, the gradient over x)
+      for (;;) {
+        int64_t g0 = next.fetch_add(Vec<T>::N);
+        if (g0 >= n_rows) break;
+        column_group<T, KIND>(P, (T*)x, P.x_stride, g0, (int)std::min<int64_t>(Vec<T>::N, n_rows - g0), target,
+                              keep, row_scale, ro, large);
+      }
+      return;
+    }
     const bool narrow = P.mode == VALUES_AND_INPUT_DTYPE_GRADIENT;  // the gradient in x's dtype, via scratch
     std::vector<T> scratch((P.compute_grad && !narrow) || P.mode == GRADIENT_FROM_STATE ? 0 : n);
     for (;;) {
@@ -646,7 +843,8 @@ void rows(const Params& P, const In* x, void* grad, const int64_t* target, const
       }
     }
   };
-  int64_t tasks = (n_rows + step - 1) / step;
+  const int64_t per_task = P.columns ? Vec<T>::N : step;
+  int64_t tasks = (n_rows + per_task - 1) / per_task;
   int64_t threads = std::max<int64_t>(1, std::min(P.n_threads, tasks));
   std::vector<std::thread> pool;
   for (int64_t i = 1; i < threads; ++i) {
@@ -673,7 +871,7 @@ void rows_of(const Params& P, const void* x, void* grad, const int64_t* target, 
 
 }  // namespace
 
-extern "C" int el_cpu_rows_version() { return 3; }
+extern "C" int el_cpu_rows_version() { return 4; }
 
 namespace {
 template <typename H>
@@ -704,9 +902,13 @@ extern "C" int el_cpu_convert(int64_t in_dtype, const void* in, float* widened, 
 extern "C" int el_cpu_rows(const double* dp, const int64_t* ip, const void* x, void* grad, const int64_t* target,
                            const uint8_t* keep, const void* row_scale, void* out, double* state) {
   try {
-    const Params P{dp[0], dp[1], dp[2], dp[3], dp[4], dp[5], dp[6], dp[7], dp[8], dp[9], dp[10], dp[11], dp[12],
+    const Params Q{dp[0], dp[1], dp[2], dp[3], dp[4], dp[5], dp[6], dp[7], dp[8], dp[9], dp[10], dp[11], dp[12],
                    ip[0], ip[1], ip[2], ip[3], ip[4], ip[5], ip[6], ip[7], ip[8], ip[9], ip[10], ip[11], ip[12],
-                   ip[13], ip[14], ip[15]};
+                   ip[13], ip[14], ip[15], ip[16]};
+    const Params& P = Q;
+    if (P.columns && (P.in_dtype > 1 || P.mode != VALUES_AND_GRADIENT || P.log_probs || !P.compute_grad ||
+                      x != grad))
+      return 1;  // rows stored by columns: logits of the compute dtype, the gradient written over them
     switch (P.in_dtype) {
       case 0: rows_of<float, float>(P, x, grad, target, keep, row_scale, out, state); break;
       case 1: rows_of<double, double>(P, x, grad, target, keep, row_scale, out, state); break;

@@ -63,6 +63,12 @@ as committed in aa09689); 128 rows took 384 MiB and 0.82x (the same benchmark's 
 weight's gradient alone is 250 MiB, fairseq's LS-CE takes 3005 MiB."""
 
 
+PRODUCT_BY_CLASSES = True
+"""With the C++ kernel, float32/float64 chunks' logits are computed as W x_c^T, (V, rows), instead of x_c W^T."""
+
+ROW_MULTIPLE = 16
+"""With the C++ kernel, default chunks are a multiple of this many rows (its column groups take 16 at a time)."""
+
 WIDENED_BLOCK_ELEMENTS = 1 << 20
 """bfloat16 dz is widened to float32 for dz^T x_c in blocks of classes of about this many elements (4 MiB)."""
 
@@ -88,6 +94,8 @@ def default_chunk_rows(n_rows: int, in_features: int, n_classes: int, buffers: f
     n_classes = max(n_classes, 1)
     floor = min(MIN_CHUNK_ROWS, max(1, int(n_rows * MAX_BUFFER_FRACTION / buffers)))
     rows = max(-(-n_rows * in_features // n_classes), -(-MIN_CHUNK_ELEMENTS // n_classes), floor)
+    if buffers < 2 and rows > ROW_MULTIPLE:  # the C++ kernel's column groups: whole vectors of rows
+        rows -= rows % ROW_MULTIPLE
     return max(1, min(n_rows, rows))
 
 
@@ -114,6 +122,9 @@ def _chunks(input, weight, bias, target, rows, keep, cfg: LossConfig, backend, c
     # probabilities), the logits' buffer its work space
     in_place = backend.grad_over_input
     narrow_dz = in_place and input.dtype == torch.bfloat16
+    # float32/float64 with such a backend: the product as W x_c^T, class by class (the layout in which a CPU's
+    # BLAS runs a product of few rows fastest), the rows computed where they are
+    by_columns = in_place and not half and PRODUCT_BY_CLASSES
     logits_buffer = None if narrow_dz else torch.empty(chunk, n_classes, dtype=dtype, device=input.device)
     # half inputs: the product in the input's dtype, then widened into logits_buffer (later dz, rounded for dz @ W)
     half_buffer = torch.empty(chunk, n_classes, dtype=input.dtype, device=input.device) if half else None
@@ -129,12 +140,20 @@ def _chunks(input, weight, bias, target, rows, keep, cfg: LossConfig, backend, c
     for start in range(0, n_rows, chunk):
         stop = min(start + chunk, n_rows)
         x = input[start:stop] if rows is None else input.index_select(0, rows[start:stop])
-        product = half_buffer[: stop - start] if half else logits_buffer[: stop - start]
-        z = product if narrow_dz else logits_buffer[: stop - start]
-        if bias is None:
-            torch.mm(x, weight.t(), out=product)
+        if by_columns:  # (V, rows) in the buffer; z its transpose, (rows, V) by columns
+            product = logits_buffer.view(-1)[: (stop - start) * n_classes].view(n_classes, stop - start)
+            if bias is None:
+                torch.mm(weight, x.t(), out=product)
+            else:
+                torch.addmm(bias.unsqueeze(1), weight, x.t(), out=product)
+            product = z = product.t()
         else:
-            torch.addmm(bias, x, weight.t(), out=product)
+            product = half_buffer[: stop - start] if half else logits_buffer[: stop - start]
+            z = product if narrow_dz else logits_buffer[: stop - start]
+            if bias is None:
+                torch.mm(x, weight.t(), out=product)
+            else:
+                torch.addmm(bias, x, weight.t(), out=product)
         if half and not in_place:
             z.copy_(product)
         t, k = target[start:stop], keep[start:stop]
