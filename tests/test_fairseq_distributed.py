@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from el_evidence.testing.programs import BIN, free_port
-from el_evidence.testing.toy_fairseq import TINY_TRANSFORMER, train_inner_logs
+from el_evidence.testing.toy_fairseq import TINY_TRANSFORMER, logged_approx, train_inner_logs
 
 pytest.importorskip("fairseq")
 from fairseq.distributed import ModuleProxyWrapper  # noqa: E402
@@ -88,8 +88,8 @@ def test_fused_output_layer_trains_as_the_logits_path(toy_data_bin, tmp_path, sh
                      for fuse in ("auto", "off"))
     assert sorted(fused) == sorted(logits) == list(range(1, 13))
     for update, want in logits.items():
-        for key, value in want.items():  # fairseq rounds the logged values to 3 decimals
-            assert fused[update][key] == pytest.approx(value, abs=2e-3), (update, key, fused[update], want)
+        for key, value in want.items():
+            assert fused[update][key] == logged_approx(key, value), (update, key, fused[update], want)
 
 
 def test_two_ranks_equal_one_process_with_update_freq_2(toy_data_bin, tmp_path):
@@ -115,6 +115,6 @@ def test_two_ranks_equal_one_process_with_update_freq_2(toy_data_bin, tmp_path):
     for update, want in accumulated.items():
         got = distributed[update]
         for key in LOGGED:  # fairseq rounds the logged values to 3 decimals
-            assert got[key] == pytest.approx(want[key], abs=2e-3), (update, key, got, want)
+            assert got[key] == logged_approx(key, want[key]), (update, key, got, want)
     # the logs are the summed values: the bonus is negative, p_target a mean probability, past_log_end a fraction
     assert all(r["bonus"] < 0 and 0 < r["p_target"] < 1 and 0 <= r["past_log_end"] <= 1 for r in distributed.values())
