@@ -71,10 +71,11 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_on_this_checkout():
+def run_on_this_checkout(script=__file__):
     """Measure this checkout's el_plugins, not an installed snapshot of it. An installed el-plugins' activation
     hook (its .pth file) imports the installed copy as Python starts, before any sys.path change here could
-    act; so the benchmark starts again with PYTHONPATH naming the checkout (its worker processes inherit it)."""
+    act; so the benchmark (``script``: this one, or another benchmark that uses it) starts again with PYTHONPATH
+    naming the checkout (its worker processes inherit it)."""
     loaded = sys.modules.get("el_plugins")
     if loaded is None:
         sys.path.insert(0, REPO)
@@ -83,10 +84,10 @@ def run_on_this_checkout():
         return
     paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     if REPO in paths:
-        raise SystemExit(f"loss_benchmark.py: error: PYTHONPATH names {REPO}, yet el_plugins came from "
+        raise SystemExit(f"{os.path.basename(script)}: error: PYTHONPATH names {REPO}, yet el_plugins came from "
                          f"{loaded.__file__}")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, *paths]))
-    os.execve(sys.executable, [sys.executable, os.path.abspath(__file__), *sys.argv[1:]], env)
+    os.execve(sys.executable, [sys.executable, os.path.abspath(script), *sys.argv[1:]], env)
 
 VARIANTS = ("autograd_el", "fused_el", "fused_el_power", "fairseq_ls_ce", "torch_ce", "compiled_el", "liger_ce")
 BASELINE = "fairseq_ls_ce"

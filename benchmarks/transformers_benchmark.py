@@ -65,22 +65,6 @@ def _loss_benchmark():
     return module
 
 
-def run_on_this_checkout():
-    """Measure this checkout's el_plugins, not an installed copy (whose .pth hook may have imported it already):
-    start again with PYTHONPATH naming the checkout (the worker processes inherit it)."""
-    loaded = sys.modules.get("el_plugins")
-    if loaded is None:
-        sys.path.insert(0, REPO)
-        return
-    if os.path.dirname(os.path.dirname(os.path.abspath(loaded.__file__))) == REPO:
-        return
-    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    if REPO in paths:
-        raise SystemExit(f"{PROG}: error: PYTHONPATH names {REPO}, yet el_plugins came from {loaded.__file__}")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, *paths]))
-    os.execve(sys.executable, [sys.executable, os.path.abspath(__file__), *sys.argv[1:]], env)
-
-
 # --------------------------------------------------------------------------- one measurement (worker)
 def _model(v, dtype_name, device):
     import torch
@@ -251,7 +235,7 @@ def markdown_table(result):
 
 # --------------------------------------------------------------------------- driver
 def main(argv=None):
-    run_on_this_checkout()
+    _loss_benchmark().run_on_this_checkout(__file__)
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", help="write the results as JSON here (all or nothing)")

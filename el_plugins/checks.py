@@ -13,10 +13,10 @@ import torch
 from el_plugins.core import (BONUSES, DEFAULT_LOG_END, REDUCTIONS, SCHEDULE_UNITS, SCHEDULES, SMOOTHING_CONVENTIONS,
                              Bonus, BonusSchedule, LossSettings)
 
-__all__ = ['ARGUMENT_NAMES', 'bonus_spec', 'check_binary_targets', 'check_target_threshold', 'check_bonus_smoothing', 'check_bonus_weight', 'check_choice', 'check_count',
+__all__ = ['ARGUMENT_NAMES', 'bonus_spec', 'check_binary_targets', 'check_target_threshold', 'check_bonus_smoothing', 'check_bonus_start', 'check_bonus_weight', 'check_choice', 'check_count',
            'check_dense_loss_args', 'check_floating', 'check_ignore_index', 'check_index_loss_args',
-           'check_index_target', 'check_label_smoothing', 'check_linear_loss_args', 'check_log_end',
-           'check_num_classes', 'check_soft_targets', 'check_targets', 'host_checks_possible', 'loss_settings',
+           'check_index_target', 'check_integer', 'check_label_smoothing', 'check_linear_loss_args', 'check_log_end',
+           'check_nonzero', 'check_num_classes', 'check_positive', 'check_soft_targets', 'check_targets', 'host_checks_possible', 'loss_settings',
            'real_number', 'schedule_spec', 'SOFT_TARGET_SUM_TOLERANCE']
 
 SOFT_TARGET_SUM_TOLERANCE = 1e-3
@@ -86,6 +86,38 @@ def check_count(value, name: str, what: str) -> Optional[int]:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"{name} must be a positive integer ({what}) or None for the default, got {value!r}")
     return int(value)
+
+
+def check_positive(value, name: str) -> float:
+    """A finite number > 0 (one flag's value, before the settings it belongs to are checked together)."""
+    number = real_number(value)
+    if number is None or not (math.isfinite(number) and number > 0):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return number
+
+
+def check_nonzero(value, name: str) -> float:
+    """A finite number other than 0."""
+    number = real_number(value)
+    if number is None or not math.isfinite(number) or number == 0:
+        raise ValueError(f"{name} must be a finite number other than 0, got {value!r}")
+    return number
+
+
+def check_integer(value, name: str, low: int = 0) -> int:
+    """An integer >= ``low`` (an integral float such as 5.0, as a config file may give, included)."""
+    number = real_number(value)
+    if number is None or not math.isfinite(number) or number != int(number) or number < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    return int(number)
+
+
+def check_bonus_start(value, name: str = "bonus_start") -> float:
+    """The aggressive bonus's start: a number in [0, 1) (0: none)."""
+    number = real_number(value)
+    if number is None or not 0.0 <= number < 1.0:
+        raise ValueError(f"{name} must be in [0, 1), a number (0: no start), got {value!r}")
+    return number
 
 
 def check_num_classes(num_classes: int) -> None:

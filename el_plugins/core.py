@@ -251,8 +251,9 @@ class EncouragingLossOutput(NamedTuple):
 
 
 class RowTerms(NamedTuple):
-    """The per-row sums the chunked torch path and the reference compute; :func:`assemble_rows` puts the loss
-    together from them (the Triton kernel assembles the same sums itself, with the same weights)."""
+    """The per-row sums the chunked torch backend computes; :func:`assemble_rows` puts the loss together from
+    them (the C++ and Triton kernels assemble the same sums themselves, with the same weights; the reference is
+    autograd's own computation of the formula)."""
 
     log_p_target: torch.Tensor  # log p_y
     sum_log_p: torch.Tensor  # sum_k log p_k (zeros when the nll has no smoothing)

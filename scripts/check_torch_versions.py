@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import glob
+import importlib.util
 import json
 import os
 import platform
@@ -345,21 +346,13 @@ def check(version, python_version, wheel, source_dir, venvs, work, tests, dry_ru
 
 
 def write_json_atomically(path, obj):
-    """Write the whole file or nothing: a temporary file in the same folder, then renamed over ``path``."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, sort_keys=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """All or nothing, through the GPU check's writer (benchmarks/gpu/check.py, standard library only too)."""
+    spec = importlib.util.spec_from_file_location(
+        "gpu_check", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "gpu",
+                                  "check.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.write_json_atomically(path, obj, indent=2)
 
 
 def main(argv=None):

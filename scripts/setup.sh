@@ -50,6 +50,9 @@ pkg_stamp="$VENV/.el-pkg-$( { stamp setup.py el_plugins.pth $(find el_plugins -n
   git rev-parse HEAD 2>/dev/null || true; } | sha256sum | cut -c1-16)"
 if [ ! -e "$pkg_stamp" ]; then
   say "installing el-plugins and its evidence (./evidence) from $(pwd)"
+  # setuptools copies into build/ and packs all it finds there: a build left by an interrupted run or a
+  # by-hand `pip install .` would put modules that no longer exist into the installed package
+  rm -rf build el_plugins.egg-info evidence/build evidence/el_plugins_evidence.egg-info
   pip install --no-deps --force-reinstall . ./evidence
   rm -rf build el_plugins.egg-info evidence/build evidence/el_plugins_evidence.egg-info
   rm -f "$VENV"/.el-pkg-*; touch "$pkg_stamp"

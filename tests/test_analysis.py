@@ -403,6 +403,7 @@ def _expect_error(capsys, argv, *patterns, code=2):
     return err
 
 
+@pytest.mark.slow  # digits_runs trains two timm models first, about 3 s
 def test_el_analyze_timm_clear_errors(digits_runs, tmp_path, capsys):
     import timm
 

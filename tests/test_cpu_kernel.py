@@ -90,6 +90,7 @@ def test_the_kernel_is_built_where_there_is_a_compiler():
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_built_once_then_cached_and_logged_once_per_process(tmp_path):
     """Two processes that need the kernel at once in an empty cache folder: one builds it (the other waits for
     it under the lock), a third loads it; each logs once which path CPU tensors take."""
@@ -114,6 +115,7 @@ def test_built_once_then_cached_and_logged_once_per_process(tmp_path):
     assert len(list((tmp_path / "cpu-kernel").glob("*.so"))) == 1
 
 
+@pytest.mark.e2e  # runs Python subprocesses
 def test_switched_off_falls_back_to_chunked_torch_and_says_so():
     out, err = run_python(LOGGED_STEP, {"EL_PLUGINS_CPU_KERNEL": "0"})
     assert json.loads(out.strip().splitlines()[-1])["backend"] == "torch"
@@ -126,6 +128,7 @@ def test_switched_off_falls_back_to_chunked_torch_and_says_so():
             "is set") in err
 
 
+@pytest.mark.e2e  # runs a Python subprocess
 def test_without_a_compiler_falls_back_with_a_warning(tmp_path):
     out, err = run_python(LOGGED_STEP, {"CXX": "no-such-compiler-el-plugins", "EL_PLUGINS_CACHE_DIR": str(tmp_path),
                                         "EL_PLUGINS_CPU_KERNEL": "1"})

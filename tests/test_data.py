@@ -108,6 +108,7 @@ def test_el_data_bible_writes_checks_and_reruns(bible_cache, tmp_path):
 
 
 # --------------------------------------------------------------------------- Debian packages, not installed
+@pytest.mark.slow  # apt-get download and unpacking, about 2.5 s
 @pytest.mark.skipif(not HAS_APT, reason="needs Debian's apt-get")
 def test_packages_without_installing_them(tmp_path, monkeypatch):
     """Not installed (no root): apt-get download + dpkg-deb -x into the cache, then the same checks."""

@@ -507,6 +507,7 @@ def test_interpreted_triton_ignored_rows_add_nothing_whatever_they_hold(dtype):
     check_ignored_rows_add_nothing(dtype, ("fused",), backend="triton", block_size=64)
 
 
+@pytest.mark.e2e  # a subprocess under TRITON_INTERPRET=1, about 25 s
 def test_triton_interpreted():
     """Runs the ``interpreted`` tests above in a subprocess with TRITON_INTERPRET=1."""
     pytest.importorskip("triton")

@@ -503,6 +503,7 @@ def test_interpreted_triton_ignored_rows_add_nothing_whatever_they_hold(dtype):
     check_ignored_rows_add_nothing(dtype, backend="triton", chunk_size=16, block_size=128)
 
 
+@pytest.mark.e2e  # a subprocess under TRITON_INTERPRET=1, about 25 s
 def test_triton_interpreted():
     """Runs the ``interpreted`` tests above in a subprocess with TRITON_INTERPRET=1."""
     pytest.importorskip("triton")
@@ -515,22 +516,6 @@ def test_triton_interpreted():
 def test_triton_linear_cuda(dtype, reduction):
     pytest.importorskip("triton")
     check_triton_against_float64("cuda", dtype, reduction, True, n=300, v=3000)
-
-
-def test_layers_import_one_way():
-    """core <- ops <- functional (issue 19, point 4): importing the kernels imports neither the public functions
-    nor anything that imports them, so there is no import circle between the two."""
-    import json
-    import subprocess
-    import sys
-
-    code = ("import json, sys, el_plugins.ops, el_plugins.core; "
-            "print(json.dumps(sorted(m for m in sys.modules if m.startswith('el_plugins.') and m not in "
-            "('el_plugins._activation',))))")
-    out = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, check=True).stdout
-    assert json.loads(out) == ["el_plugins.checks", "el_plugins.core", "el_plugins.ops", "el_plugins.ops.backends",
-                               "el_plugins.ops.common", "el_plugins.ops.encouraging_loss",
-                               "el_plugins.ops.linear_encouraging_loss", "el_plugins.ops.torch_rows"], out
 
 
 def test_default_chunk_rows_keeps_the_buffers_small_beside_the_logits():

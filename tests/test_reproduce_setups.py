@@ -67,6 +67,7 @@ def test_paper_schedule_is_the_authors_adjust_learning_rate():
     assert (s.setup, s.epochs, s.batch_size, s.lr, s.log_end, s.smoothing) == ("table11", 5, 128, 1e-3, 1.0, 0.0)
 
 
+@pytest.mark.slow  # trains the authors' network for its schedule, about 2 s
 def test_paper_recipe_applies_the_schedule_and_reports_the_best_test_epoch():
     """A few steps of the paper setup: 66 epochs of one batch each, the learning rate set per epoch."""
     s = mnist.Settings(setup="paper", epochs=66, batch_size=8, lr=0.1)

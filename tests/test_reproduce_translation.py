@@ -145,6 +145,7 @@ def test_device_cuda_trains_on_the_gpu_and_cpu_on_the_cpu():
     assert done.returncode == 2 and "--device bogus: not a device name" in done.stdout
 
 
+@pytest.mark.slow  # reruns the report per interruption point
 @pytest.mark.parametrize("n", [1, 3])
 def test_outputs_are_swapped_in_as_one_set(committed, tmp_path, monkeypatch, n):
     """A SIGTERM while the outputs are put in place leaves the previous set or the new one whole, never a mix;

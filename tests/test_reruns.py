@@ -61,6 +61,7 @@ def fake_arrays(variants, n=50):
     return {v: {"id": ind, "ood": {k: g.normal(size=n).astype(np.float32) for k in OOD_SCORES}} for v in variants}
 
 
+@pytest.mark.slow  # trains the reproduction's networks per interruption point, about 2.5 s each
 @pytest.mark.parametrize("n", [1, 2, 5])
 def test_el_reproduce_outputs_are_swapped_in_as_one_set(tmp_path, monkeypatch, n):
     """Item 10: a SIGTERM while el-reproduce wrote its outputs left a lone energy_ce.png and no results.json

@@ -341,14 +341,18 @@ def _last_line(text):
     return lines[-1][:300] if lines else ""
 
 
-def write_json_atomically(path, obj):
+def write_json_atomically(path, obj, indent=1):
+    """Write the whole file or nothing: a temporary file in the same folder, then renamed over ``path``
+    (scripts/check_torch_versions.py writes its results through this one too)."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=1)
+            json.dump(obj, f, indent=indent)
             f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -195,45 +195,17 @@ FLAGS = {"label_smoothing": "--label-smoothing", "log_end": "--log-end", "bonus_
 """The flag of each setting, for the checks' messages."""
 
 
-def _positive_number(value, name):
-    number = checks.real_number(value)
-    if number is None or not (math.isfinite(number) and number > 0):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return number
-
-
-def _integer(low):
-    def check(value, name):
-        number = checks.real_number(value)
-        if number is None or number != int(number) or number < low:
-            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-        return int(number)
-    return check
-
-
-def _nonzero_number(value, name):
-    number = checks.real_number(value)
-    if number is None or not math.isfinite(number) or number == 0:
-        raise ValueError(f"{name} must be a finite number other than 0, got {value!r}")
-    return number
-
-
-def _start(value, name):
-    number = checks.real_number(value)
-    if number is None or not 0.0 <= number < 1.0:
-        raise ValueError(f"{name} must be in [0, 1), a number (0: no start), got {value!r}")
-    return number
-
-
+_integer_from_0 = functools.partial(checks.check_integer, low=0)
+_integer_from_1 = functools.partial(checks.check_integer, low=1)
 CHECKED_OPTIONS = {"label_smoothing": ("--label-smoothing", checks.check_label_smoothing),
                    "log_end": ("--log-end", checks.check_log_end),
                    "bonus_weight": ("--bonus-weight", checks.check_bonus_weight),
-                   "bonus_gamma": ("--bonus-gamma", _positive_number),
-                   "bonus_start": ("--bonus-start", _start),
+                   "bonus_gamma": ("--bonus-gamma", checks.check_positive),
+                   "bonus_start": ("--bonus-start", checks.check_bonus_start),
                    "bonus_smoothing": ("--bonus-smoothing", checks.check_label_smoothing),
-                   "bonus_schedule_horizon": ("--bonus-schedule-horizon", _integer(1)),
-                   "bonus_schedule_exp_ratio": ("--bonus-schedule-exp-ratio", _nonzero_number),
-                   "bonus_defer": ("--bonus-defer", _integer(0))}
+                   "bonus_schedule_horizon": ("--bonus-schedule-horizon", _integer_from_1),
+                   "bonus_schedule_exp_ratio": ("--bonus-schedule-exp-ratio", checks.check_nonzero),
+                   "bonus_defer": ("--bonus-defer", _integer_from_0)}
 CHOICE_OPTIONS = {"smoothing_convention": ("--smoothing-convention", SMOOTHING_CONVENTION_OPTIONS),
                   "el_implementation": ("--el-implementation", EF.IMPLEMENTATIONS),
                   "el_fuse_output_layer": ("--el-fuse-output-layer", FUSE_OUTPUT_LAYER_OPTIONS),

@@ -77,41 +77,15 @@ def _checked(check, flag, convert=_number_or_text):
     return parse
 
 
-def _positive_number(value, name):
-    number = checks.real_number(value)
-    if number is None or not (math.isfinite(number) and number > 0):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return number
-
-
-def _nonzero_number(value, name):
-    number = checks.real_number(value)
-    if number is None or not math.isfinite(number) or number == 0:
-        raise ValueError(f"{name} must be a finite number other than 0, got {value!r}")
-    return number
-
-
-def _start(value, name):
-    number = checks.real_number(value)
-    if number is None or not 0.0 <= number < 1.0:
-        raise ValueError(f"{name} must be in [0, 1), a number (0: no start), got {value!r}")
-    return number
-
-
-def _integer(low):
-    def check(value, name):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-        return value
-    return check
-
-
 def _choice(allowed):
     def check(value, name):
         return checks.check_choice(value, allowed, name)
     return check
 
 
+_integer_from_0 = functools.partial(checks.check_integer, low=0)
+_integer_from_1 = functools.partial(checks.check_integer, low=1)
+_integer_from_minus_2 = functools.partial(checks.check_integer, low=-2)
 # dest: (flag, check, EncouragingLoss keyword, help)
 EL_OPTIONS = {
     "log_end": ("--log-end", checks.check_log_end, "log_end",
@@ -120,17 +94,17 @@ EL_OPTIONS = {
     "el_bonus_weight": ("--el-bonus-weight", checks.check_bonus_weight, "bonus_weight",
                         "EL: weight rho of the bonus, >= 0; 0 = cross-entropy (default 1)"),
     "el_bonus": ("--el-bonus", _choice(BONUSES), "bonus", "EL: the bonus: log (default), power (-p^gamma), cosine"),
-    "el_bonus_gamma": ("--el-bonus-gamma", _positive_number, "bonus_gamma", "EL: gamma > 0 of --el-bonus power"),
-    "el_bonus_start": ("--el-bonus-start", _start, "bonus_start",
+    "el_bonus_gamma": ("--el-bonus-gamma", checks.check_positive, "bonus_gamma", "EL: gamma > 0 of --el-bonus power"),
+    "el_bonus_start": ("--el-bonus-start", checks.check_bonus_start, "bonus_start",
                        "EL: the aggressive bonus (log, power): none below this p in [0, 1)"),
     "el_bonus_smoothing": ("--el-bonus-smoothing", checks.check_label_smoothing, "bonus_smoothing",
                            "EL: label smoothing of the bonus term, in [0, 1) (default: --smoothing)"),
     "el_bonus_schedule": ("--el-bonus-schedule", _choice(SCHEDULES), "bonus_schedule",
                           "EL: warm-up of the bonus weight over epochs: constant (default), linear, exp, cos"),
-    "el_bonus_schedule_horizon": ("--el-bonus-schedule-horizon", _integer(1), "bonus_schedule_horizon",
+    "el_bonus_schedule_horizon": ("--el-bonus-schedule-horizon", _integer_from_1, "bonus_schedule_horizon",
                                   "EL: epochs over which the bonus weight warms up"),
-    "el_bonus_defer": ("--el-bonus-defer", _integer(0), "bonus_defer", "EL: the first N epochs without the bonus"),
-    "el_bonus_schedule_exp_ratio": ("--el-bonus-schedule-exp-ratio", _nonzero_number, "bonus_schedule_exp_ratio",
+    "el_bonus_defer": ("--el-bonus-defer", _integer_from_0, "bonus_defer", "EL: the first N epochs without the bonus"),
+    "el_bonus_schedule_exp_ratio": ("--el-bonus-schedule-exp-ratio", checks.check_nonzero, "bonus_schedule_exp_ratio",
                                     "EL: r of --el-bonus-schedule exp, not 0 (default 5)"),
 }
 INTEGER_OPTIONS = ("el_bonus_schedule_horizon", "el_bonus_defer", "authors_defer_start", "authors_el_schedule_max_epoch",
@@ -138,13 +112,13 @@ INTEGER_OPTIONS = ("el_bonus_schedule_horizon", "el_bonus_defer", "authors_defer
 
 # the authors' EfficientNet flags (imagenet-efficientnetb0/train_el.py): dest: (flag, check, help)
 AUTHORS_FLAGS = {
-    "authors_bonus_gamma": ("--bonus_gamma", _integer(-2), "the authors' bonus: 0 none, -1 log, -2 cosine, > 0 power"),
+    "authors_bonus_gamma": ("--bonus_gamma", _integer_from_minus_2, "the authors' bonus: 0 none, -1 log, -2 cosine, > 0 power"),
     "authors_bonus_rho": ("--bonus_rho", checks.check_bonus_weight, "the authors' bonus weight (default 1)"),
-    "authors_bonus_start": ("--bonus_start", _start, "the authors' aggressive bonus start"),
-    "authors_defer_start": ("--defer_start", _integer(0), "the authors' epochs without the bonus"),
+    "authors_bonus_start": ("--bonus_start", checks.check_bonus_start, "the authors' aggressive bonus start"),
+    "authors_defer_start": ("--defer_start", _integer_from_0, "the authors' epochs without the bonus"),
     "authors_el_schedule": ("--el_schedule", _choice(("linear", "exp", "cos")), "the authors' warm-up"),
-    "authors_el_schedule_max_epoch": ("--el_schedule_max_epoch", _integer(1), "the authors' warm-up epochs"),
-    "authors_el_exp_schedule_ratio": ("--el_exp_schedule_ratio", _nonzero_number, "the authors' exp ratio (default 5)"),
+    "authors_el_schedule_max_epoch": ("--el_schedule_max_epoch", _integer_from_1, "the authors' warm-up epochs"),
+    "authors_el_exp_schedule_ratio": ("--el_exp_schedule_ratio", checks.check_nonzero, "the authors' exp ratio (default 5)"),
 }
 AUTHORS_REFUSED = {"--base_loss": "ce", "--sigmoid_ce": "0", "--bonus_abrupt": "-1", "--el_linear_schedule_start": "0",
                    "--el_linear_schedule_end": None}

@@ -21,7 +21,6 @@ experiment starts with its name: a damaged data folder or results.json is ``el-r
 (mnist-table11, translation likewise), exit 1; a bad option is the same line with exit 2.
 """
 import argparse
-import importlib.util
 import logging
 import os
 import sys
@@ -29,7 +28,8 @@ import time
 
 from el_plugins import commands
 from el_plugins.files import output_folder_problem
-from el_evidence.reproduce.options import add_run_options, data_info, load_data, parse_run_options, usable_cores
+from el_evidence.reproduce.options import (add_run_options, check_folders_and_attacks, data_info, load_data,
+                                           parse_run_options, usable_cores)
 from el_evidence.reproduce.paper import PAPER_LOG_END, PAPER_SMOOTHING, VARIANTS
 from el_evidence.reproduce.recipes import ATTACK_IMAGES, RECIPES, SETUPS
 
@@ -122,12 +122,7 @@ def parse_args(argv=None):
         ap.error(f"--log-end must be in (0, 1], got {args.log_end}")
     if not 0 < args.smoothing < 1:
         ap.error(f"--smoothing must be in (0, 1), got {args.smoothing}")
-    for name in ("out", "data"):
-        problem = output_folder_problem(getattr(args, name))
-        if problem:
-            ap.error(f"--{name} {getattr(args, name)}: {problem}")
-    if importlib.util.find_spec("torchattacks") is None:
-        ap.error("the attacks need torchattacks: pip install --no-deps torchattacks==3.5.1 (scripts/setup.sh does)")
+    check_folders_and_attacks(ap, args)
     return args
 
 

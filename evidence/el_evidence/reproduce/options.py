@@ -1,11 +1,13 @@
 """What every el-reproduce experiment shares (mnist, mnist-table11, translation): its options, the usable cores, and
 the MNIST data folder it reads (fetched by el-data mnist when empty)."""
 import argparse
+import importlib.util
 import os
 from typing import Optional, Sequence
 
 from el_plugins import commands
 from el_plugins.devices import add_device_argument
+from el_plugins.files import output_folder_problem
 
 
 def add_run_options(ap: argparse.ArgumentParser, quick_help: str, threads: bool = True) -> None:
@@ -66,3 +68,14 @@ def data_info(folder: str, args) -> dict:
     return {key.replace("/", "_"): {"images": used[key], "of": s["images"], "source": s["source"], "licence": s["licence"],
                                     "sha256": {k: v["sha256"] for k, v in s["files"].items()}}
             for key, s in splits.items()}
+
+
+def check_folders_and_attacks(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """The usage errors every MNIST experiment shares: --out and --data must be folders it can write (or make),
+    and the attacks need torchattacks."""
+    for name in ("out", "data"):
+        problem = output_folder_problem(getattr(args, name))
+        if problem:
+            ap.error(f"--{name} {getattr(args, name)}: {problem}")
+    if importlib.util.find_spec("torchattacks") is None:
+        ap.error("the attacks need torchattacks: pip install --no-deps torchattacks==3.5.1 (scripts/setup.sh does)")

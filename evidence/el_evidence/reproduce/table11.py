@@ -30,8 +30,8 @@ from dataclasses import asdict, dataclass
 from typing import Callable, Dict, List, Sequence
 
 from el_plugins import commands
-from el_plugins.files import output_folder_problem
-from el_evidence.reproduce.options import add_run_options, data_info, load_data, parse_run_options, usable_cores
+from el_evidence.reproduce.options import (add_run_options, check_folders_and_attacks, data_info, load_data,
+                                           parse_run_options, usable_cores)
 from el_plugins.provenance import provenance
 from el_evidence.reproduce.recipes import RECIPES, TrainingSettings
 
@@ -249,13 +249,7 @@ def parse_args(argv=None):
         args.threads = min(usable_cores(), 8)
     elif args.threads < 1:
         ap.error(f"--threads must be >= 1, got {args.threads}")
-    for name in ("out", "data"):
-        problem = output_folder_problem(getattr(args, name))
-        if problem:
-            ap.error(f"--{name} {getattr(args, name)}: {problem}")
-    import importlib.util
-    if importlib.util.find_spec("torchattacks") is None:
-        ap.error("the attack needs torchattacks: pip install --no-deps torchattacks==3.5.1 (scripts/setup.sh does)")
+    check_folders_and_attacks(ap, args)
     return args
 
 
