@@ -153,7 +153,6 @@ print("liger peers agree with torch CE")
 
 
 @pytest.mark.e2e
-@pytest.mark.e2e
 def test_liger_peers_compute_torchs_smoothed_cross_entropy_under_the_triton_interpreter():
     """The GPU-only peers as the benchmark calls them (label smoothing 0.1, ignore_index, reductions), run on CPU
     tensors by Triton's interpreter: the same loss and gradients as torch's cross-entropy; Liger's CE writes its
@@ -470,3 +469,18 @@ def test_run_sh_dry_run_runs_every_step_and_its_results_make_the_table(tmp_path)
     text = report.markdown(doc)
     assert text.startswith("Dry run on a CPU") and "| bfloat16 | 64x500 | **fused EL** |" in text
     assert "| loss_32000 | ok |" in text and "Goals (issue 29)" in text
+
+
+def test_docs_gpu_section_is_the_committed_results_file():
+    """docs/performance.md's GPU section is report.py's markdown of benchmarks/results-gpu.json (a GPU run, not a
+    dry one); while no such file is committed, it says there are no CUDA figures yet and shows no table."""
+    with open(os.path.join(REPO, "docs", "performance.md"), encoding="utf-8") as f:
+        section = f.read().split("## GPU: one call of `benchmarks/gpu/run.sh`", 1)[1].split("\n## ", 1)[0]
+    path = os.path.join(REPO, "benchmarks", "results-gpu.json")
+    if not os.path.isfile(path):
+        assert "there are no CUDA figures yet" in section and "| variant |" not in section
+        return
+    with open(path, encoding="utf-8") as f:
+        document = json.load(f)
+    assert not document.get("dry_run")
+    assert report.markdown(document) in section and "no CUDA figures yet" not in section
