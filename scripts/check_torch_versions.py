@@ -257,7 +257,7 @@ def prepare_venv(version, python_version, venvs, work, dry_run):
 
 
 SNAPSHOT = ("setup.py", "el_plugins.pth", "README.md", "CHANGELOG.md", "LICENSE", "MANIFEST.in", "pytest.ini",
-            "el_plugins", "tests", "docs")
+            "el_plugins", "evidence", "tests", "docs")
 
 
 def snapshot(work, source, commit, dry_run):
