@@ -198,7 +198,9 @@ def _reference_encouraging_loss_with_stats(input, target, settings, input_is_log
 
     with torch.no_grad():
         p_target = torch.exp(lp_target).masked_fill(~keep, 0.0)
-        past = ((p_target > settings.log_end) & keep).to(p_target.dtype)
+        # the Bonus field, not LossSettings.log_end (a property): torch 2.9's dynamo cannot compare a tensor
+        # with a NamedTuple's property under torch.compile(fullgraph=True)
+        past = ((p_target > settings.bonus.log_end) & keep).to(p_target.dtype)
     return EncouragingLossOutput(
         loss, nll_r, el_bonus, reduce_rows(p_target, reduction, count), reduce_rows(past, reduction, count)
     )
