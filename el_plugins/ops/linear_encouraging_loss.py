@@ -63,9 +63,6 @@ as committed in aa09689); 128 rows took 384 MiB and 0.82x (the same benchmark's 
 weight's gradient alone is 250 MiB, fairseq's LS-CE takes 3005 MiB."""
 
 
-PRODUCT_BY_CLASSES = True
-"""With the C++ kernel, float32/float64 chunks' logits are computed as W x_c^T, (V, rows), instead of x_c W^T."""
-
 ROW_MULTIPLE = 16
 """With the C++ kernel, default chunks are a multiple of this many rows (its column groups take 16 at a time)."""
 
@@ -122,9 +119,9 @@ def _chunks(input, weight, bias, target, rows, keep, cfg: LossConfig, backend, c
     # probabilities), the logits' buffer its work space
     in_place = backend.grad_over_input
     narrow_dz = in_place and input.dtype == torch.bfloat16
-    # float32/float64 with such a backend: the product as W x_c^T, class by class (the layout in which a CPU's
-    # BLAS runs a product of few rows fastest), the rows computed where they are
-    by_columns = in_place and not half and PRODUCT_BY_CLASSES
+    # float32/float64 with such a backend: the product as W x_c^T, (V, rows), class by class (the layout in which
+    # a CPU's BLAS runs a product of few rows fastest), the rows computed where they are
+    by_columns = in_place and not half
     logits_buffer = None if narrow_dz else torch.empty(chunk, n_classes, dtype=dtype, device=input.device)
     # half inputs: the product in the input's dtype, then widened into logits_buffer (later dz, rounded for dz @ W)
     half_buffer = torch.empty(chunk, n_classes, dtype=input.dtype, device=input.device) if half else None
