@@ -13,10 +13,11 @@ import torch
 from el_plugins.core import (BONUSES, DEFAULT_LOG_END, REDUCTIONS, SCHEDULE_UNITS, SCHEDULES, SMOOTHING_CONVENTIONS,
                              Bonus, BonusSchedule, LossSettings)
 
-__all__ = ['ARGUMENT_NAMES', 'bonus_spec', 'check_binary_targets', 'check_target_threshold', 'check_bonus_smoothing', 'check_bonus_start', 'check_bonus_weight', 'check_choice', 'check_count',
-           'check_dense_loss_args', 'check_floating', 'check_ignore_index', 'check_index_loss_args',
-           'check_index_target', 'check_integer', 'check_label_smoothing', 'check_linear_loss_args', 'check_log_end',
-           'check_nonzero', 'check_num_classes', 'check_positive', 'check_soft_targets', 'check_targets', 'host_checks_possible', 'loss_settings',
+__all__ = ['ARGUMENT_NAMES', 'bonus_spec', 'check_binary_targets', 'check_target_threshold', 'check_bonus_smoothing',
+           'check_bonus_start', 'check_bonus_weight', 'check_choice', 'check_count', 'check_dense_loss_args',
+           'check_floating', 'check_ignore_index', 'check_index_loss_args', 'check_index_target', 'check_integer',
+           'check_label_smoothing', 'check_linear_loss_args', 'check_log_end', 'check_nonzero', 'check_num_classes',
+           'check_positive', 'check_soft_targets', 'check_targets', 'host_checks_possible', 'loss_settings',
            'real_number', 'schedule_spec', 'SOFT_TARGET_SUM_TOLERANCE']
 
 SOFT_TARGET_SUM_TOLERANCE = 1e-3
@@ -213,9 +214,8 @@ def check_soft_targets(target: torch.Tensor, *, synchronize: bool = True) -> Non
 def check_binary_targets(target: torch.Tensor, *, synchronize: bool = True) -> None:
     """Multi-label (sigmoid) targets must be values in [0, 1] (NaN is not). synchronize: as in
     :func:`check_targets` (False: a device-side assertion, no host wait)."""
-    if not target.dtype.is_floating_point and target.dtype != torch.bool and not (
-            not target.is_complex() and target.dtype in (torch.uint8, torch.int8, torch.int16, torch.int32,
-                                                         torch.int64)):
+    if not (target.dtype.is_floating_point or target.dtype in (torch.bool, torch.uint8, torch.int8, torch.int16,
+                                                                 torch.int32, torch.int64)):
         raise ValueError(f"multi-label targets must be a real tensor of values in [0, 1], got {target.dtype}")
     bad = ~((target >= 0) & (target <= 1))  # NaN too
 

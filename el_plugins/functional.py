@@ -64,7 +64,8 @@ __all__ = ["BONUSES", "BONUS_CLAMP", "IMPLEMENTATIONS", "REDUCTIONS", "SCHEDULES
 
 IMPLEMENTATIONS = ("auto", "fused", "reference")
 """How the class-index losses compute: ``fused`` (el_plugins.ops: loss and gradient in one pass, the gradient
-kept instead of (N, V) float32 intermediates; a Triton kernel on CUDA, chunked torch elsewhere),
+kept instead of (N, V) float32 intermediates; a Triton kernel on CUDA, the C++ kernel on a CPU where it can be
+built, chunked torch elsewhere),
 ``reference`` (plain autograd; supports repeated and double backward, torch.compile(fullgraph=True) and
 torch.func), ``auto`` (fused, except for float64 input on a GPU, which has no kernel, unless a fused tuning
 option is given; and the reference under torch.compile, where the compiler fuses it itself, and under

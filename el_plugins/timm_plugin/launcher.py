@@ -94,7 +94,8 @@ EL_OPTIONS = {
     "el_bonus_weight": ("--el-bonus-weight", checks.check_bonus_weight, "bonus_weight",
                         "EL: weight rho of the bonus, >= 0; 0 = cross-entropy (default 1)"),
     "el_bonus": ("--el-bonus", _choice(BONUSES), "bonus", "EL: the bonus: log (default), power (-p^gamma), cosine"),
-    "el_bonus_gamma": ("--el-bonus-gamma", checks.check_positive, "bonus_gamma", "EL: gamma > 0 of --el-bonus power"),
+    "el_bonus_gamma": ("--el-bonus-gamma", checks.check_positive, "bonus_gamma",
+                       "EL: gamma > 0 of --el-bonus power"),
     "el_bonus_start": ("--el-bonus-start", checks.check_bonus_start, "bonus_start",
                        "EL: the aggressive bonus (log, power): none below this p in [0, 1)"),
     "el_bonus_smoothing": ("--el-bonus-smoothing", checks.check_label_smoothing, "bonus_smoothing",
@@ -103,8 +104,10 @@ EL_OPTIONS = {
                           "EL: warm-up of the bonus weight over epochs: constant (default), linear, exp, cos"),
     "el_bonus_schedule_horizon": ("--el-bonus-schedule-horizon", _integer_from_1, "bonus_schedule_horizon",
                                   "EL: epochs over which the bonus weight warms up"),
-    "el_bonus_defer": ("--el-bonus-defer", _integer_from_0, "bonus_defer", "EL: the first N epochs without the bonus"),
-    "el_bonus_schedule_exp_ratio": ("--el-bonus-schedule-exp-ratio", checks.check_nonzero, "bonus_schedule_exp_ratio",
+    "el_bonus_defer": ("--el-bonus-defer", _integer_from_0, "bonus_defer",
+                       "EL: the first N epochs without the bonus"),
+    "el_bonus_schedule_exp_ratio": ("--el-bonus-schedule-exp-ratio", checks.check_nonzero,
+                                    "bonus_schedule_exp_ratio",
                                     "EL: r of --el-bonus-schedule exp, not 0 (default 5)"),
 }
 INTEGER_OPTIONS = ("el_bonus_schedule_horizon", "el_bonus_defer", "authors_defer_start", "authors_el_schedule_max_epoch",
@@ -112,13 +115,15 @@ INTEGER_OPTIONS = ("el_bonus_schedule_horizon", "el_bonus_defer", "authors_defer
 
 # the authors' EfficientNet flags (imagenet-efficientnetb0/train_el.py): dest: (flag, check, help)
 AUTHORS_FLAGS = {
-    "authors_bonus_gamma": ("--bonus_gamma", _integer_from_minus_2, "the authors' bonus: 0 none, -1 log, -2 cosine, > 0 power"),
+    "authors_bonus_gamma": ("--bonus_gamma", _integer_from_minus_2,
+                            "the authors' bonus: 0 none, -1 log, -2 cosine, > 0 power"),
     "authors_bonus_rho": ("--bonus_rho", checks.check_bonus_weight, "the authors' bonus weight (default 1)"),
     "authors_bonus_start": ("--bonus_start", checks.check_bonus_start, "the authors' aggressive bonus start"),
     "authors_defer_start": ("--defer_start", _integer_from_0, "the authors' epochs without the bonus"),
     "authors_el_schedule": ("--el_schedule", _choice(("linear", "exp", "cos")), "the authors' warm-up"),
     "authors_el_schedule_max_epoch": ("--el_schedule_max_epoch", _integer_from_1, "the authors' warm-up epochs"),
-    "authors_el_exp_schedule_ratio": ("--el_exp_schedule_ratio", checks.check_nonzero, "the authors' exp ratio (default 5)"),
+    "authors_el_exp_schedule_ratio": ("--el_exp_schedule_ratio", checks.check_nonzero,
+                                      "the authors' exp ratio (default 5)"),
 }
 AUTHORS_REFUSED = {"--base_loss": "ce", "--sigmoid_ce": "0", "--bonus_abrupt": "-1", "--el_linear_schedule_start": "0",
                    "--el_linear_schedule_end": None}
